@@ -1,0 +1,186 @@
+"""Run configuration: YAML → pydantic models. An unknown key or a bad value is an error that
+names it (`stages.0.filters.min_words: unknown parameter`)."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+
+from curate.errors import CurateError
+from curate.pipeline.registry import stage_class
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IngestConfig(Strict):
+    max_row_bytes: int = Field(1_000_000, gt=0)
+    require_response: bool = True
+    origin: str = "seed"
+
+
+class ResourcesConfig(Strict):
+    num_cpus: float | None = Field(None, ge=0)
+    num_gpus: float | None = Field(None, ge=0)
+    concurrency: int | None = Field(None, ge=1)
+    actor: bool | None = None
+
+
+class StageConfig(Strict):
+    """One configured stage: its registry key, its validated parameters, and overrides."""
+
+    key: str
+    name: str
+    params: dict[str, Any] = {}
+    resources: ResourcesConfig = ResourcesConfig()
+    batch_size: int | None = None
+
+
+class RayConfig(Strict):
+    address: str | None = None  # default: $RAY_ADDRESS if set, else an embedded local Ray
+    num_cpus: int | None = Field(None, ge=1)
+
+
+class ExportConfig(Strict):
+    format: Literal["hf", "parquet", "jsonl"] = "hf"
+    out: str
+    selection: str | None = None
+
+
+class RunConfig(Strict):
+    name: str | None = None
+    input: list[str] = ["demo"]
+    db: str = "curated.duckdb"
+    shard_size: int = Field(1000, ge=1)
+    ingest: IngestConfig = IngestConfig()
+    stages: list[StageConfig] = []
+    export: ExportConfig | None = None
+    ray: RayConfig = RayConfig()
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _parse_stages(cls, v):
+        if v is None:
+            return []
+        if not isinstance(v, list):
+            raise ValueError("stages must be a list of {stage_name: {parameters}}")
+        return [_parse_stage(i, item) for i, item in enumerate(v)]
+
+    def fingerprint(self, inputs: list[dict]) -> str:
+        """What makes a run: its inputs, ingest settings, sharding and stages. The same
+        fingerprint means the same rows, so a rerun resumes instead of starting over."""
+        body = {
+            "inputs": inputs,
+            "ingest": self.ingest.model_dump(),
+            "shard_size": self.shard_size,
+            "stages": [s.model_dump(exclude={"resources"}) for s in self.stages],
+        }
+        return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _parse_stage(index: int, item) -> StageConfig:
+    if isinstance(item, str):
+        item = {item: {}}
+    if not isinstance(item, dict) or len(item) != 1:
+        raise ValueError(f"stage {index} must be a mapping with one key, the stage name: {{filters: {{...}}}}")
+    (key, params), = item.items()
+    params = dict(params or {})
+    try:
+        cls = stage_class(key)
+    except CurateError as e:
+        raise ValueError(str(e)) from None
+    extra = {k: params.pop(k) for k in ("resources", "batch_size", "name") if k in params}
+    model = _params_model(cls)
+    try:
+        validated = model(**params).model_dump()
+    except ValidationError as e:
+        raise ValueError(f"{key}: " + format_errors(e)) from None
+    return StageConfig(key=key, name=extra.get("name", key), params=validated,
+                       resources=extra.get("resources") or {}, batch_size=extra.get("batch_size"))
+
+
+def _params_model(cls) -> type[BaseModel]:
+    """A pydantic model of a stage's constructor, so parameters are checked before any Ray work."""
+    fields = {}
+    for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+        if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            continue
+        ann = p.annotation if p.annotation is not inspect.Parameter.empty else Any
+        if isinstance(ann, str):
+            ann = eval(ann, vars(inspect.getmodule(cls)))  # noqa: S307 - annotations of our own code
+        fields[p.name] = (ann, ... if p.default is inspect.Parameter.empty else p.default)
+    return create_model(f"{cls.__name__}Params", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def format_errors(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "value_error":
+            msg = str(err.get("ctx", {}).get("error", err["msg"]))
+        else:
+            msg = f"{err['msg']} (got {err.get('input')!r})"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None, **values) -> RunConfig:
+    """Read a YAML config (optional), apply `key=value` overrides and keyword values, validate."""
+    data: dict = {}
+    if path:
+        if not os.path.exists(path):
+            raise CurateError(f"config file not found: {path}")
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise CurateError(f"{path} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise CurateError(f"{path} must hold a mapping of settings")
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise CurateError(f"--set takes key=value, got {item!r}")
+        _set_path(data, key.strip(), yaml.safe_load(raw) if raw else "")
+    data.update({k: v for k, v in values.items() if v is not None})
+    try:
+        return RunConfig(**data)
+    except ValidationError as e:
+        where = f"{path}: " if path else ""
+        raise CurateError(f"config error: {where}{format_errors(e)}") from None
+
+
+def _set_path(data: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    node = data
+    for i, k in enumerate(keys[:-1]):
+        nxt = keys[i + 1]
+        if isinstance(node, list):
+            node = node[int(k)]
+            continue
+        if k not in node or node[k] is None:
+            node[k] = [] if nxt.isdigit() else {}
+        node = node[k]
+    last = keys[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def config_to_dict(config: RunConfig) -> dict:
+    return json.loads(config.model_dump_json())

@@ -1,0 +1,159 @@
+"""Configured stages → a Ray Data plan of `map_batches` steps over Arrow batches.
+
+Each stage becomes one step with the stage's declared resources: a task step (the stage object
+is built once per worker process and cached) or, for `actor` stages and GPU stages, a fixed-size
+actor pool. Rows a stage drops or quarantines travel on with a status, untouched by later
+stages, so the driver can record every row of every shard.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.pipeline.config import RunConfig, StageConfig
+from curate.pipeline.registry import stage_class
+from curate.stages.base import Resources, Stage, StageResult
+from curate.stages.ingest import Ingest
+from curate.stages.readers import ShardSpec, read_shard
+from curate.storage import schema as S
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """Everything a worker needs to build a stage: picklable, no live objects."""
+
+    name: str
+    key: str  # registry key, or "ingest"
+    params: dict
+    resources: Resources
+    batch_size: int | None
+
+    def cache_key(self) -> str:
+        return json.dumps([self.name, self.key, self.params], sort_keys=True, default=str)
+
+    def build(self) -> Stage:
+        cls = Ingest if self.key == "ingest" else stage_class(self.key)
+        return cls(**self.params)
+
+
+def stage_plans(config: RunConfig) -> list[StagePlan]:
+    plans = [_plan("ingest", "ingest", config.ingest.model_dump(), Ingest, None, None)]
+    seen = {"ingest"}
+    for sc in config.stages:
+        name = sc.name
+        n = 2
+        while name in seen:
+            name, n = f"{sc.name}_{n}", n + 1
+        seen.add(name)
+        plans.append(_plan(name, sc.key, sc.params, stage_class(sc.key), sc, sc.batch_size))
+    return plans
+
+
+def _plan(name, key, params, cls, sc: StageConfig | None, batch_size) -> StagePlan:
+    res = cls.resources
+    if sc is not None:
+        res = replace(res, **{k: v for k, v in sc.resources.model_dump().items() if v is not None})
+    return StagePlan(name, key, params, res, batch_size if batch_size is not None else cls.batch_size)
+
+
+# ---------------------------------------------------------------------------- worker side
+
+_STAGE_CACHE: dict[str, Stage] = {}
+
+
+def read_shards(batch: pa.Table) -> pa.Table:
+    """Ray step: shard specs → raw records (one output row per input row of the shard)."""
+    tables = []
+    for spec in batch.to_pylist():
+        records = read_shard(ShardSpec(**spec))
+        n = len(records)
+        tables.append(pa.table({
+            S.SHARD: pa.array([spec["shard"]] * n, pa.string()),
+            S.SHARD_ROWS: pa.array([n] * n, pa.int64()),
+            S.ROW: pa.array([r.row for r in records], pa.int64()),
+            "source": pa.array([spec["source"]] * n, pa.string()),
+            S.RAW: pa.array([r.raw for r in records], pa.string()),
+            "read_error": pa.array([r.error for r in records], pa.string()),
+            S.STATUS: pa.array([S.KEPT] * n, pa.string()),
+            S.STAGE: pa.nulls(n, pa.string()),
+            S.REASON: pa.nulls(n, pa.string()),
+        }))
+    return pa.concat_tables(tables)
+
+
+def run_stage_task(batch: pa.Table, plan: StagePlan) -> pa.Table:
+    key = plan.cache_key()
+    stage = _STAGE_CACHE.get(key)
+    if stage is None:
+        stage = _STAGE_CACHE[key] = plan.build()
+    return apply_stage(stage, plan.name, batch)
+
+
+class StageActor:
+    def __init__(self, plan: StagePlan):
+        self.plan = plan
+        self.stage = plan.build()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return apply_stage(self.stage, self.plan.name, batch)
+
+
+def apply_stage(stage: Stage, name: str, batch: pa.Table) -> pa.Table:
+    """Run a stage on the live rows of a batch; pass the others through; mark what it removed."""
+    live_mask = pc.equal(batch[S.STATUS], S.KEPT)
+    live = batch.filter(live_mask)
+    passed = batch.filter(pc.invert(live_mask))
+    start = time.perf_counter()
+    result: StageResult = stage(live) if live.num_rows else StageResult(kept=live)
+    seconds = time.perf_counter() - start
+    parts = [result.kept]
+    if result.dropped is not None and result.dropped.num_rows:
+        parts.append(_mark(result.dropped, "reason", S.DROPPED, name))
+    if result.quarantined is not None and result.quarantined.num_rows:
+        parts.append(_mark(result.quarantined, "error", S.QUARANTINED, name))
+    out_rows = sum(p.num_rows for p in parts)
+    if out_rows != live.num_rows:
+        raise RuntimeError(f"stage {name} returned {out_rows} rows for {live.num_rows}: a stage must account for every row")
+    per_row = seconds / max(1, live.num_rows)
+    parts = [p.append_column(S.COST_PREFIX + name, pa.array([per_row] * p.num_rows, pa.float64())) for p in parts]
+    parts.append(passed)
+    return pa.concat_tables([p for p in parts if p.num_rows or p is parts[0]], promote_options="permissive")
+
+
+def _mark(table: pa.Table, why_col: str, status: str, stage: str) -> pa.Table:
+    n = table.num_rows
+    why = table[why_col]
+    table = table.drop_columns([why_col, S.STATUS, S.STAGE, S.REASON])
+    return (table.append_column(S.STATUS, pa.array([status] * n, pa.string()))
+                 .append_column(S.STAGE, pa.array([stage] * n, pa.string()))
+                 .append_column(S.REASON, why.cast(pa.string())))
+
+
+# ---------------------------------------------------------------------------- driver side
+
+
+def build_dataset(shards: list[ShardSpec], plans: list[StagePlan]):
+    import ray.data
+
+    ds = ray.data.from_items([s.to_dict() for s in shards], override_num_blocks=max(1, len(shards)))
+    ds = ds.map_batches(read_shards, batch_size=1, batch_format="pyarrow", num_cpus=1)
+    for plan in plans:
+        ds = _add_step(ds, plan)
+    return ds
+
+
+def _add_step(ds, plan: StagePlan):
+    res = plan.resources
+    common = dict(batch_format="pyarrow", batch_size=plan.batch_size, num_cpus=res.num_cpus)
+    if res.num_gpus:
+        common["num_gpus"] = res.num_gpus
+    if res.actor or res.num_gpus:
+        return ds.map_batches(StageActor, fn_constructor_kwargs={"plan": plan}, concurrency=res.concurrency or 1, **common)
+    if res.concurrency:
+        common["concurrency"] = res.concurrency
+    return ds.map_batches(run_stage_task, fn_kwargs={"plan": plan}, **common)

@@ -1,0 +1,97 @@
+"""The runner: plan shards, skip committed ones, stream the rest through Ray, commit to DuckDB."""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from curate.errors import CurateError
+from curate.pipeline.config import RunConfig, config_to_dict
+from curate.pipeline.dag import build_dataset, stage_plans
+from curate.pipeline.progress import Progress
+from curate.stages.readers import input_fingerprint, plan_shards, resolve_inputs
+from curate.storage.store import Store
+from curate.storage.writer import ShardWriter
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    db: str
+    attempt: int
+    shards: int
+    shards_skipped: int
+    rows_in: int
+    kept: int
+    dropped: int
+    quarantined: int
+
+    def summary(self) -> str:
+        return (f"run {self.run_id} (attempt {self.attempt}): {self.rows_in} rows in = {self.kept} kept + "
+                f"{self.dropped} dropped + {self.quarantined} quarantined; "
+                f"{self.shards - self.shards_skipped} of {self.shards} shards processed → {self.db}")
+
+
+def run(config: RunConfig, progress: str = "auto") -> RunReport:
+    inputs = resolve_inputs(config.input)
+    plans = stage_plans(config)
+    stage_names = [p.name for p in plans]
+    run_id = config.fingerprint(input_fingerprint(inputs))
+    shards = plan_shards(inputs, config.shard_size)
+    with Store(config.db) as store:
+        attempt = store.begin_run(run_id, config.name, config_to_dict(config), input_fingerprint(inputs))
+        done = store.committed_shards(run_id)
+        todo = [s for s in shards if s.shard not in done]
+        bar = Progress(stage_names, len(shards), len(shards) - len(todo), mode=progress)
+        writer = ShardWriter(store, run_id, stage_names, {s.shard: s.path for s in shards}, bar.shard_committed)
+        try:
+            if todo:
+                with ray_session(config):
+                    for batch in build_dataset(todo, plans).iter_batches(batch_format="pyarrow", batch_size=None):
+                        writer.add(batch)
+                if writer.unfinished():
+                    raise RuntimeError(f"the stream ended with shards incomplete: {writer.unfinished()[:5]}")
+                for spec in todo:  # shards that produced no rows at all (blank files)
+                    if spec.shard not in store.committed_shards(run_id):
+                        writer.add_empty_shard(spec.shard)
+        except BaseException:
+            bar.close()
+            store.end_run(run_id, "failed")
+            raise
+        bar.close()
+        store.end_run(run_id, "finished")
+        totals = store.totals(run_id)
+    return _check_counts(RunReport(run_id, config.db, attempt, len(shards), len(shards) - len(todo), **totals))
+
+
+@contextmanager
+def ray_session(config: RunConfig):
+    """Use the Ray already initialised, or join `ray.address`/$RAY_ADDRESS (a cluster, `ray job
+    submit`), or start an embedded local Ray (never joining a stale cluster from /tmp/ray)."""
+    import ray
+
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    if ray.is_initialized():
+        yield
+        return
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    kwargs = dict(log_to_driver=True, logging_level=logging.WARNING)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(address="local", num_cpus=config.ray.num_cpus, include_dashboard=False, **kwargs)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _check_counts(report: RunReport) -> RunReport:
+    if report.rows_in != report.kept + report.dropped + report.quarantined:
+        raise CurateError(f"counts do not add up for run {report.run_id}: {report.summary()}")
+    return report

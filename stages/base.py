@@ -1,0 +1,56 @@
+"""The stage contract. A stage knows nothing of Ray or DuckDB: Arrow table in, StageResult out.
+
+A stage returns rows of its input (it may add columns): the ones it keeps, the ones it drops
+(with a `reason` per row) and the ones it cannot read (with an `error` per row). The runner
+turns each stage into a Ray Data `map_batches` step with the stage's resources, and records
+every drop and quarantine.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Resources:
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    # Ray Data concurrency: tasks in flight for a task stage, pool size for an actor stage.
+    concurrency: int | None = None
+    # An actor stage keeps its state (a model, a sandbox pool) across batches.
+    actor: bool = False
+
+
+@dataclass
+class StageResult:
+    kept: pa.Table
+    dropped: pa.Table | None = None  # input rows plus a string column "reason"
+    quarantined: pa.Table | None = None  # input rows plus a string column "error"
+
+
+class Stage:
+    name: ClassVar[str] = "stage"
+    resources: ClassVar[Resources] = Resources()
+    batch_size: ClassVar[int | None] = 1024
+
+    def __call__(self, batch: pa.Table) -> StageResult:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @classmethod
+    def with_(cls, **overrides) -> type[Stage]:
+        """A copy of this stage class with other `name`, `resources` or `batch_size`."""
+        attrs = {}
+        if "resources" in overrides:
+            res = overrides.pop("resources")
+            attrs["resources"] = replace(cls.resources, **res) if isinstance(res, dict) else res
+        for key in ("name", "batch_size"):
+            if key in overrides:
+                attrs[key] = overrides.pop(key)
+        if overrides:
+            raise TypeError(f"with_() got unknown attributes: {sorted(overrides)}")
+        return type(cls.__name__, (cls,), copy.copy(attrs))
+

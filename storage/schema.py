@@ -1,0 +1,80 @@
+"""The sample schema, defined once: Arrow for the stream, DuckDB DDL derived from it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pyarrow as pa
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+
+# One row per sample. `id` is a content hash of the canonical messages (see sample_id).
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("messages", pa.list_(MESSAGE)),
+        ("origin", pa.string()),  # seed, selfinstruct, evol, skillmix, response, ...
+        ("source", pa.string()),  # data set or generator (with version)
+        ("parent_ids", pa.list_(pa.string())),  # lineage
+        ("meta", pa.string()),  # JSON object: skills, tests, task type, ...
+    ]
+)
+SAMPLE_COLUMNS = SAMPLE_SCHEMA.names
+
+# Bookkeeping columns that travel with every row through the stream; stages carry them along
+# untouched (they return subsets of their input rows) and the writer strips them.
+SHARD = "_shard"  # shard key, e.g. "s000-00012"
+SHARD_ROWS = "_shard_rows"  # input rows in that shard: the writer commits a shard once all arrived
+ROW = "_row"  # record position in its source file (0-based; JSONL: line index)
+STATUS = "_status"  # kept | dropped | quarantined
+STAGE = "_stage"  # stage that dropped or quarantined the row
+REASON = "_reason"  # drop reason or quarantine error
+RAW = "_raw"  # raw input text; kept only on quarantined rows
+COST_PREFIX = "_t:"  # _t:<stage>: seconds of stage time charged to the row
+
+KEPT, DROPPED, QUARANTINED = "kept", "dropped", "quarantined"
+
+VALID_ROLES = ("system", "user", "assistant", "tool")
+
+
+def canonical_messages(messages: list[dict]) -> str:
+    return json.dumps(
+        [[m["role"], m["content"]] for m in messages], ensure_ascii=False, separators=(",", ":")
+    )
+
+
+def sample_id(messages: list[dict]) -> str:
+    """Stable id: the same conversation always gets the same id, across runs and machines."""
+    return hashlib.blake2b(canonical_messages(messages).encode("utf-8"), digest_size=16).hexdigest()
+
+
+def duckdb_type(t: pa.DataType) -> str:
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "VARCHAR"
+    if pa.types.is_int64(t):
+        return "BIGINT"
+    if pa.types.is_int32(t):
+        return "INTEGER"
+    if pa.types.is_float64(t):
+        return "DOUBLE"
+    if pa.types.is_float32(t):
+        return "FLOAT"
+    if pa.types.is_boolean(t):
+        return "BOOLEAN"
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMP"
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return duckdb_type(t.value_type) + "[]"
+    if pa.types.is_struct(t):
+        fields = ", ".join(f'"{f.name}" {duckdb_type(f.type)}' for f in t)
+        return f"STRUCT({fields})"
+    raise TypeError(f"no DuckDB type for Arrow type {t}")
+
+
+def sample_columns_ddl() -> str:
+    return ",\n    ".join(f'"{f.name}" {duckdb_type(f.type)}' for f in SAMPLE_SCHEMA)
+
+
+def empty_samples() -> pa.Table:
+    return SAMPLE_SCHEMA.empty_table()

@@ -1,0 +1,241 @@
+"""The DuckDB store: tables, views, and atomic per-shard commits.
+
+DuckDB allows one writer process. The runner's driver is that writer; Ray workers only produce
+Arrow. Every shard lands in one transaction together with its completion marker, so a run killed
+at any point resumes at the first uncommitted shard and never writes a row twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from datetime import datetime, timezone
+
+import duckdb
+import pyarrow as pa
+
+from curate.errors import CurateError
+from curate.storage import schema as S
+
+DDL = f"""
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY,
+    name VARCHAR,
+    config JSON,
+    inputs JSON,
+    status VARCHAR,            -- running | finished | failed
+    attempts INTEGER,
+    started_at TIMESTAMP,
+    finished_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS samples (
+    run_id VARCHAR NOT NULL,
+    {S.sample_columns_ddl()},
+    kept BOOLEAN NOT NULL,      -- false: every occurrence of this sample was dropped
+    shard VARCHAR,
+    PRIMARY KEY (run_id, id)
+);
+CREATE TABLE IF NOT EXISTS drops (
+    run_id VARCHAR, stage VARCHAR, id VARCHAR, reason VARCHAR,
+    shard VARCHAR, source VARCHAR, "row" BIGINT
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    run_id VARCHAR, stage VARCHAR, source VARCHAR, "row" BIGINT,
+    raw VARCHAR, error VARCHAR, shard VARCHAR
+);
+CREATE TABLE IF NOT EXISTS shards (
+    run_id VARCHAR, shard VARCHAR, path VARCHAR, rows_in BIGINT, committed_at TIMESTAMP,
+    PRIMARY KEY (run_id, shard)
+);
+CREATE TABLE IF NOT EXISTS stage_stats (
+    run_id VARCHAR, shard VARCHAR, position INTEGER, stage VARCHAR,
+    rows_in BIGINT, kept BIGINT, dropped BIGINT, quarantined BIGINT, seconds DOUBLE
+);
+CREATE OR REPLACE VIEW curated AS
+    SELECT * EXCLUDE (kept) FROM samples WHERE kept;
+CREATE OR REPLACE VIEW stage_totals AS
+    SELECT run_id, position, stage, sum(rows_in)::BIGINT AS rows_in, sum(kept)::BIGINT AS kept,
+           sum(dropped)::BIGINT AS dropped, sum(quarantined)::BIGINT AS quarantined, sum(seconds) AS seconds
+    FROM stage_stats GROUP BY ALL ORDER BY run_id, position;
+CREATE OR REPLACE VIEW run_totals AS
+    SELECT r.run_id, r.name, r.status, r.attempts, r.started_at, r.finished_at,
+        coalesce((SELECT sum(rows_in) FROM shards s WHERE s.run_id = r.run_id), 0)::BIGINT AS rows_in,
+        coalesce((SELECT count(*) FROM samples s WHERE s.run_id = r.run_id AND s.kept), 0) AS kept,
+        coalesce((SELECT count(*) FROM drops d WHERE d.run_id = r.run_id), 0) AS dropped,
+        coalesce((SELECT count(*) FROM quarantine q WHERE q.run_id = r.run_id), 0) AS quarantined
+    FROM runs r ORDER BY r.started_at;
+"""
+
+
+def connect(path: str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open a DuckDB file, turning the single-writer lock conflict into a clear error."""
+    if read_only and not os.path.exists(path):
+        raise CurateError(f"database not found: {path}")
+    try:
+        return duckdb.connect(path, read_only=read_only)
+    except duckdb.IOException as e:
+        msg = str(e)
+        if "lock" in msg.lower():
+            pid = re.search(r"PID (\d+)", msg)
+            holder = f" (process {pid.group(1)})" if pid else ""
+            raise CurateError(
+                f"{path} is open for writing by another process{holder}, probably a running "
+                "`curate run`; DuckDB allows one writer. Wait for it to finish, or query a copy of the file."
+            ) from None
+        raise CurateError(f"cannot open {path}: {msg}") from None
+
+
+class Store:
+    def __init__(self, path: str, read_only: bool = False):
+        self.path = path
+        if not read_only:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.con = connect(path, read_only=read_only)
+        if not read_only:
+            self.con.execute(DDL)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------------ runs
+
+    def begin_run(self, run_id: str, name: str | None, config: dict, inputs: list[dict]) -> int:
+        """Register a run, or an attempt at finishing one; returns the attempt number."""
+        now = _now()
+        row = self.con.execute("SELECT attempts FROM runs WHERE run_id = ?", [run_id]).fetchone()
+        if row is None:
+            self.con.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, ?, 'running', 1, ?, NULL)",
+                [run_id, name, json.dumps(config), json.dumps(inputs), now],
+            )
+            return 1
+        self.con.execute(
+            "UPDATE runs SET attempts = attempts + 1, status = 'running', finished_at = NULL WHERE run_id = ?",
+            [run_id],
+        )
+        return row[0] + 1
+
+    def end_run(self, run_id: str, status: str) -> None:
+        self.con.execute("UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?", [status, _now(), run_id])
+
+    def committed_shards(self, run_id: str) -> set[str]:
+        return {r[0] for r in self.con.execute("SELECT shard FROM shards WHERE run_id = ?", [run_id]).fetchall()}
+
+    def totals(self, run_id: str) -> dict:
+        cols = ["rows_in", "kept", "dropped", "quarantined"]
+        row = self.con.execute(f"SELECT {', '.join(cols)} FROM run_totals WHERE run_id = ?", [run_id]).fetchone()
+        return dict(zip(cols, row)) if row else dict.fromkeys(cols, 0)
+
+    def latest_run(self) -> str | None:
+        row = self.con.execute(
+            "SELECT run_id FROM runs ORDER BY (status = 'finished') DESC, coalesce(finished_at, started_at) DESC LIMIT 1"
+        ).fetchone()
+        return row[0] if row else None
+
+    # ------------------------------------------------------------------ shard commits
+
+    def commit_shard(self, run_id: str, shard: str, path: str, rows_in: int, table: pa.Table, stages: list[str]) -> list[tuple]:
+        """Land one finished shard (all its rows, whatever their status) in one transaction.
+
+        Returns the stage_stats rows it recorded (none if the shard was already committed). Identical samples (same id) kept twice in a run
+        are stored once; the repeat becomes a drop at stage `store`, so counts still add up.
+        """
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            if con.execute("SELECT 1 FROM shards WHERE run_id = ? AND shard = ?", [run_id, shard]).fetchone():
+                con.execute("ROLLBACK")
+                return []
+            con.register("_shard_rows", table)
+            con.execute("CREATE OR REPLACE TEMP TABLE _batch AS SELECT * FROM _shard_rows")
+            con.unregister("_shard_rows")
+            stats = self._insert_rows(run_id, shard, path, rows_in, stages)
+            con.execute("DROP TABLE _batch")
+            con.execute("COMMIT")
+            return stats
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def _insert_rows(self, run_id: str, shard: str, path: str, rows_in: int, stages: list[str]) -> list[tuple]:
+        con = self.con
+        p = {"run": run_id, "shard": shard}
+        cols = ", ".join(f'"{c}"' for c in S.SAMPLE_COLUMNS)
+        status, row, stage, reason = (f'"{c}"' for c in (S.STATUS, S.ROW, S.STAGE, S.REASON))
+        kept, dropped, quarantined = (f"'{v}'" for v in (S.KEPT, S.DROPPED, S.QUARANTINED))
+        # Kept rows whose id was already kept in this run (earlier shard, or earlier in this one).
+        con.execute(f"""
+            INSERT INTO drops
+            SELECT $run, 'store', k.id, 'duplicate_of:' || k.id, $shard, k.source, k.{row}
+            FROM (SELECT *, row_number() OVER (PARTITION BY id ORDER BY {row}) AS nth
+                  FROM _batch WHERE {status} = {kept}) k
+            WHERE k.nth > 1 OR EXISTS (SELECT 1 FROM samples s WHERE s.run_id = $run AND s.id = k.id AND s.kept)
+        """, p)
+        store_dups = con.execute(
+            "SELECT count(*) FROM drops WHERE run_id = $run AND shard = $shard AND stage = 'store'", p
+        ).fetchone()[0]
+        # A sample first seen dropped, now kept, becomes kept.
+        con.execute(f"""
+            UPDATE samples SET kept = true
+            WHERE run_id = $run AND NOT kept AND id IN (SELECT id FROM _batch WHERE {status} = {kept})
+        """, {"run": run_id})
+        con.execute(f"""
+            INSERT INTO samples
+            SELECT $run, {cols}, kept, $shard
+            FROM (
+                SELECT *, row_number() OVER (PARTITION BY id ORDER BY {status} = {kept} DESC, {row}) AS nth,
+                       bool_or({status} = {kept}) OVER (PARTITION BY id) AS kept
+                FROM _batch WHERE {status} IN ({kept}, {dropped})
+            ) b
+            WHERE nth = 1 AND NOT EXISTS (SELECT 1 FROM samples s WHERE s.run_id = $run AND s.id = b.id)
+        """, p)
+        con.execute(f"""
+            INSERT INTO drops SELECT $run, {stage}, id, {reason}, $shard, source, {row}
+            FROM _batch WHERE {status} = {dropped}
+        """, p)
+        con.execute(f"""
+            INSERT INTO quarantine SELECT $run, {stage}, source, {row}, "{S.RAW}", {reason}, $shard
+            FROM _batch WHERE {status} = {quarantined}
+        """, p)
+        counts = con.execute(f"""
+            SELECT {stage}, count(*), count(*) FILTER ({status} = {quarantined})
+            FROM _batch WHERE {status} != {kept} GROUP BY 1
+        """).fetchall()
+        gone_by_stage = {r[0]: (r[1], r[2]) for r in counts}
+        gone_by_stage["store"] = (store_dups, 0)
+        batch_cols = {r[0] for r in con.execute("DESCRIBE _batch").fetchall()}
+        stats, alive = [], rows_in
+        for pos, name in enumerate([*stages, "store"]):
+            gone, quar = gone_by_stage.get(name, (0, 0))
+            cost_col = f"{S.COST_PREFIX}{name}"
+            seconds = 0.0
+            if cost_col in batch_cols:
+                seconds = con.execute(f'SELECT coalesce(sum("{cost_col}"), 0) FROM _batch').fetchone()[0]
+            stats.append((run_id, shard, pos, name, alive, alive - gone, gone - quar, quar, seconds))
+            alive -= gone
+        con.executemany("INSERT INTO stage_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", stats)
+        con.execute("INSERT INTO shards VALUES ($run, $shard, $path, $rows, $now)",
+                    {**p, "path": path, "rows": rows_in, "now": _now()})
+        return stats
+
+    # ------------------------------------------------------------------ reading
+
+    def sql(self, query: str, params: list | None = None) -> pa.Table:
+        try:
+            rel = self.con.sql(query, params=params or None)
+            if rel is None:
+                raise CurateError("the query returned no rows to show (curate sql reads; it does not write)")
+            return rel.to_arrow_table()
+        except duckdb.Error as e:
+            raise CurateError(f"SQL error: {str(e).splitlines()[0]}") from None
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)

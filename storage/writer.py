@@ -1,0 +1,61 @@
+"""Driver-side writer: gathers the streamed rows of each shard and commits a shard once all
+of its input rows have arrived (whatever stage they ended at)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.storage import schema as S
+from curate.storage.store import Store
+
+
+class ShardWriter:
+    def __init__(self, store: Store, run_id: str, stages: list[str], paths: dict[str, str], on_commit=None):
+        self.store = store
+        self.run_id = run_id
+        self.stages = stages
+        self.paths = paths  # shard → source path
+        self.on_commit = on_commit
+        self.pending: dict[str, list[pa.Table]] = defaultdict(list)
+        self.arrived: dict[str, int] = defaultdict(int)
+        self.committed = 0
+
+    def add(self, batch: pa.Table) -> None:
+        if batch.num_rows == 0:
+            return
+        shard_col = batch[S.SHARD]
+        for shard in pc.unique(shard_col).to_pylist():
+            part = batch.filter(pc.equal(shard_col, shard))
+            self.pending[shard].append(part)
+            self.arrived[shard] += part.num_rows
+            expected = part[S.SHARD_ROWS][0].as_py()
+            if self.arrived[shard] == expected:
+                self._commit(shard, expected)
+            elif self.arrived[shard] > expected:
+                raise RuntimeError(f"shard {shard}: {self.arrived[shard]} rows arrived, {expected} were read")
+
+    def add_empty_shard(self, shard: str) -> None:
+        """A shard that held no rows (a file of blank lines) is still marked done."""
+        self.store.commit_shard(self.run_id, shard, self.paths[shard], 0, _empty_rows(), self.stages)
+
+    def _commit(self, shard: str, rows_in: int) -> None:
+        table = pa.concat_tables(self.pending.pop(shard), promote_options="permissive")
+        del self.arrived[shard]
+        stats = self.store.commit_shard(self.run_id, shard, self.paths[shard], rows_in, table, self.stages)
+        self.committed += 1
+        if self.on_commit:
+            self.on_commit(shard, stats)
+
+    def unfinished(self) -> list[str]:
+        return sorted(self.pending)
+
+
+def _empty_rows() -> pa.Table:
+    fields = list(S.SAMPLE_SCHEMA) + [
+        pa.field(S.SHARD, pa.string()), pa.field(S.ROW, pa.int64()), pa.field(S.STATUS, pa.string()),
+        pa.field(S.STAGE, pa.string()), pa.field(S.REASON, pa.string()), pa.field(S.RAW, pa.string()),
+    ]
+    return pa.schema(fields).empty_table()

@@ -86,9 +86,9 @@ def runs(
     print_table(table, format, limit=1000)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     try:
-        app()
+        app(args=argv)
     except CurateError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)

@@ -90,23 +90,29 @@ class RunConfig(Strict):
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+class StageConfigError(ValueError):
+    def __init__(self, where: str, msg: str):
+        super().__init__(msg)
+        self.where = where
+
+
 def _parse_stage(index: int, item) -> StageConfig:
     if isinstance(item, str):
         item = {item: {}}
     if not isinstance(item, dict) or len(item) != 1:
-        raise ValueError(f"stage {index} must be a mapping with one key, the stage name: {{filters: {{...}}}}")
+        raise StageConfigError(str(index), "a stage is a mapping with one key, its name: {filters: {...}}")
     (key, params), = item.items()
     params = dict(params or {})
     try:
         cls = stage_class(key)
     except CurateError as e:
-        raise ValueError(str(e)) from None
+        raise StageConfigError(str(index), str(e)) from None
     extra = {k: params.pop(k) for k in ("resources", "batch_size", "name") if k in params}
     model = _params_model(cls)
     try:
         validated = model(**params).model_dump()
     except ValidationError as e:
-        raise ValueError(f"{key}: " + format_errors(e)) from None
+        raise StageConfigError(f"{index}.{key}", format_errors(e)) from None
     return StageConfig(key=key, name=extra.get("name", key), params=validated,
                        resources=extra.get("resources") or {}, batch_size=extra.get("batch_size"))
 
@@ -131,7 +137,10 @@ def format_errors(e: ValidationError) -> str:
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] == "value_error":
-            msg = str(err.get("ctx", {}).get("error", err["msg"]))
+            cause = err.get("ctx", {}).get("error")
+            msg = str(cause or err["msg"])
+            if isinstance(cause, StageConfigError):
+                loc = f"{loc}.{cause.where}"
         else:
             msg = f"{err['msg']} (got {err.get('input')!r})"
         parts.append(f"{loc}: {msg}" if loc else msg)

@@ -1,0 +1,50 @@
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shared_data() -> Path:
+    env = os.environ.get("CURATE_SHARED_DATA")
+    candidates = [Path(env)] if env else []
+    candidates += [ROOT.parent / "shared" / "data", Path("/work/shared/data")]
+    for c in candidates:
+        if (c / "alpaca_ifd_5pct.json").exists():
+            return c
+    raise RuntimeError("shared test data not found: set CURATE_SHARED_DATA to the folder holding alpaca_ifd_5pct.json")
+
+
+SHARED_DATA = _shared_data()
+ALPACA = SHARED_DATA / "alpaca_ifd_5pct.json"
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One embedded Ray for the in-process tests (the runner reuses an initialised Ray)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def alpaca_rows() -> list[dict]:
+    return json.loads(ALPACA.read_text())
+
+
+def write_jsonl(path: Path, rows: list, extra_lines: list[bytes] = ()) -> Path:
+    with open(path, "wb") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False).encode() + b"\n")
+        for line in extra_lines:
+            f.write(line + b"\n")
+    return path
+
+
+def curate_cmd() -> list[str]:
+    return [sys.executable, "-m", "curate.cli"]

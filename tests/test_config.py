@@ -1,0 +1,69 @@
+import pytest
+
+from curate.errors import CurateError
+from curate.pipeline.config import load_config
+from conftest import ROOT
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_demo_config_loads():
+    cfg = load_config(str(ROOT / "jobs/configs/demo.yaml"))
+    assert cfg.input == ["demo"]
+    assert [s.key for s in cfg.stages] == ["filters"]
+    assert cfg.stages[0].params["min_response_words"] == 3
+
+
+def test_unknown_top_level_key_is_named(tmp_path):
+    with pytest.raises(CurateError, match=r"inptu: unknown key"):
+        load_config(write(tmp_path, "inptu: demo\n"))
+
+
+def test_unknown_stage_parameter_is_named(tmp_path):
+    with pytest.raises(CurateError, match=r"stages\.0\.filters: min_respons_words: unknown key"):
+        load_config(write(tmp_path, "stages:\n  - filters: {min_respons_words: 3}\n"))
+
+
+def test_bad_value_is_named(tmp_path):
+    with pytest.raises(CurateError, match=r"filters: min_response_words: .*'many'"):
+        load_config(write(tmp_path, "stages:\n  - filters: {min_response_words: many}\n"))
+    with pytest.raises(CurateError, match=r"shard_size: .*greater than or equal to 1"):
+        load_config(write(tmp_path, "shard_size: 0\n"))
+
+
+def test_unknown_stage_is_named(tmp_path):
+    with pytest.raises(CurateError, match=r"stages\.0: unknown stage 'filterz'"):
+        load_config(write(tmp_path, "stages:\n  - filterz: {}\n"))
+
+
+def test_set_overrides_reach_nested_values(tmp_path):
+    cfg = load_config(
+        str(ROOT / "jobs/configs/demo.yaml"),
+        ["stages.0.filters.min_response_words=7", "db=/tmp/x.duckdb", "ray.num_cpus=2"],
+    )
+    assert cfg.stages[0].params["min_response_words"] == 7
+    assert cfg.db == "/tmp/x.duckdb" and cfg.ray.num_cpus == 2
+    with pytest.raises(CurateError, match="key=value"):
+        load_config(None, ["novalue"])
+
+
+def test_fingerprint_follows_what_changes_rows(tmp_path):
+    inputs = [{"path": "/x.jsonl", "size": 10, "mtime_ns": 1}]
+    a = load_config(None, input=["x"], db="a.duckdb")
+    b = load_config(None, input=["x"], db="b.duckdb", ray={"num_cpus": 1})
+    c = load_config(None, input=["x"], stages=[{"filters": {"min_response_words": 2}}])
+    assert a.fingerprint(inputs) == b.fingerprint(inputs)  # where rows land and how Ray runs: same run
+    assert a.fingerprint(inputs) != c.fingerprint(inputs)
+    assert a.fingerprint(inputs) != a.fingerprint([dict(inputs[0], size=11)])
+
+
+def test_stage_resources_can_be_overridden(tmp_path):
+    from curate.pipeline.dag import stage_plans
+
+    cfg = load_config(write(tmp_path, "stages:\n  - filters: {resources: {num_cpus: 0.5, concurrency: 2}, batch_size: 64}\n"))
+    plan = stage_plans(cfg)[1]
+    assert plan.resources.num_cpus == 0.5 and plan.resources.concurrency == 2 and plan.batch_size == 64

@@ -41,7 +41,7 @@ def export(db: str, out: str, format: str = "hf", run_id: str | None = None, sel
         if not store.con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone():
             raise CurateError(f"no run {run_id!r} in {db} (see `curate runs --db {db}`)")
         query, params = _rows_query(store, run_id, selection)
-        reader = store.con.sql(query, params=params).to_arrow_reader(BATCH_ROWS)
+        reader = store.con.cursor().sql(query, params=params).to_arrow_reader(BATCH_ROWS)
         if format == "jsonl":
             rows = _write_jsonl(reader, out)
         elif format == "parquet":

@@ -1,0 +1,294 @@
+"""End to end through `ray job submit`: a real local Ray head (dashboard + job server), the demo
+config submitted with the checkout as the job's working dir, and the DuckDB file it writes.
+
+Nothing is mocked. The head is started by this test with its own free ports and its own temp dir,
+and stopped by its own process ids (never `ray stop`, which would stop every Ray on the machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+RAY = str(BIN / "ray")
+SEEDS = ROOT / "curate" / "data" / "demo_seeds.jsonl"
+
+START_TIMEOUT_S = 120
+JOB_TIMEOUT_S = 300
+
+
+# --------------------------------------------------------------------------- the Ray head
+
+
+@dataclass
+class RayHead:
+    proc: subprocess.Popen
+    temp_dir: str
+    gcs_port: int
+    dashboard_port: int
+    env: dict
+    log_path: str
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            return Path(self.log_path).read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (all held open at once, so they differ)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _head_env() -> dict:
+    env = dict(os.environ)
+    for k in ("RAY_ADDRESS", "RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        env.pop(k, None)
+    # The job's entrypoint is `python ...`, run by a shell the head's processes start: put this
+    # venv's interpreter first on PATH so that `python` has ray, duckdb and datasets.
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env["HF_HUB_OFFLINE"] = "1"
+    env["HF_DATASETS_OFFLINE"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _wait_for_job_api(head: RayHead, timeout: float) -> None:
+    """Poll the dashboard until the job API answers (the job server comes with the dashboard)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if head.proc.poll() is not None:
+            raise RuntimeError(f"`ray start` exited with {head.proc.returncode}:\n{head.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"{head.dashboard_url}/api/version", timeout=5) as r:
+                json.loads(r.read())
+            with urllib.request.urlopen(f"{head.dashboard_url}/api/jobs/", timeout=5) as r:
+                json.loads(r.read())
+            return
+        except (urllib.error.URLError, ConnectionError, OSError, ValueError) as e:
+            last = e
+        time.sleep(1)
+    raise TimeoutError(f"the job API at {head.dashboard_url} did not answer in {timeout:.0f}s "
+                       f"(last error: {last!r}):\n{head.log_tail()}")
+
+
+def start_ray_head(log_dir: Path) -> RayHead:
+    # A short temp dir of our own: Ray's Unix socket paths live under it (~107 char limit).
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    (gcs, dashboard, client, agent_http, agent_grpc, env_agent, metrics,
+     node_manager, object_manager) = _free_ports(9)
+    cmd = [
+        RAY, "start", "--head", "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={gcs}",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent_http}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--runtime-env-agent-port={env_agent}",
+        f"--metrics-export-port={metrics}",
+        f"--node-manager-port={node_manager}",
+        f"--object-manager-port={object_manager}",
+        "--num-cpus=2",
+        "--num-gpus=0",
+        f"--object-store-memory={256 * 1024 * 1024}",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+    ]
+    env = _head_env()
+    log_path = str(log_dir / "ray_start.log")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=temp_dir, start_new_session=True)
+    head = RayHead(proc, temp_dir, gcs, dashboard, env, log_path)
+    try:
+        _wait_for_job_api(head, START_TIMEOUT_S)
+    except BaseException:
+        stop_ray_head(head)
+        raise
+    return head
+
+
+def _ours(p: psutil.Process, temp_dir: str) -> bool:
+    """A process of this head: its command line names our temp dir, or it runs inside it
+    (the job's driver runs in the unpacked working dir under the temp dir)."""
+    try:
+        if any(temp_dir in arg for arg in p.cmdline()):
+            return True
+        return p.cwd().startswith(temp_dir + os.sep) or p.cwd() == temp_dir
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+
+
+def _leftovers(temp_dir: str) -> list[psutil.Process]:
+    me = os.getpid()
+    return [p for p in psutil.process_iter() if p.pid != me and _ours(p, temp_dir)]
+
+
+def stop_ray_head(head: RayHead) -> None:
+    """Stop the head by its own process ids: its process group (SIGTERM, then SIGKILL), then any
+    process left that belongs to its temp dir. Never `ray stop`, never by name."""
+    proc = head.proc
+    pgid = proc.pid  # start_new_session=True: the group id is the leader's pid
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pass
+    # Whatever is left of the group (the leader, or children it did not take down), killed hard.
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+    # Processes in other groups/sessions (Ray starts some with their own session), found by pid.
+    deadline = time.monotonic() + 20
+    left = _leftovers(head.temp_dir)
+    while left and time.monotonic() < deadline:
+        for p in left:
+            try:
+                p.kill()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        psutil.wait_procs(left, timeout=5)
+        left = _leftovers(head.temp_dir)
+    try:
+        assert not left, "processes of the test's Ray head still running: " + "; ".join(
+            f"{p.pid} {' '.join(p.cmdline())[:200]}" for p in left)
+    finally:
+        shutil.rmtree(head.temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_head(tmp_path, request):
+    head = start_ray_head(tmp_path)
+    request.addfinalizer(lambda: stop_ray_head(head))
+    return head
+
+
+# --------------------------------------------------------------------------- the test
+
+
+def _job_logs(client, job_id: str) -> str:
+    try:
+        return client.get_job_logs(job_id)
+    except Exception as e:  # noqa: BLE001 - diagnostics only
+        return f"<could not read the job's logs: {e!r}>"
+
+
+def test_ray_job_submit_demo(ray_head, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    db = tmp_path / "job.duckdb"
+    out = tmp_path / "out"
+    job_id = f"curate-demo-{os.getpid()}-{int(time.time())}"
+    cmd = [
+        RAY, "job", "submit",
+        "--address", ray_head.dashboard_url,
+        "--submission-id", job_id,
+        "--working-dir", str(ROOT),
+        "--no-wait",
+        "--",
+        "python", "jobs/run.py", "jobs/configs/demo.yaml",
+        "--set", f"db={db}",
+        "--set", f"export.out={out}",
+    ]
+    t0 = time.monotonic()
+    submit = subprocess.run(cmd, env=ray_head.env, cwd=str(ROOT), capture_output=True, text=True, timeout=120)
+    assert submit.returncode == 0, f"`ray job submit` failed:\n{submit.stdout}\n{submit.stderr}"
+
+    client = JobSubmissionClient(ray_head.dashboard_url)
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    status = client.get_job_status(job_id)
+    while not status.is_terminal() and time.monotonic() < deadline:
+        time.sleep(1)
+        status = client.get_job_status(job_id)
+    logs = _job_logs(client, job_id)
+    info = client.get_job_info(job_id)
+    print(f"\njob {job_id}: {status} in {time.monotonic() - t0:.1f}s\n{logs}")
+    assert status == JobStatus.SUCCEEDED, (
+        f"job {job_id} ended {status} ({info.message}); logs:\n{logs}\n--- ray start:\n{ray_head.log_tail()}")
+
+    # What the working dir upload held: the checkout, without .venv, out/ or DuckDB files
+    # (Ray's default excludes and the checkout's .gitignore).
+    unpacked = [p.parents[1] for p in Path(ray_head.temp_dir).glob("**/working_dir_files/*/jobs/run.py")]
+    assert unpacked, "the job's unpacked working dir was not found under the head's temp dir"
+    for wd in unpacked:
+        assert (wd / "pipeline" / "runner.py").is_file()
+        assert not (wd / ".venv").exists(), "the .venv was uploaded with the working dir"
+        assert not (wd / "out").exists(), "out/ (ignored by .gitignore) was uploaded"
+        assert not list(wd.glob("*.duckdb")), "a DuckDB file (ignored by .gitignore) was uploaded"
+
+    # The DuckDB file the job wrote.
+    import duckdb
+
+    assert db.is_file(), f"the job wrote no database at {db}; logs:\n{logs}"
+    seeds = sum(1 for line in SEEDS.read_text(encoding="utf-8").splitlines() if line.strip())
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        runs = con.execute("SELECT run_id, name, status FROM runs").fetchall()
+        assert len(runs) == 1, runs
+        run_id, name, run_status = runs[0]
+        assert (name, run_status) == ("demo", "finished"), runs[0]
+
+        curated = con.execute("SELECT count(*) FROM curated").fetchone()[0]
+        dropped = con.execute("SELECT count(*) FROM drops WHERE run_id = ?", [run_id]).fetchone()[0]
+        quarantined = con.execute("SELECT count(*) FROM quarantine WHERE run_id = ?", [run_id]).fetchone()[0]
+        assert curated > 0
+        assert curated == seeds - dropped - quarantined, (curated, seeds, dropped, quarantined)
+
+        rows_in, kept, t_dropped, t_quarantined = con.execute(
+            "SELECT rows_in, kept, dropped, quarantined FROM run_totals WHERE run_id = ?", [run_id]).fetchone()
+        assert rows_in == kept + t_dropped + t_quarantined, (rows_in, kept, t_dropped, t_quarantined)
+        assert rows_in == seeds
+        assert (kept, t_dropped, t_quarantined) == (curated, dropped, quarantined)
+    finally:
+        con.close()
+
+    # The Hugging Face export.
+    import datasets
+
+    ds = datasets.load_from_disk(str(out))
+    assert len(ds) == curated
+    assert f"exported {curated} rows" in logs

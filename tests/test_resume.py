@@ -1,0 +1,131 @@
+"""Commits are atomic and idempotent: a rerun adds nothing, a run killed with SIGKILL resumes and
+ends with exactly the rows of an uninterrupted run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import duckdb
+
+from curate.pipeline.config import load_config
+from curate.pipeline.runner import run
+from conftest import ROOT, curate_cmd, write_jsonl
+
+STAGES = [{"filters": {"min_response_words": 5}}]
+TABLES = {
+    "curated": "SELECT id, to_json(messages)::VARCHAR, origin, source, meta FROM curated",
+    "drops": "SELECT stage, id, reason FROM drops",
+    "quarantine": 'SELECT stage, source, "row", raw, error FROM quarantine',
+    "stage_totals": "SELECT position, stage, rows_in, kept, dropped, quarantined FROM stage_totals",
+    "shards": "SELECT shard, rows_in FROM shards",
+}
+
+
+def snapshot(db) -> dict:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return {name: sorted(con.execute(sql).fetchall(), key=repr) for name, sql in TABLES.items()}
+    finally:
+        con.close()
+
+
+def seeds(tmp_path, alpaca_rows, copies=1):
+    rows = alpaca_rows * copies
+    bad = [b"{oops", b'{"instruction": "no answer"}']
+    return write_jsonl(tmp_path / "seeds.jsonl", rows, bad)
+
+
+def test_same_config_twice_leaves_the_same_rows(ray_local, tmp_path, alpaca_rows):
+    src = seeds(tmp_path, alpaca_rows[:400])
+    cfg = load_config(None, input=[str(src)], db=str(tmp_path / "r.duckdb"), shard_size=50, stages=STAGES)
+    first = run(cfg, progress="off")
+    before = snapshot(tmp_path / "r.duckdb")
+    second = run(cfg, progress="off")
+    assert second.run_id == first.run_id and second.attempt == 2
+    assert second.shards_skipped == second.shards == first.shards
+    assert snapshot(tmp_path / "r.duckdb") == before
+    assert (second.rows_in, second.kept, second.dropped, second.quarantined) == (first.rows_in, first.kept, first.dropped, first.quarantined)
+
+
+def test_kill_9_then_resume_gives_the_rows_of_an_uninterrupted_run(ray_local, tmp_path, alpaca_rows):
+    src = seeds(tmp_path, alpaca_rows, copies=2)  # 6,224 rows with repeats across shards
+    shard_size = 40
+    settings = ["--input", str(src), "--set", f"shard_size={shard_size}",
+                "--set", "stages=[{filters: {min_response_words: 5}}]"]
+    killed_db = tmp_path / "killed.duckdb"
+
+    proc = subprocess.Popen(
+        [*curate_cmd(), "run", "--db", str(killed_db), "--progress", "lines", *settings],
+        cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True,
+    )
+    commits = 0
+    try:
+        deadline = time.monotonic() + 240
+        for line in proc.stderr:
+            if line.startswith("committed shard"):
+                commits += 1
+                if commits == 3:
+                    break
+            assert time.monotonic() < deadline, "the run never committed 3 shards"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+        proc.wait()
+    assert commits == 3
+    total_shards = -(-(len(alpaca_rows) * 2 + 2) // shard_size)
+    partial = snapshot(killed_db)
+    assert 3 <= len(partial["shards"]) < total_shards, "the kill must land mid-run"
+
+    overrides = settings[3::2]  # the --set values, as the command line gave them
+    resumed = run(load_config(None, overrides, input=[str(src)], db=str(killed_db)), progress="off")
+    assert resumed.attempt == 2 and resumed.shards_skipped == len(partial["shards"])
+
+    clean_db = tmp_path / "clean.duckdb"
+    clean = run(load_config(None, input=[str(src)], db=str(clean_db), shard_size=shard_size, stages=STAGES), progress="off")
+    assert clean.run_id == resumed.run_id
+    assert snapshot(killed_db) == snapshot(clean_db)
+    assert resumed.rows_in == len(alpaca_rows) * 2 + 2 == resumed.kept + resumed.dropped + resumed.quarantined
+
+
+def test_zero_config_quick_start_from_the_command_line(tmp_path, alpaca_rows):
+    src = seeds(tmp_path, alpaca_rows[:100])
+    db = tmp_path / "quick.duckdb"
+    out = subprocess.run([*curate_cmd(), "run", "--input", str(src), "--db", str(db), "--progress", "off"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "102 rows in = " in out.stdout and "+ 2 quarantined" in out.stdout
+    listed = subprocess.run([*curate_cmd(), "runs", "--db", str(db), "--format", "csv"], capture_output=True, text=True)
+    assert listed.returncode == 0 and ",finished,1,102," in listed.stdout
+
+
+def test_sql_on_a_database_held_by_a_writer_says_so(tmp_path):
+    db = tmp_path / "busy.duckdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from curate.storage.store import Store; import time; s = Store({str(db)!r}); print('open', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        out = subprocess.run([*curate_cmd(), "sql", "SELECT count(*) FROM samples", "--db", str(db)], capture_output=True, text=True)
+        assert out.returncode == 2
+        assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+        assert f"open for writing by another process (process {holder.pid})" in out.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    out = subprocess.run([*curate_cmd(), "sql", "SELECT count(*) AS n FROM samples", "--db", str(db), "-f", "csv"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.splitlines() == ["n", "0"]
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    cases = [
+        (["run", "--input", str(tmp_path / "nope.jsonl"), "--db", str(tmp_path / "x.duckdb")], "input not found"),
+        (["run", "--set", "colour=blue", "--db", str(tmp_path / "x.duckdb")], "colour: unknown key"),
+        (["sql", "SELECT 1", "--db", str(tmp_path / "missing.duckdb")], "database not found"),
+        (["export", "--db", str(tmp_path / "missing.duckdb"), "--out", str(tmp_path / "o")], "database not found"),
+    ]
+    for argv, message in cases:
+        out = subprocess.run([*curate_cmd(), *argv], capture_output=True, text=True)
+        assert out.returncode == 2, out
+        assert out.stderr.startswith("error: ") and message in out.stderr and out.stderr.count("\n") == 1, out.stderr

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from curate.errors import CurateError
-from curate.pipeline.registry import stage_class
+from curate.pipeline.registry import selector_class, stage_class
 
 
 class Strict(BaseModel):
@@ -43,6 +43,14 @@ class StageConfig(Strict):
     batch_size: int | None = None
 
 
+class SelectorConfig(Strict):
+    """One configured selector; `name` is the selection it writes (default: the key)."""
+
+    key: str
+    name: str
+    params: dict[str, Any] = {}
+
+
 class RayConfig(Strict):
     address: str | None = None  # default: $RAY_ADDRESS if set, else an embedded local Ray
     num_cpus: int | None = Field(None, ge=1)
@@ -61,6 +69,7 @@ class RunConfig(Strict):
     shard_size: int = Field(1000, ge=1)
     ingest: IngestConfig = IngestConfig()
     stages: list[StageConfig] = []
+    selectors: list[SelectorConfig] = []
     export: ExportConfig | None = None
     ray: RayConfig = RayConfig()
 
@@ -77,6 +86,15 @@ class RunConfig(Strict):
         if not isinstance(v, list):
             raise ValueError("stages must be a list of {stage_name: {parameters}}")
         return [_parse_stage(i, item) for i, item in enumerate(v)]
+
+    @field_validator("selectors", mode="before")
+    @classmethod
+    def _parse_selectors(cls, v):
+        if v is None:
+            return []
+        if not isinstance(v, list):
+            raise ValueError("selectors must be a list of {selector_name: {parameters}}")
+        return [_parse_selector(i, item) for i, item in enumerate(v)]
 
     def fingerprint(self, inputs: list[dict]) -> str:
         """What makes a run: its inputs, ingest settings, sharding and stages. The same
@@ -96,25 +114,37 @@ class StageConfigError(ValueError):
         self.where = where
 
 
-def _parse_stage(index: int, item) -> StageConfig:
+def _parse_component(index: int, item, lookup, reserved: tuple[str, ...]) -> tuple[str, dict, dict]:
+    """`{key: {params}}` → (key, validated params, reserved settings), errors naming the place."""
     if isinstance(item, str):
         item = {item: {}}
     if not isinstance(item, dict) or len(item) != 1:
-        raise StageConfigError(str(index), "a stage is a mapping with one key, its name: {filters: {...}}")
+        raise StageConfigError(str(index), "each entry is a mapping with one key, its name: {filters: {...}}")
     (key, params), = item.items()
+    if params is not None and not isinstance(params, dict):
+        raise StageConfigError(f"{index}.{key}", "parameters must be a mapping")
     params = dict(params or {})
     try:
-        cls = stage_class(key)
+        cls = lookup(key)
     except CurateError as e:
         raise StageConfigError(str(index), str(e)) from None
-    extra = {k: params.pop(k) for k in ("resources", "batch_size", "name") if k in params}
-    model = _params_model(cls)
+    extra = {k: params.pop(k) for k in reserved if k in params}
     try:
-        validated = model(**params).model_dump()
+        validated = _params_model(cls)(**params).model_dump()
     except ValidationError as e:
         raise StageConfigError(f"{index}.{key}", format_errors(e)) from None
-    return StageConfig(key=key, name=extra.get("name", key), params=validated,
+    return key, validated, extra
+
+
+def _parse_stage(index: int, item) -> StageConfig:
+    key, params, extra = _parse_component(index, item, stage_class, ("resources", "batch_size", "name"))
+    return StageConfig(key=key, name=extra.get("name", key), params=params,
                        resources=extra.get("resources") or {}, batch_size=extra.get("batch_size"))
+
+
+def _parse_selector(index: int, item) -> SelectorConfig:
+    key, params, extra = _parse_component(index, item, selector_class, ("name",))
+    return SelectorConfig(key=key, name=extra.get("name", key), params=params)
 
 
 def _params_model(cls) -> type[BaseModel]:

@@ -26,6 +26,7 @@ class Progress:
         self.mode = mode
         self.live = None
         self.last_line = 0.0
+        self.closed = False
         if mode == "table":
             self.live = Live(self.table(), console=self.console, refresh_per_second=4, transient=False)
             self.live.start()
@@ -68,6 +69,9 @@ class Progress:
         return t
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         if self.live:
             self.live.update(self.table())
             self.live.stop()

@@ -1,4 +1,4 @@
-"""Config key → stage class. A config key is the same word as the class's `name`."""
+"""Config key → stage or selector class. A config key is the same word as the class's `name`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,21 @@ STAGES = {
 }
 
 
+SELECTORS = {
+    "random": "curate.selectors.random:RandomSelection",
+}
+
+
 def stage_class(key: str):
-    if key not in STAGES:
-        raise CurateError(f"unknown stage '{key}' (known: {', '.join(sorted(STAGES))})")
-    module, _, cls = STAGES[key].partition(":")
+    return _load("stage", STAGES, key)
+
+
+def selector_class(key: str):
+    return _load("selector", SELECTORS, key)
+
+
+def _load(kind: str, registry: dict[str, str], key: str):
+    if key not in registry:
+        raise CurateError(f"unknown {kind} '{key}' (known: {', '.join(sorted(registry))})")
+    module, _, cls = registry[key].partition(":")
     return getattr(importlib.import_module(module), cls)

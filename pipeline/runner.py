@@ -11,6 +11,7 @@ from curate.errors import CurateError
 from curate.pipeline.config import RunConfig, config_to_dict
 from curate.pipeline.dag import build_dataset, stage_plans
 from curate.pipeline.progress import Progress
+from curate.pipeline.select import run_selectors
 from curate.stages.readers import input_fingerprint, plan_shards, resolve_inputs
 from curate.storage.store import Store
 from curate.storage.writer import ShardWriter
@@ -27,43 +28,55 @@ class RunReport:
     kept: int
     dropped: int
     quarantined: int
+    selections: list[dict]  # the selections written by this attempt
 
     def summary(self) -> str:
-        return (f"run {self.run_id} (attempt {self.attempt}): {self.rows_in} rows in = {self.kept} kept + "
+        text = (f"run {self.run_id} (attempt {self.attempt}): {self.rows_in} rows in = {self.kept} kept + "
                 f"{self.dropped} dropped + {self.quarantined} quarantined; "
                 f"{self.shards - self.shards_skipped} of {self.shards} shards processed → {self.db}")
+        for s in self.selections:
+            text += f"\nselection {s['name']}: {s['rows']} of {s['pool']} rows"
+        return text
 
 
 def run(config: RunConfig, progress: str = "auto") -> RunReport:
     inputs = resolve_inputs(config.input)
     plans = stage_plans(config)
     stage_names = [p.name for p in plans]
-    run_id = config.fingerprint(input_fingerprint(inputs))
+    fingerprint = input_fingerprint(inputs)
+    run_id = config.fingerprint(fingerprint)
     shards = plan_shards(inputs, config.shard_size)
     with Store(config.db) as store:
-        attempt = store.begin_run(run_id, config.name, config_to_dict(config), input_fingerprint(inputs))
+        attempt = store.begin_run(run_id, config.name, config_to_dict(config), fingerprint)
         done = store.committed_shards(run_id)
         todo = [s for s in shards if s.shard not in done]
         bar = Progress(stage_names, len(shards), len(shards) - len(todo), mode=progress)
         writer = ShardWriter(store, run_id, stage_names, {s.shard: s.path for s in shards}, bar.shard_committed)
         try:
             if todo:
-                with ray_session(config):
-                    for batch in build_dataset(todo, plans).iter_batches(batch_format="pyarrow", batch_size=None):
-                        writer.add(batch)
-                if writer.unfinished():
-                    raise RuntimeError(f"the stream ended with shards incomplete: {writer.unfinished()[:5]}")
-                for spec in todo:  # shards that produced no rows at all (blank files)
-                    if spec.shard not in store.committed_shards(run_id):
-                        writer.add_empty_shard(spec.shard)
+                _stream(config, todo, plans, store, writer, run_id)
+            bar.close()
+            selections = run_selectors(store, run_id, config.selectors)
         except BaseException:
             bar.close()
             store.end_run(run_id, "failed")
             raise
-        bar.close()
         store.end_run(run_id, "finished")
         totals = store.totals(run_id)
-    return _check_counts(RunReport(run_id, config.db, attempt, len(shards), len(shards) - len(todo), **totals))
+    report = RunReport(run_id, config.db, attempt, len(shards), len(shards) - len(todo), **totals, selections=selections)
+    return _check_counts(report)
+
+
+def _stream(config, todo, plans, store, writer, run_id) -> None:
+    with ray_session(config):
+        for batch in build_dataset(todo, plans).iter_batches(batch_format="pyarrow", batch_size=None):
+            writer.add(batch)
+    if writer.unfinished():
+        raise RuntimeError(f"the stream ended with shards incomplete: {writer.unfinished()[:5]}")
+    committed = store.committed_shards(run_id)
+    for spec in todo:  # shards that produced no rows at all (blank files)
+        if spec.shard not in committed:
+            writer.add_empty_shard(spec.shard)
 
 
 @contextmanager

@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS runs (
     status VARCHAR,            -- running | finished | failed
     attempts INTEGER,
     started_at TIMESTAMP,
+    last_attempt_at TIMESTAMP,
     finished_at TIMESTAMP
 );
 CREATE TABLE IF NOT EXISTS samples (
@@ -52,7 +53,19 @@ CREATE TABLE IF NOT EXISTS stage_stats (
     run_id VARCHAR, shard VARCHAR, position INTEGER, stage VARCHAR,
     rows_in BIGINT, kept BIGINT, dropped BIGINT, quarantined BIGINT, seconds DOUBLE
 );
+CREATE TABLE IF NOT EXISTS selections (
+    run_id VARCHAR, name VARCHAR, id VARCHAR, rank INTEGER, score DOUBLE
+);
+CREATE TABLE IF NOT EXISTS selection_info (
+    run_id VARCHAR, name VARCHAR, selector VARCHAR, params JSON,
+    pool BIGINT, rows BIGINT, seconds DOUBLE, created_at TIMESTAMP,
+    PRIMARY KEY (run_id, name)
+);
+-- The kept samples of the latest run (the one most recently started or resumed).
 CREATE OR REPLACE VIEW curated AS
+    SELECT * EXCLUDE (kept) FROM samples
+    WHERE kept AND run_id = (SELECT run_id FROM runs ORDER BY last_attempt_at DESC LIMIT 1);
+CREATE OR REPLACE VIEW curated_all AS
     SELECT * EXCLUDE (kept) FROM samples WHERE kept;
 CREATE OR REPLACE VIEW stage_totals AS
     SELECT run_id, position, stage, sum(rows_in)::BIGINT AS rows_in, sum(kept)::BIGINT AS kept,
@@ -112,13 +125,14 @@ class Store:
         row = self.con.execute("SELECT attempts FROM runs WHERE run_id = ?", [run_id]).fetchone()
         if row is None:
             self.con.execute(
-                "INSERT INTO runs VALUES (?, ?, ?, ?, 'running', 1, ?, NULL)",
-                [run_id, name, json.dumps(config), json.dumps(inputs), now],
+                "INSERT INTO runs VALUES (?, ?, ?, ?, 'running', 1, ?, ?, NULL)",
+                [run_id, name, json.dumps(config), json.dumps(inputs), now, now],
             )
             return 1
         self.con.execute(
-            "UPDATE runs SET attempts = attempts + 1, status = 'running', finished_at = NULL WHERE run_id = ?",
-            [run_id],
+            "UPDATE runs SET attempts = attempts + 1, status = 'running', finished_at = NULL, "
+            "last_attempt_at = ?, config = ? WHERE run_id = ?",
+            [now, json.dumps(config), run_id],
         )
         return row[0] + 1
 
@@ -134,10 +148,39 @@ class Store:
         return dict(zip(cols, row)) if row else dict.fromkeys(cols, 0)
 
     def latest_run(self) -> str | None:
-        row = self.con.execute(
-            "SELECT run_id FROM runs ORDER BY (status = 'finished') DESC, coalesce(finished_at, started_at) DESC LIMIT 1"
-        ).fetchone()
+        row = self.con.execute("SELECT run_id FROM runs ORDER BY last_attempt_at DESC LIMIT 1").fetchone()
         return row[0] if row else None
+
+    # ------------------------------------------------------------------ selections
+
+    def selection_params(self, run_id: str, name: str) -> tuple[str, str] | None:
+        row = self.con.execute(
+            "SELECT selector, params::VARCHAR FROM selection_info WHERE run_id = ? AND name = ?", [run_id, name]
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def write_selection(self, run_id: str, name: str, selector: str, params: str, pool: int,
+                        picked: list[tuple[str, float | None]], seconds: float) -> None:
+        """Replace a named selection of a run in one transaction."""
+        table = pa.table({
+            "id": pa.array([p[0] for p in picked], pa.string()),
+            "rank": pa.array(range(1, len(picked) + 1), pa.int32()),
+            "score": pa.array([p[1] for p in picked], pa.float64()),
+        })
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute("DELETE FROM selections WHERE run_id = ? AND name = ?", [run_id, name])
+            con.execute("DELETE FROM selection_info WHERE run_id = ? AND name = ?", [run_id, name])
+            con.register("_picked", table)
+            con.execute("INSERT INTO selections SELECT ?, ?, id, rank, score FROM _picked", [run_id, name])
+            con.unregister("_picked")
+            con.execute("INSERT INTO selection_info VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [run_id, name, selector, params, pool, len(picked), seconds, _now()])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
 
     # ------------------------------------------------------------------ shard commits
 

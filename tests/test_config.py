@@ -67,3 +67,12 @@ def test_stage_resources_can_be_overridden(tmp_path):
     cfg = load_config(write(tmp_path, "stages:\n  - filters: {resources: {num_cpus: 0.5, concurrency: 2}, batch_size: 64}\n"))
     plan = stage_plans(cfg)[1]
     assert plan.resources.num_cpus == 0.5 and plan.resources.concurrency == 2 and plan.batch_size == 64
+
+
+def test_selectors_are_validated_like_stages(tmp_path):
+    cfg = load_config(write(tmp_path, "selectors:\n  - random: {budget: 0.25, name: quarter}\n"))
+    assert (cfg.selectors[0].key, cfg.selectors[0].name, cfg.selectors[0].params) == ("random", "quarter", {"budget": 0.25, "seed": 0})
+    with pytest.raises(CurateError, match=r"selectors\.0: unknown selector 'kmeans_diversityy'"):
+        load_config(write(tmp_path, "selectors:\n  - kmeans_diversityy: {}\n"))
+    with pytest.raises(CurateError, match=r"selectors\.0\.random: sed: unknown key"):
+        load_config(write(tmp_path, "selectors:\n  - random: {sed: 1}\n"))

@@ -1,14 +1,21 @@
 """End to end through `ray job submit`: a real local Ray head (dashboard + job server), the demo
 config submitted with the checkout as the job's working dir, and the DuckDB file it writes.
 
-Nothing is mocked. The head is started by this test with its own free ports and its own temp dir,
-and stopped by its own process ids (never `ray stop`, which would stop every Ray on the machine).
+Nothing is mocked. The head is started by this test with its own free ports, its own temp dir and
+its own auth token, and stopped by its own process ids (never `ray stop`, which would stop every
+Ray on the machine).
+
+Ray >= 2.5x turns token authentication on by default for `ray start --head` (the dashboard answers
+401 without a token) and would read or create ~/.ray/auth_token. The test gives the head, the
+`ray job submit` CLI and its own HTTP polling one fresh token through $RAY_AUTH_TOKEN instead, so
+it neither depends on nor touches the user's ~/.ray.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -42,12 +49,20 @@ class RayHead:
     temp_dir: str
     gcs_port: int
     dashboard_port: int
+    token: str
     env: dict
     log_path: str
 
     @property
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def api(self, path: str, timeout: float = 10):
+        """GET a dashboard REST path with this head's token; the decoded JSON."""
+        req = urllib.request.Request(f"{self.dashboard_url}{path}",
+                                     headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
 
     def log_tail(self, n: int = 4000) -> str:
         try:
@@ -70,10 +85,17 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _head_env() -> dict:
+def _head_env(token: str) -> dict:
     env = dict(os.environ)
-    for k in ("RAY_ADDRESS", "RAY_JOB_CONFIG_JSON_ENV_VAR"):
+    for k in ("RAY_ADDRESS", "RAY_JOB_CONFIG_JSON_ENV_VAR", "RAY_AUTH_TOKEN_PATH"):
         env.pop(k, None)
+    # Token auth with a token of our own (see the module docstring); every process of the head,
+    # the job's driver included, inherits it from this environment.
+    env["RAY_AUTH_MODE"] = "token"
+    env["RAY_AUTH_TOKEN"] = token
+    # On SIGTERM `ray start` first asks the GCS to drain the node, for up to 30 s by default; the
+    # GCS gets the same SIGTERM from the group kill, so that wait would be spent in full.
+    env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
     # The job's entrypoint is `python ...`, run by a shell the head's processes start: put this
     # venv's interpreter first on PATH so that `python` has ray, duckdb and datasets.
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
@@ -92,10 +114,8 @@ def _wait_for_job_api(head: RayHead, timeout: float) -> None:
         if head.proc.poll() is not None:
             raise RuntimeError(f"`ray start` exited with {head.proc.returncode}:\n{head.log_tail()}")
         try:
-            with urllib.request.urlopen(f"{head.dashboard_url}/api/version", timeout=5) as r:
-                json.loads(r.read())
-            with urllib.request.urlopen(f"{head.dashboard_url}/api/jobs/", timeout=5) as r:
-                json.loads(r.read())
+            head.api("/api/version", timeout=5)
+            head.api("/api/jobs/", timeout=5)
             return
         except (urllib.error.URLError, ConnectionError, OSError, ValueError) as e:
             last = e
@@ -129,12 +149,13 @@ def start_ray_head(log_dir: Path) -> RayHead:
         f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
     ]
-    env = _head_env()
+    token = secrets.token_hex(32)
+    env = _head_env(token)
     log_path = str(log_dir / "ray_start.log")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, cwd=temp_dir, start_new_session=True)
-    head = RayHead(proc, temp_dir, gcs, dashboard, env, log_path)
+    head = RayHead(proc, temp_dir, gcs, dashboard, token, env, log_path)
     try:
         _wait_for_job_api(head, START_TIMEOUT_S)
     except BaseException:
@@ -210,16 +231,17 @@ def ray_head(tmp_path, request):
 # --------------------------------------------------------------------------- the test
 
 
-def _job_logs(client, job_id: str) -> str:
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def _job_logs(head: RayHead, job_id: str) -> str:
     try:
-        return client.get_job_logs(job_id)
+        return head.api(f"/api/jobs/{job_id}/logs")["logs"]
     except Exception as e:  # noqa: BLE001 - diagnostics only
         return f"<could not read the job's logs: {e!r}>"
 
 
 def test_ray_job_submit_demo(ray_head, tmp_path):
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
     db = tmp_path / "job.duckdb"
     out = tmp_path / "out"
     job_id = f"curate-demo-{os.getpid()}-{int(time.time())}"
@@ -238,17 +260,16 @@ def test_ray_job_submit_demo(ray_head, tmp_path):
     submit = subprocess.run(cmd, env=ray_head.env, cwd=str(ROOT), capture_output=True, text=True, timeout=120)
     assert submit.returncode == 0, f"`ray job submit` failed:\n{submit.stdout}\n{submit.stderr}"
 
-    client = JobSubmissionClient(ray_head.dashboard_url)
     deadline = time.monotonic() + JOB_TIMEOUT_S
-    status = client.get_job_status(job_id)
-    while not status.is_terminal() and time.monotonic() < deadline:
+    info = ray_head.api(f"/api/jobs/{job_id}")
+    while info["status"] not in TERMINAL and time.monotonic() < deadline:
         time.sleep(1)
-        status = client.get_job_status(job_id)
-    logs = _job_logs(client, job_id)
-    info = client.get_job_info(job_id)
-    print(f"\njob {job_id}: {status} in {time.monotonic() - t0:.1f}s\n{logs}")
-    assert status == JobStatus.SUCCEEDED, (
-        f"job {job_id} ended {status} ({info.message}); logs:\n{logs}\n--- ray start:\n{ray_head.log_tail()}")
+        info = ray_head.api(f"/api/jobs/{job_id}")
+    logs = _job_logs(ray_head, job_id)
+    print(f"\njob {job_id}: {info['status']} in {time.monotonic() - t0:.1f}s\n{logs}")
+    assert info["status"] == "SUCCEEDED", (
+        f"job {job_id} ended {info['status']} ({info.get('message')}); logs:\n{logs}\n"
+        f"--- ray start:\n{ray_head.log_tail()}")
 
     # What the working dir upload held: the checkout, without .venv, out/ or DuckDB files
     # (Ray's default excludes and the checkout's .gitignore).

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -87,7 +88,10 @@ def _free_ports(n: int) -> list[int]:
 
 def _head_env(token: str) -> dict:
     env = dict(os.environ)
-    for k in ("RAY_ADDRESS", "RAY_JOB_CONFIG_JSON_ENV_VAR", "RAY_AUTH_TOKEN_PATH"):
+    # Not an ambient cluster, token file or upload setting: this head, and Ray's default upload
+    # rules (default excludes + the checkout's .gitignore), which the test checks.
+    for k in ("RAY_ADDRESS", "RAY_JOB_CONFIG_JSON_ENV_VAR", "RAY_AUTH_TOKEN_PATH",
+              "RAY_RUNTIME_ENV_IGNORE_GITIGNORE", "RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES"):
         env.pop(k, None)
     # Token auth with a token of our own (see the module docstring); every process of the head,
     # the job's driver included, inherits it from this environment.
@@ -167,8 +171,9 @@ def start_ray_head(log_dir: Path) -> RayHead:
 def _ours(p: psutil.Process, temp_dir: str) -> bool:
     """A process of this head: its command line names our temp dir, or it runs inside it
     (the job's driver runs in the unpacked working dir under the temp dir)."""
+    names_dir = re.compile(re.escape(temp_dir) + r"(?![\w.-])").search
     try:
-        if any(temp_dir in arg for arg in p.cmdline()):
+        if any(names_dir(arg) for arg in p.cmdline()):
             return True
         return p.cwd().startswith(temp_dir + os.sep) or p.cwd() == temp_dir
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
@@ -241,6 +246,18 @@ def _job_logs(head: RayHead, job_id: str) -> str:
         return f"<could not read the job's logs: {e!r}>"
 
 
+def _job_info(head: RayHead, job_id: str) -> dict:
+    """The job's record; a transient HTTP failure (a busy 2-core machine) is retried."""
+    for attempt in range(5):
+        try:
+            return head.api(f"/api/jobs/{job_id}")
+        except (urllib.error.URLError, ConnectionError, OSError, ValueError):
+            if attempt == 4:
+                raise
+            time.sleep(2)
+    raise AssertionError("unreachable")
+
+
 def test_ray_job_submit_demo(ray_head, tmp_path):
     db = tmp_path / "job.duckdb"
     out = tmp_path / "out"
@@ -261,15 +278,18 @@ def test_ray_job_submit_demo(ray_head, tmp_path):
     assert submit.returncode == 0, f"`ray job submit` failed:\n{submit.stdout}\n{submit.stderr}"
 
     deadline = time.monotonic() + JOB_TIMEOUT_S
-    info = ray_head.api(f"/api/jobs/{job_id}")
+    info = _job_info(ray_head, job_id)
     while info["status"] not in TERMINAL and time.monotonic() < deadline:
         time.sleep(1)
-        info = ray_head.api(f"/api/jobs/{job_id}")
+        info = _job_info(ray_head, job_id)
     logs = _job_logs(ray_head, job_id)
     print(f"\njob {job_id}: {info['status']} in {time.monotonic() - t0:.1f}s\n{logs}")
     assert info["status"] == "SUCCEEDED", (
         f"job {job_id} ended {info['status']} ({info.get('message')}); logs:\n{logs}\n"
         f"--- ray start:\n{ray_head.log_tail()}")
+    # The entrypoint's driver joined this head (RAY_ADDRESS from the job server) rather than
+    # starting an embedded Ray of its own: only then does the job record a driver.
+    assert info.get("driver_info"), f"the job's driver never connected to the head: {info}"
 
     # What the working dir upload held: the checkout, without .venv, out/ or DuckDB files
     # (Ray's default excludes and the checkout's .gitignore).

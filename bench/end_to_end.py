@@ -1,0 +1,92 @@
+"""The CPU part of the pipeline on a pool built from the Alpaca data, against the naive script
+(one process: parse every row, normalise, insert into DuckDB once; no shards, no resume).
+
+    python bench/end_to_end.py --quick      # 20,000 rows, under a minute
+    python bench/end_to_end.py              # 200,000 rows
+
+Prints figures, the last line one JSON object (keys per ../shared/BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import duckdb  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+from bench._common import PeakRSS, alpaca_pool  # noqa: E402
+from curate.pipeline.config import load_config  # noqa: E402
+from curate.pipeline.runner import run  # noqa: E402
+from curate.stages.ingest import Ingest, RowError  # noqa: E402
+from curate.storage.schema import SAMPLE_SCHEMA  # noqa: E402
+
+
+def reference(path: Path, db: str) -> int:
+    """What a one-off script does: loop over lines, parse, collect, insert once."""
+    ingest = Ingest()
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rows.append(ingest.parse(line, "pool"))
+            except RowError:
+                pass
+    con = duckdb.connect(db)
+    con.register("t", pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA))
+    con.execute("CREATE TABLE samples AS SELECT DISTINCT ON (id) * FROM t")
+    n = con.execute("SELECT count(*) FROM samples").fetchone()[0]
+    con.close()
+    return n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rows", type=int, default=None)
+    ap.add_argument("--shard-size", type=int, default=5000)
+    args = ap.parse_args()
+    rows = args.rows or (20_000 if args.quick else 200_000)
+
+    import ray
+
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    with tempfile.TemporaryDirectory(prefix="curate-bench-") as tmp:
+        pool = alpaca_pool(rows, Path(tmp) / "pool.jsonl")
+        config = load_config(None, input=[str(pool)], db=os.path.join(tmp, "bench.duckdb"), shard_size=args.shard_size,
+                             stages=[{"filters": {"min_response_words": 3}}])
+        with PeakRSS() as mem:
+            start = time.perf_counter()
+            report = run(config, progress="off")
+            total_s = time.perf_counter() - start
+        con = duckdb.connect(config.db, read_only=True)
+        stage_rows_s = {stage: round(rows_in / secs, 1) if secs else None for stage, rows_in, secs in
+                        con.execute("SELECT stage, rows_in, seconds FROM stage_totals WHERE run_id = ? AND stage != 'store'",
+                                    [report.run_id]).fetchall()}
+        con.close()
+
+        start = time.perf_counter()
+        ref_rows = reference(pool, os.path.join(tmp, "ref.duckdb"))
+        ref_s = time.perf_counter() - start
+    ray.shutdown()
+
+    print(report.summary())
+    print(f"pipeline: {rows / total_s:,.0f} rows/s end to end ({total_s:.1f} s, Ray start included); "
+          f"reference script: {rows / ref_s:,.0f} rows/s ({ref_s:.1f} s, {ref_rows} rows)")
+    print(json.dumps({
+        "bench": "end_to_end", "rows": rows, "total_s": round(total_s, 2),
+        "rows_s": round(rows / total_s, 1), "stage_rows_s": stage_rows_s,
+        "reference_rows_s": round(rows / ref_s, 1), "ratio": round(ref_s / total_s, 3),
+        "peak_rss_mib": mem.mib, "kept": report.kept, "shards": report.shards,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -122,7 +122,7 @@ def apply_stage(stage: Stage, name: str, batch: pa.Table) -> pa.Table:
     per_row = seconds / max(1, live.num_rows)
     parts = [p.append_column(S.COST_PREFIX + name, pa.array([per_row] * p.num_rows, pa.float64())) for p in parts]
     parts.append(passed)
-    return pa.concat_tables([p for p in parts if p.num_rows or p is parts[0]], promote_options="permissive")
+    return pa.concat_tables(parts, promote_options="permissive")
 
 
 def _mark(table: pa.Table, why_col: str, status: str, stage: str) -> pa.Table:

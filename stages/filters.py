@@ -30,8 +30,8 @@ class Filters(Stage):
         ]
 
     def statistics(self, batch: pa.Table) -> dict[str, pa.Array]:
-        instructions = pa.array(first_user_turn(batch["messages"]), pa.string())
-        responses = pa.array(last_assistant_turn(batch["messages"]), pa.string())
+        instructions = first_user_turn(batch["messages"])
+        responses = last_assistant_turn(batch["messages"])
         words = pc.list_value_length(pc.utf8_split_whitespace(pc.utf8_trim_whitespace(responses)))
         return {
             "instruction_chars": pc.utf8_length(instructions),

@@ -156,3 +156,14 @@ def test_sharegpt_and_openai_rows_land_with_lineage_fields(ray_local, tmp_path):
     got = q(db, "SELECT origin, parent_ids, meta, len(messages) FROM curated ORDER BY len(messages)")
     assert got[0] == ("seed", [], json.dumps({"id": "x1"}), 2)
     assert got[1] == ("evol", ["abc"], "{}", 3)
+
+
+def test_a_file_of_blank_lines_is_a_finished_run_with_no_rows(ray_local, tmp_path):
+    src = tmp_path / "blank.jsonl"
+    src.write_text("\n\n   \n")
+    db = tmp_path / "blank.duckdb"
+    report = run(load_config(None, input=[str(src)], db=str(db)), progress="off")
+    assert (report.rows_in, report.kept, report.shards) == (0, 0, 1)
+    assert q(db, "SELECT shard, rows_in FROM shards") == [("s000-00000", 0)]
+    again = run(load_config(None, input=[str(src)], db=str(db)), progress="off")
+    assert again.shards_skipped == 1

@@ -66,24 +66,21 @@ def _plan(name, key, params, cls, sc: StageConfig | None, batch_size) -> StagePl
 _STAGE_CACHE: dict[str, Stage] = {}
 
 
-def read_shards(batch: pa.Table) -> pa.Table:
-    """Ray step: shard specs → raw records (one output row per input row of the shard)."""
-    tables = []
-    for spec in batch.to_pylist():
-        records = read_shard(ShardSpec(**spec))
-        n = len(records)
-        tables.append(pa.table({
-            S.SHARD: pa.array([spec["shard"]] * n, pa.string()),
-            S.SHARD_ROWS: pa.array([n] * n, pa.int64()),
-            S.ROW: pa.array([r.row for r in records], pa.int64()),
-            "source": pa.array([spec["source"]] * n, pa.string()),
-            S.RAW: pa.array([r.raw for r in records], pa.string()),
-            "read_error": pa.array([r.error for r in records], pa.string()),
-            S.STATUS: pa.array([S.KEPT] * n, pa.string()),
-            S.STAGE: pa.nulls(n, pa.string()),
-            S.REASON: pa.nulls(n, pa.string()),
-        }))
-    return pa.concat_tables(tables)
+def read_shard_table(spec: ShardSpec) -> pa.Table:
+    """Ray read task body: one shard → raw records, with the bookkeeping columns."""
+    records = read_shard(spec)
+    n = len(records)
+    return pa.table({
+        S.SHARD: pa.array([spec.shard] * n, pa.string()),
+        S.SHARD_ROWS: pa.array([n] * n, pa.int64()),
+        S.ROW: pa.array([r.row for r in records], pa.int64()),
+        "source": pa.array([spec.source] * n, pa.string()),
+        S.RAW: pa.array([r.raw for r in records], pa.string()),
+        "read_error": pa.array([r.error for r in records], pa.string()),
+        S.STATUS: pa.array([S.KEPT] * n, pa.string()),
+        S.STAGE: pa.nulls(n, pa.string()),
+        S.REASON: pa.nulls(n, pa.string()),
+    })
 
 
 def run_stage_task(batch: pa.Table, plan: StagePlan) -> pa.Table:
@@ -140,11 +137,38 @@ def _mark(table: pa.Table, why_col: str, status: str, stage: str) -> pa.Table:
 def build_dataset(shards: list[ShardSpec], plans: list[StagePlan]):
     import ray.data
 
-    ds = ray.data.from_items([s.to_dict() for s in shards], override_num_blocks=max(1, len(shards)))
-    ds = ds.map_batches(read_shards, batch_size=1, batch_format="pyarrow", num_cpus=1)
+    # One read task per shard: CPU stages fuse into it, so a shard flows through them in one
+    # task, and shards run in parallel and reach the writer as they finish.
+    ds = ray.data.read_datasource(ShardDatasource(shards), override_num_blocks=max(1, len(shards)))
     for plan in plans:
         ds = _add_step(ds, plan)
     return ds
+
+
+def _shard_datasource_class():
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    class ShardDatasource(Datasource):
+        def __init__(self, shards: list[ShardSpec]):
+            super().__init__()
+            self.shards = shards
+
+        def estimate_inmemory_data_size(self):
+            return None
+
+        def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
+            return [
+                ReadTask(lambda spec=spec: [read_shard_table(spec)],
+                         BlockMetadata(num_rows=None, size_bytes=None, input_files=[spec.path], exec_stats=None))
+                for spec in self.shards
+            ]
+
+    return ShardDatasource
+
+
+def ShardDatasource(shards: list[ShardSpec]):  # noqa: N802 - a class, built lazily so importing this module needs no Ray
+    return _shard_datasource_class()(shards)
 
 
 def _add_step(ds, plan: StagePlan):

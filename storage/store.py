@@ -107,6 +107,7 @@ class Store:
         self.con = connect(path, read_only=read_only)
         if not read_only:
             self.con.execute(DDL)
+            self.con.execute("SET checkpoint_threshold = '1GB'")
 
     def close(self) -> None:
         self.con.close()

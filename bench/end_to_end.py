@@ -78,7 +78,7 @@ def main() -> None:
     ray.shutdown()
 
     print(report.summary())
-    print(f"pipeline: {rows / total_s:,.0f} rows/s end to end ({total_s:.1f} s, Ray start included); "
+    print(f"pipeline: {rows / total_s:,.0f} rows/s end to end ({total_s:.1f} s, Ray worker start-up included); "
           f"reference script: {rows / ref_s:,.0f} rows/s ({ref_s:.1f} s, {ref_rows} rows)")
     print(json.dumps({
         "bench": "end_to_end", "rows": rows, "total_s": round(total_s, 2),

@@ -25,6 +25,7 @@ SHAREGPT_ROLES = {
 }
 # Fields that describe the sample itself rather than going into `meta`.
 RESERVED = {"origin", "source", "parent_ids", "meta"}
+_META_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True, default=str)
 
 
 class RowError(ValueError):
@@ -46,25 +47,23 @@ class Ingest(Stage):
         read_errors = batch.column("read_error").to_pylist()
         sources = batch.column("source").to_pylist()
         good_idx, bad_idx, errors = [], [], []
-        cols = {c: [] for c in S.SAMPLE_COLUMNS}
+        samples = []
         for i, (raw, read_error, source) in enumerate(zip(raws, read_errors, sources)):
             try:
                 if read_error:
                     raise RowError(read_error)
-                sample = self.parse(raw, source)
+                samples.append(self.parse(raw, source))
             except RowError as e:
                 bad_idx.append(i)
                 errors.append(str(e))
                 continue
             good_idx.append(i)
-            for c in S.SAMPLE_COLUMNS:
-                cols[c].append(sample[c])
-        carry = batch.drop_columns([S.RAW, "read_error", "source"])
-        kept = carry.take(pa.array(good_idx, pa.int64()))
-        for f in S.SAMPLE_SCHEMA:
-            kept = kept.append_column(f, pa.array(cols[f.name], type=f.type))
+        kept = batch.drop_columns([S.RAW, "read_error", "source"]).take(pa.array(good_idx, pa.int64()))
+        for name, column in S.sample_arrays(samples).items():
+            kept = kept.append_column(name, column)
         kept = kept.append_column(S.RAW, pa.nulls(len(good_idx), pa.string()))
-        quarantined = batch.take(pa.array(bad_idx, pa.int64())).drop_columns(["read_error"]).append_column("error", pa.array(errors, pa.string()))
+        quarantined = (batch.take(pa.array(bad_idx, pa.int64())).drop_columns(["read_error"])
+                       .append_column("error", pa.array(errors, pa.string())))
         return StageResult(kept=kept, quarantined=quarantined)
 
     def parse(self, raw: str, source: str) -> dict:
@@ -91,7 +90,7 @@ class Ingest(Stage):
             "origin": _str_or(row.get("origin"), self.origin),
             "source": _str_or(row.get("source"), source),
             "parent_ids": parents,
-            "meta": json.dumps(meta, ensure_ascii=False, sort_keys=True, default=str),
+            "meta": _META_JSON.encode(meta) if meta else "{}",
         }
 
 

@@ -38,15 +38,37 @@ KEPT, DROPPED, QUARANTINED = "kept", "dropped", "quarantined"
 VALID_ROLES = ("system", "user", "assistant", "tool")
 
 
+_CANONICAL = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def canonical_messages(messages: list[dict]) -> str:
-    return json.dumps(
-        [[m["role"], m["content"]] for m in messages], ensure_ascii=False, separators=(",", ":")
-    )
+    return _CANONICAL.encode([[m["role"], m["content"]] for m in messages])
 
 
 def sample_id(messages: list[dict]) -> str:
     """Stable id: the same conversation always gets the same id, across runs and machines."""
     return hashlib.blake2b(canonical_messages(messages).encode("utf-8"), digest_size=16).hexdigest()
+
+
+def messages_array(conversations: list[list[dict]]) -> pa.Array:
+    """list<struct<role, content>> built from flat columns: far faster than from Python dicts."""
+    offsets, roles, contents = [0], [], []
+    for conv in conversations:
+        for m in conv:
+            roles.append(m["role"])
+            contents.append(m["content"])
+        offsets.append(len(roles))
+    turns = pa.StructArray.from_arrays([pa.array(roles, pa.string()), pa.array(contents, pa.string())], fields=list(MESSAGE))
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), turns)
+
+
+def sample_arrays(samples: list[dict]) -> dict[str, pa.Array]:
+    """Columns of SAMPLE_SCHEMA from sample dicts."""
+    out = {}
+    for f in SAMPLE_SCHEMA:
+        values = [s[f.name] for s in samples]
+        out[f.name] = messages_array(values) if f.name == "messages" else pa.array(values, type=f.type)
+    return out
 
 
 def duckdb_type(t: pa.DataType) -> str:

@@ -197,11 +197,11 @@ class Store:
             if con.execute("SELECT 1 FROM shards WHERE run_id = ? AND shard = ?", [run_id, shard]).fetchone():
                 con.execute("ROLLBACK")
                 return []
-            con.register("_shard_rows", table)
-            con.execute("CREATE OR REPLACE TEMP TABLE _batch AS SELECT * FROM _shard_rows")
-            con.unregister("_shard_rows")
-            stats = self._insert_rows(run_id, shard, path, rows_in, stages)
-            con.execute("DROP TABLE _batch")
+            con.register("_batch", table)  # an Arrow scan: no copy
+            try:
+                stats = self._insert_rows(run_id, shard, path, rows_in, stages)
+            finally:
+                con.unregister("_batch")
             con.execute("COMMIT")
             return stats
         except BaseException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import List, Optional
 
@@ -95,6 +96,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted; rerun the same command to resume", err=True)
         sys.exit(130)
+    except Exception as e:  # a bug or a failing stage: one line, the traceback on request
+        if os.environ.get("CURATE_DEBUG"):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        typer.echo(f"error: {type(e).__name__}: {first} (set CURATE_DEBUG=1 for the traceback)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

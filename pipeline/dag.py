@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from curate.pipeline.config import RunConfig, StageConfig
 from curate.pipeline.registry import stage_class
-from curate.stages.base import Resources, Stage, StageResult
+from curate.stages.base import GlobalStage, Resources, Stage, StageResult
 from curate.stages.ingest import Ingest
 from curate.stages.readers import ShardSpec, read_shard
 from curate.storage import schema as S
@@ -32,6 +32,10 @@ class StagePlan:
     params: dict
     resources: Resources
     batch_size: int | None
+
+    @property
+    def is_global(self) -> bool:
+        return self.key != "ingest" and issubclass(stage_class(self.key), GlobalStage)
 
     def cache_key(self) -> str:
         return json.dumps([self.name, self.key, self.params], sort_keys=True, default=str)
@@ -116,6 +120,8 @@ def apply_stage(stage: Stage, name: str, batch: pa.Table) -> pa.Table:
     out_rows = sum(p.num_rows for p in parts)
     if out_rows != live.num_rows:
         raise RuntimeError(f"stage {name} returned {out_rows} rows for {live.num_rows}: a stage must account for every row")
+    if result.keys is not None:
+        parts[0] = parts[0].append_column(S.KEY_PREFIX + name, result.keys.cast(pa.binary()))
     per_row = seconds / max(1, live.num_rows)
     parts = [p.append_column(S.COST_PREFIX + name, pa.array([per_row] * p.num_rows, pa.float64())) for p in parts]
     parts.append(passed)

@@ -8,6 +8,9 @@ from curate.errors import CurateError
 
 STAGES = {
     "filters": "curate.stages.filters:Filters",
+    "exact_dedup": "curate.stages.dedup:ExactDedup",
+    "near_dedup": "curate.stages.dedup:NearDedup",
+    "decontaminate": "curate.stages.decontam:Decontaminate",
 }
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from curate.errors import CurateError
 from curate.pipeline.config import RunConfig, config_to_dict
-from curate.pipeline.dag import build_dataset, stage_plans
+from curate.pipeline.dag import StagePlan, build_dataset, stage_plans
 from curate.pipeline.progress import Progress
 from curate.pipeline.select import run_selectors
 from curate.stages.readers import input_fingerprint, plan_shards, resolve_inputs
@@ -56,6 +57,7 @@ def run(config: RunConfig, progress: str = "auto") -> RunReport:
             if todo:
                 _stream(config, todo, plans, store, writer, run_id)
             bar.close()
+            run_global_steps(store, run_id, plans)
             selections = run_selectors(store, run_id, config.selectors)
         except BaseException:
             bar.close()
@@ -65,6 +67,20 @@ def run(config: RunConfig, progress: str = "auto") -> RunReport:
         totals = store.totals(run_id)
     report = RunReport(run_id, config.db, attempt, len(shards), len(shards) - len(todo), **totals, selections=selections)
     return _check_counts(report)
+
+
+def run_global_steps(store: Store, run_id: str, plans: list[StagePlan]) -> None:
+    """The second half of each GlobalStage, in config order, after the stream."""
+    position = len(plans) + 1  # after the stream stages and `store`
+    for plan in plans:
+        if not plan.is_global:
+            continue
+        if not store.global_step_done(run_id, plan.name):
+            stage = plan.build()
+            start = time.perf_counter()
+            drops = stage.decide(store.keys_reader(run_id, plan.name, stage.order))
+            store.commit_global_step(run_id, plan.name, position, drops, time.perf_counter() - start)
+        position += 1
 
 
 def _stream(config, todo, plans, store, writer, run_id) -> None:

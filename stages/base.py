@@ -30,6 +30,7 @@ class StageResult:
     kept: pa.Table
     dropped: pa.Table | None = None  # input rows plus a string column "reason"
     quarantined: pa.Table | None = None  # input rows plus a string column "error"
+    keys: pa.Array | None = None  # GlobalStage only: one binary key per kept row, stored for the global step
 
 
 class Stage:
@@ -54,3 +55,19 @@ class Stage:
             raise TypeError(f"with_() got unknown attributes: {sorted(overrides)}")
         return type(cls.__name__, (cls,), copy.copy(attrs))
 
+
+
+class GlobalStage(Stage):
+    """A stage that needs the whole pool (dedup): two halves.
+
+    In the stream, `__call__` computes a binary key per row (a normalised hash, a MinHash
+    signature) and returns it as `StageResult.keys`; the writer stores the keys with each shard.
+    After the stream, `decide` reads the keys of the rows still kept, as Arrow batches of
+    (id, position, key) in `order` ("key": equal keys adjacent; "position": input order), and
+    returns the rows to drop as (id, reason) pairs. Neither half knows of Ray or DuckDB.
+    """
+
+    order: ClassVar[str] = "position"
+
+    def decide(self, batches) -> list[tuple[str, str]]:  # pragma: no cover - interface
+        raise NotImplementedError

@@ -32,6 +32,7 @@ STAGE = "_stage"  # stage that dropped or quarantined the row
 REASON = "_reason"  # drop reason or quarantine error
 RAW = "_raw"  # raw input text; kept only on quarantined rows
 COST_PREFIX = "_t:"  # _t:<stage>: seconds of stage time charged to the row
+KEY_PREFIX = "_key:"  # _key:<stage>: a global stage's per-row key (binary), stored for its global step
 
 KEPT, DROPPED, QUARANTINED = "kept", "dropped", "quarantined"
 

@@ -53,6 +53,13 @@ CREATE TABLE IF NOT EXISTS stage_stats (
     run_id VARCHAR, shard VARCHAR, position INTEGER, stage VARCHAR,
     rows_in BIGINT, kept BIGINT, dropped BIGINT, quarantined BIGINT, seconds DOUBLE
 );
+CREATE TABLE IF NOT EXISTS row_keys (       -- per-row keys of global stages (dedup hashes, MinHash signatures)
+    run_id VARCHAR, stage VARCHAR, id VARCHAR, shard VARCHAR, "row" BIGINT, key BLOB
+);
+CREATE TABLE IF NOT EXISTS global_steps (
+    run_id VARCHAR, stage VARCHAR, dropped BIGINT, seconds DOUBLE, done_at TIMESTAMP,
+    PRIMARY KEY (run_id, stage)
+);
 CREATE TABLE IF NOT EXISTS selections (
     run_id VARCHAR, name VARCHAR, id VARCHAR, rank INTEGER, score DOUBLE
 );
@@ -248,13 +255,21 @@ class Store:
             INSERT INTO quarantine SELECT $run, {stage}, source, {row}, "{S.RAW}", {reason}, $shard
             FROM _batch WHERE {status} = {quarantined}
         """, p)
+        batch_cols = {r[0] for r in con.execute("DESCRIBE _batch").fetchall()}
+        for key_col in sorted(c for c in batch_cols if c.startswith(S.KEY_PREFIX)):
+            con.execute(f"""
+                INSERT INTO row_keys
+                SELECT $run, $stage, id, $shard, {row}, "{key_col}" FROM _batch b
+                WHERE {status} = {kept} AND "{key_col}" IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM drops d WHERE d.run_id = $run AND d.shard = $shard
+                                  AND d.stage = 'store' AND d."row" = b.{row})
+            """, {**p, "stage": key_col[len(S.KEY_PREFIX):]})
         counts = con.execute(f"""
             SELECT {stage}, count(*), count(*) FILTER ({status} = {quarantined})
             FROM _batch WHERE {status} != {kept} GROUP BY 1
         """).fetchall()
         gone_by_stage = {r[0]: (r[1], r[2]) for r in counts}
         gone_by_stage["store"] = (store_dups, 0)
-        batch_cols = {r[0] for r in con.execute("DESCRIBE _batch").fetchall()}
         stats, alive = [], rows_in
         for pos, name in enumerate([*stages, "store"]):
             gone, quar = gone_by_stage.get(name, (0, 0))
@@ -268,6 +283,52 @@ class Store:
         con.execute("INSERT INTO shards VALUES ($run, $shard, $path, $rows, $now)",
                     {**p, "path": path, "rows": rows_in, "now": _now()})
         return stats
+
+    # ------------------------------------------------------------------ global steps
+
+    def global_step_done(self, run_id: str, stage: str) -> bool:
+        return self.con.execute("SELECT 1 FROM global_steps WHERE run_id = ? AND stage = ?", [run_id, stage]).fetchone() is not None
+
+    def keys_reader(self, run_id: str, stage: str, order: str, batch_rows: int = 65_536) -> pa.RecordBatchReader:
+        """Keys of a global stage for the rows of the run still kept, in `order`."""
+        order_by = {"key": 'k.key, k.shard, k."row"', "position": 'k.shard, k."row"'}[order]
+        return self.con.cursor().sql(f"""
+            SELECT k.id, k.shard, k."row", k.key FROM row_keys k
+            JOIN samples s ON s.run_id = k.run_id AND s.id = k.id AND s.kept
+            WHERE k.run_id = $run AND k.stage = $stage ORDER BY {order_by}
+        """, params={"run": run_id, "stage": stage}).to_arrow_reader(batch_rows)
+
+    def commit_global_step(self, run_id: str, stage: str, position: int, drops: list[tuple[str, str]], seconds: float) -> int:
+        """Drop rows after the stream, with the step's completion marker, in one transaction."""
+        con = self.con
+        table = pa.table({"id": pa.array([d[0] for d in drops], pa.string()),
+                          "reason": pa.array([d[1] for d in drops], pa.string())})
+        p = {"run": run_id, "stage": stage}
+        con.execute("BEGIN TRANSACTION")
+        try:
+            if self.global_step_done(run_id, stage):
+                con.execute("ROLLBACK")
+                return 0
+            con.register("_gdrops", table)
+            kept_before = con.execute("SELECT count(*) FROM samples WHERE run_id = $run AND kept", {"run": run_id}).fetchone()[0]
+            con.execute("""
+                INSERT INTO drops
+                SELECT $run, $stage, d.id, d.reason, s.shard, s.source,
+                       (SELECT min(k."row") FROM row_keys k WHERE k.run_id = $run AND k.stage = $stage AND k.id = d.id)
+                FROM (SELECT DISTINCT ON (id) * FROM _gdrops) d
+                JOIN samples s ON s.run_id = $run AND s.id = d.id AND s.kept
+            """, p)
+            n = con.execute("SELECT count(*) FROM drops WHERE run_id = $run AND stage = $stage", p).fetchone()[0]
+            con.execute("UPDATE samples SET kept = false WHERE run_id = $run AND kept AND id IN (SELECT id FROM _gdrops)", {"run": run_id})
+            con.unregister("_gdrops")
+            con.execute("INSERT INTO stage_stats VALUES ($run, '*', $pos, $stage, $rin, $kept, $n, 0, $secs)",
+                        {**p, "pos": position, "rin": kept_before, "kept": kept_before - n, "n": n, "secs": seconds})
+            con.execute("INSERT INTO global_steps VALUES ($run, $stage, $n, $secs, $now)", {**p, "n": n, "secs": seconds, "now": _now()})
+            con.execute("COMMIT")
+            return n
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
 
     # ------------------------------------------------------------------ reading
 

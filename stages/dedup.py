@@ -1,0 +1,191 @@
+"""Exact and near deduplication.
+
+Both are GlobalStages: the stream computes a key per row in parallel CPU workers (a hash of the
+normalised text; a MinHash signature), the writer stores the keys, and after the stream
+`decide` drops every row but the first occurrence (input order), naming the id it duplicates.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+
+from curate.stages.base import GlobalStage, Resources, StageResult
+from curate.stages.text import conversation_text, first_user_turn, ngram_hashes, normalise, word_hashes
+
+
+def dedup_text(batch: pa.Table, on: str) -> pa.Array:
+    return first_user_turn(batch["messages"]) if on == "instruction" else conversation_text(batch["messages"])
+
+
+class ExactDedup(GlobalStage):
+    """Rows whose normalised instruction (or whole conversation) is equal: keep the first."""
+
+    name = "exact_dedup"
+    resources = Resources(num_cpus=1)
+    batch_size = 4096
+    order = "key"
+
+    def __init__(self, on: Literal["instruction", "conversation"] = "instruction"):
+        self.on = on
+
+    def __call__(self, batch: pa.Table) -> StageResult:
+        texts = normalise(dedup_text(batch, self.on)).to_pylist()
+        keys = pa.array([hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in texts], pa.binary())
+        return StageResult(kept=batch, keys=keys)
+
+    def decide(self, batches) -> list[tuple[str, str]]:
+        drops, last_key, first_id = [], None, None
+        for batch in batches:  # equal keys are adjacent, in input order
+            for id_, key in zip(batch.column("id").to_pylist(), batch.column("key").to_pylist()):
+                if key == last_key:
+                    drops.append((id_, f"duplicate_of:{first_id}"))
+                else:
+                    last_key, first_id = key, id_
+        return drops
+
+
+class MinHasher:
+    """MinHash signatures of word shingles, vectorised over a batch with NumPy.
+
+    Permutations are multiply-shift hashes (a·h + b mod 2^64, top 32 bits) with odd `a`, drawn
+    from `seed`, so every worker computes the same signatures."""
+
+    def __init__(self, shingle: int = 5, num_perm: int = 128, seed: int = 0):
+        self.shingle = shingle
+        self.num_perm = num_perm
+        rng = np.random.default_rng(seed)
+        self.a = rng.integers(1, 2**63, num_perm, dtype=np.uint64) | np.uint64(1)
+        self.b = rng.integers(0, 2**63, num_perm, dtype=np.uint64)
+
+    def signatures(self, text: pa.Array) -> np.ndarray:
+        """(rows, num_perm) uint32; a row without words gets all-max (it matches nothing)."""
+        hashes, offsets = word_hashes(text)
+        grams, rows = ngram_hashes(hashes, offsets, self.shingle)
+        n_rows = len(offsets) - 1
+        sig = np.full((n_rows, self.num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
+        if len(grams) == 0:
+            return sig
+        order = np.argsort(rows, kind="stable")
+        grams, rows = grams[order], rows[order]
+        present, starts = np.unique(rows, return_index=True)
+        block = max(1, 2**22 // max(1, len(grams)))  # bound the (grams × perms) working set
+        with np.errstate(over="ignore"):
+            for p0 in range(0, self.num_perm, block):
+                a, b = self.a[p0: p0 + block], self.b[p0: p0 + block]
+                permuted = ((grams[:, None] * a[None, :] + b[None, :]) >> np.uint64(32)).astype(np.uint32)
+                sig[present, p0: p0 + block] = np.minimum.reduceat(permuted, starts, axis=0)
+        return sig
+
+
+class NearDedup(GlobalStage):
+    """MinHash + LSH over word shingles: rows whose estimated Jaccard similarity to an earlier
+    kept row reaches `threshold` are dropped, naming that row."""
+
+    name = "near_dedup"
+    resources = Resources(num_cpus=1)
+    batch_size = 2048
+    order = "position"
+
+    def __init__(self, threshold: float = 0.8, num_perm: int = 128, shingle: int = 5, seed: int = 0,
+                 on: Literal["instruction", "conversation"] = "conversation", bands: int | None = None,
+                 max_bucket: int = 64):
+        if not 0 < threshold <= 1:
+            raise ValueError(f"threshold must lie in (0, 1], got {threshold}")
+        self.threshold = threshold
+        self.on = on
+        self.hasher = MinHasher(shingle, num_perm, seed)
+        self.bands, self.rows_per_band = lsh_params(threshold, num_perm) if bands is None else (bands, num_perm // bands)
+        self.max_bucket = max_bucket
+
+    def __call__(self, batch: pa.Table) -> StageResult:
+        sig = self.hasher.signatures(dedup_text(batch, self.on))
+        keys = pa.array(_rows_as_bytes(sig), pa.binary())
+        return StageResult(kept=batch, keys=keys)
+
+    def decide(self, batches) -> list[tuple[str, str]]:
+        ids, sigs = [], []
+        for batch in batches:
+            ids.extend(batch.column("id").to_pylist())
+            raw = b"".join(batch.column("key").to_pylist())
+            sigs.append(np.frombuffer(raw, dtype=np.uint32).reshape(-1, self.hasher.num_perm))
+        if not ids:
+            return []
+        sig = np.concatenate(sigs)
+        pairs = self.candidate_pairs(sig)
+        return greedy_drops(ids, pairs)
+
+    def candidate_pairs(self, sig: np.ndarray) -> np.ndarray:
+        """Verified pairs (i, j), i < j in input order, with estimated Jaccard ≥ threshold."""
+        n = len(sig)
+        r = self.rows_per_band
+        found = []
+        mult = np.random.default_rng(12345).integers(1, 2**63, r, dtype=np.uint64) | np.uint64(1)
+        with np.errstate(over="ignore"):
+            for band in range(self.bands):
+                chunk = sig[:, band * r: (band + 1) * r].astype(np.uint64)
+                key = (chunk * mult).sum(axis=1)
+                order = np.argsort(key, kind="stable")
+                sorted_key = key[order]
+                boundary = np.flatnonzero(np.diff(sorted_key)) + 1
+                for group in np.split(order, boundary):
+                    if len(group) < 2:
+                        continue
+                    group = np.sort(group)
+                    if len(group) <= self.max_bucket:
+                        i, j = np.triu_indices(len(group), k=1)
+                        found.append(np.stack([group[i], group[j]], axis=1))
+                    else:  # a big bucket: pair every member with its first few, not all with all
+                        heads = group[:8]
+                        i, j = np.meshgrid(heads, group, indexing="ij")
+                        keep = i < j
+                        found.append(np.stack([i[keep], j[keep]], axis=1))
+        if not found:
+            return np.zeros((0, 2), np.int64)
+        pairs = np.unique(np.concatenate(found), axis=0)
+        agree = (sig[pairs[:, 0]] == sig[pairs[:, 1]]).mean(axis=1)
+        return pairs[agree >= self.threshold]
+
+
+def _rows_as_bytes(sig: np.ndarray) -> list[bytes]:
+    width = sig.shape[1] * 4
+    flat = sig.tobytes()
+    return [flat[i * width: (i + 1) * width] for i in range(len(sig))]
+
+
+def greedy_drops(ids: list[str], pairs: np.ndarray) -> list[tuple[str, str]]:
+    """In input order, drop a row if a verified neighbour before it is still kept; name the
+    earliest such neighbour. No chains: every drop names a row it is itself similar to."""
+    if len(pairs) == 0:
+        return []
+    pairs = pairs[np.lexsort((pairs[:, 0], pairs[:, 1]))]  # by j, then i
+    dropped: dict[int, int] = {}
+    for i, j in pairs.tolist():
+        if j in dropped or i in dropped:
+            continue
+        dropped[j] = i
+    return [(ids[j], f"near_duplicate_of:{ids[i]}") for j, i in sorted(dropped.items())]
+
+
+@functools.lru_cache(maxsize=64)
+def lsh_params(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5) -> tuple[int, int]:
+    """Bands and rows per band minimising weighted false positive and negative probability
+    mass around the threshold (the rule datasketch's MinHashLSH uses)."""
+
+    def integrate(f, lo, hi):
+        xs = np.linspace(lo, hi, 201)
+        return float(np.trapezoid(f(xs), xs))
+
+    best, best_err = (1, num_perm), float("inf")
+    for b in range(1, num_perm + 1):
+        for r in range(1, num_perm // b + 1):
+            fp = integrate(lambda s: 1 - (1 - s ** r) ** b, 0.0, threshold)
+            fn = integrate(lambda s: 1 - (1 - (1 - s ** r) ** b), threshold, 1.0)
+            err = fp * fp_weight + fn * fn_weight
+            if err < best_err:
+                best, best_err = (b, r), err
+    return best

@@ -7,6 +7,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 from typing import Any, Literal
 
 import yaml
@@ -14,6 +15,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from curate.errors import CurateError
 from curate.pipeline.registry import selector_class, stage_class
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. YAML 1.1 also reads on/off/yes/no as booleans, which
+    would turn `exact_dedup: {on: instruction}` into `{True: instruction}`."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 class Strict(BaseModel):
@@ -185,7 +204,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, **v
             raise CurateError(f"config file not found: {path}")
         try:
             with open(path) as f:
-                data = yaml.safe_load(f) or {}
+                data = parse_yaml(f.read()) or {}
         except yaml.YAMLError as e:
             raise CurateError(f"{path} is not valid YAML: {e}") from None
         if not isinstance(data, dict):
@@ -194,7 +213,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, **v
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise CurateError(f"--set takes key=value, got {item!r}")
-        _set_path(data, key.strip(), yaml.safe_load(raw) if raw else "")
+        _set_path(data, key.strip(), parse_yaml(raw) if raw else "")
     data.update({k: v for k, v in values.items() if v is not None})
     try:
         return RunConfig(**data)

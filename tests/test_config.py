@@ -76,3 +76,9 @@ def test_selectors_are_validated_like_stages(tmp_path):
         load_config(write(tmp_path, "selectors:\n  - kmeans_diversityy: {}\n"))
     with pytest.raises(CurateError, match=r"selectors\.0\.random: sed: unknown key"):
         load_config(write(tmp_path, "selectors:\n  - random: {sed: 1}\n"))
+
+
+def test_yaml_on_is_a_key_not_a_boolean(tmp_path):
+    cfg = load_config(write(tmp_path, "stages:\n  - exact_dedup: {on: conversation}\n  - filters: {drop_unfinished: false}\n"))
+    assert cfg.stages[0].params["on"] == "conversation"
+    assert cfg.stages[1].params["drop_unfinished"] is False

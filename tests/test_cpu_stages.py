@@ -1,0 +1,249 @@
+"""CPU curation stages on the Alpaca data with planted problems: which rows go, and why."""
+
+import glob
+import json
+import random
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from curate.pipeline.config import load_config
+from curate.pipeline.runner import run
+from curate.stages.decontam import benchmark_texts
+from curate.stages.dedup import MinHasher, NearDedup, dedup_text, greedy_drops
+from curate.stages.filters import Filters
+from curate.stages.ingest import Ingest
+from curate.stages.text import ngram_hashes, word_hashes
+from curate.storage.schema import sample_arrays, sample_id
+from conftest import SHARED_DATA, write_jsonl
+from test_pipeline import assert_counts_add_up, q
+
+BENCHMARKS = sorted(glob.glob(str(SHARED_DATA / "benchmarks" / "*.jsonl")))
+
+
+def sid(row) -> str:
+    return sample_id(Ingest().parse(json.dumps(row), "x")["messages"])
+
+
+def pipeline(tmp_path, rows, stages, name="pool"):
+    src = write_jsonl(tmp_path / f"{name}.jsonl", rows)
+    db = tmp_path / f"{name}.duckdb"
+    report = run(load_config(None, input=[str(src)], db=str(db), shard_size=400, stages=stages), progress="off")
+    assert_counts_add_up(db, report.run_id)
+    return db, report
+
+
+def drops(db, stage):
+    return dict(q(db, "SELECT id, reason FROM drops WHERE stage = ?", stage))
+
+
+# ---------------------------------------------------------------------------- filters
+
+
+def test_filters_drop_planted_rows_with_their_reasons(ray_local, tmp_path, alpaca_rows):
+    base = alpaca_rows[:600]
+    planted = {
+        "refusal:as an ai language model": {"instruction": "Tell me a secret recipe.", "output": "As an AI language model, I do not have recipes of my own to share with you."},
+        "repeated_ngram_ratio": {"instruction": "Describe the sea.", "output": " ".join(["the sea is blue and wide"] * 20)},
+        "non_alnum_ratio": {"instruction": "Draw a border.", "output": "=== *** ### --- +++ !!! @@@ %%% ^^^ &&& ((( ))) <<< >>> word"},
+        "unfinished_response": {"instruction": "Explain photosynthesis in detail.", "output": "Photosynthesis is the process by which green plants use light to turn water and carbon dioxide into",
+                                "finish_reason": "length"},
+        "language:fr": {"instruction": "Décrivez votre ville préférée.", "output": "Ma ville préférée est Lyon, car la cuisine y est excellente et les rues sont pleines d'histoire et de charme."},
+        "language:de": {"instruction": "Beschreiben Sie Ihren Lieblingsort.", "output": "Mein Lieblingsort ist der Wald hinter unserem Haus, wo ich jeden Morgen spazieren gehe und den Vögeln zuhöre."},
+    }
+    finished = {"instruction": "Explain gravity briefly.", "output": "Gravity pulls masses toward each other.", "finish_reason": "length"}
+    stages = [{"filters": {"min_response_words": 3, "max_repeated_ngram_ratio": 0.5, "max_non_alnum_ratio": 0.6, "languages": ["en"]}}]
+    db, report = pipeline(tmp_path, base + list(planted.values()) + [finished], stages)
+    got = drops(db, "filters")
+    for reason, row in planted.items():
+        assert got.get(sid(row), "").startswith(reason), (reason, got.get(sid(row)))
+    assert sid(finished) not in got  # cut at the token limit, but it ends a sentence
+    short = {sid(r) for r in base if len(r["output"].split()) < 3}
+    planted_ids = {sid(r) for r in planted.values()}
+    extra = {i: got[i] for i in set(got) - planted_ids - short}
+    # Real Alpaca rows the other checks drop must deserve it: show them if this fails.
+    assert all(r.startswith(("language:", "non_alnum_ratio", "repeated_ngram_ratio", "response_words")) for r in extra.values())
+    assert len(extra) <= 6, extra
+    assert short <= set(got)
+
+
+def test_empty_turns_and_word_bounds_without_ray():
+    samples = [
+        {"id": "a", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "  "}]},
+        {"id": "b", "messages": [{"role": "user", "content": "one two three four five six"}, {"role": "assistant", "content": "fine answer here"}]},
+        {"id": "c", "messages": [{"role": "user", "content": "short"}, {"role": "assistant", "content": "fine answer here"}]},
+    ]
+    for s in samples:
+        s.update(origin="seed", source="t", parent_ids=[], meta="{}")
+    batch = pa.table(sample_arrays(samples))
+    result = Filters(min_instruction_words=2, max_instruction_words=5)(batch)
+    assert dict(zip(result.dropped["id"].to_pylist(), result.dropped["reason"].to_pylist())) == {
+        "a": "empty_turn", "b": "instruction_words>5 (6)", "c": "instruction_words<2 (1)"}
+
+
+# ---------------------------------------------------------------------------- exact dedup
+
+
+def test_exact_dedup_folds_case_space_and_punctuation(ray_local, tmp_path, alpaca_rows):
+    base = alpaca_rows[:800]
+    rnd = random.Random(0)
+    originals = rnd.sample(base, 25)
+    variants = []
+    for i, r in enumerate(originals):
+        text = r["instruction"]
+        text = [text.upper(), "  " + text.replace(" ", "   ") + " ", text.rstrip(".?!") + "!!", text.lower()][i % 4]
+        variants.append(dict(r, instruction=text, output=r["output"] + " (variant)"))
+    db, _ = pipeline(tmp_path, base + variants, [{"exact_dedup": {"on": "instruction"}}])
+    got = drops(db, "exact_dedup")
+    first_of = {}
+    for r in base:  # the first row with each normalised instruction is the one kept
+        first_of.setdefault(" ".join("".join(c if c.isalnum() or c.isspace() else " " for c in (r["instruction"] + "\n\n" + r["input"] if r["input"] else r["instruction"]).lower()).split()), sid(r))
+    for v, o in zip(variants, originals):
+        assert sid(v) in got
+        assert got[sid(v)].startswith("duplicate_of:")
+    expected_in_base = len(base) - len(first_of)
+    assert len(got) == len(variants) + expected_in_base
+    kept = {r[0] for r in q(db, "SELECT id FROM curated")}
+    assert all(got[sid(v)].split(":", 1)[1] in kept for v in variants)
+
+
+def test_exact_dedup_on_conversation_keeps_different_answers(ray_local, tmp_path, alpaca_rows):
+    base = alpaca_rows[:200]
+    same_q = [dict(base[0], output="A different answer entirely.")]
+    same_both = [dict(base[1], output=base[1]["output"].upper() + "  ")]
+    db, _ = pipeline(tmp_path, base + same_q + same_both, [{"exact_dedup": {"on": "conversation"}}])
+    got = drops(db, "exact_dedup")
+    assert sid(same_q[0]) not in got
+    assert got[sid(same_both[0])] == f"duplicate_of:{sid(base[1])}"
+
+
+# ---------------------------------------------------------------------------- near dedup
+
+
+def edit(text: str, rnd: random.Random, n_edits: int) -> str:
+    words = text.split()
+    for _ in range(n_edits):
+        k = rnd.randrange(len(words))
+        words[k] = rnd.choice(["quite", "really", "also", "indeed", words[k].upper()])
+    return " ".join(words)
+
+
+def shingle_sets(rows, k=5):
+    texts = pa.array([f"user: {r['instruction']}" + (f"\n\n{r['input']}" if r["input"] else "") + f"\nassistant: {r['output']}" for r in rows])
+    hashes, offsets = word_hashes(texts)
+    grams, owner = ngram_hashes(hashes, offsets, k)
+    return grams, owner
+
+
+def brute_force_pairs(rows, k=5):
+    """Exact Jaccard of every pair of rows sharing a shingle."""
+    grams, owner = shingle_sets(rows, k)
+    pairs = np.unique(np.stack([owner.astype(np.uint64), grams]), axis=1)
+    owner, grams = pairs[0].astype(np.int64), pairs[1]
+    sizes = np.bincount(owner, minlength=len(rows))
+    order = np.argsort(grams, kind="stable")
+    grams, owner = grams[order], owner[order]
+    cuts = np.flatnonzero(np.diff(grams)) + 1
+    inter = {}
+    for group in np.split(owner, cuts):
+        if len(group) > 1:
+            for a in range(len(group)):
+                for b in range(a + 1, len(group)):
+                    key = (min(group[a], group[b]), max(group[a], group[b]))
+                    inter[key] = inter.get(key, 0) + 1
+    return {key: c / (sizes[key[0]] + sizes[key[1]] - c) for key, c in inter.items()}
+
+
+@pytest.fixture(scope="module")
+def near_dup_pool(alpaca_rows):
+    rnd = random.Random(1)
+    base = [r for r in alpaca_rows if len(r["output"].split()) >= 60][:2500]
+    planted = [dict(r, output=edit(r["output"], rnd, rnd.choice([1, 2, 4, 8]))) for r in rnd.sample(base, 150)]
+    rows = base + planted
+    batch = pa.table(sample_arrays([Ingest().parse(json.dumps(r), "x") for r in rows]))
+    return rows, batch, brute_force_pairs(rows)
+
+
+@pytest.mark.parametrize("threshold", [0.7, 0.8])
+def test_near_dedup_agrees_with_brute_force_jaccard(near_dup_pool, threshold):
+    rows, batch, true = near_dup_pool
+    above = {p for p, j in true.items() if j >= threshold}
+    assert len(above) >= 80
+
+    stage = NearDedup(threshold=threshold)
+    sig = stage.hasher.signatures(dedup_text(batch, "conversation"))
+    found = {tuple(p) for p in stage.candidate_pairs(sig).tolist()}
+    recall = len(found & above) / len(above)
+    assert recall >= 0.95, recall
+    dropped = greedy_drops(list(range(len(rows))), np.array(sorted(found)) if found else np.zeros((0, 2), int))
+    for j, reason in dropped:
+        i = int(reason.split(":")[1])
+        assert true.get((i, j), 0.0) >= threshold - 0.1, (i, j, true.get((i, j)))
+
+
+def test_near_dedup_in_the_pipeline_drops_planted_copies(ray_local, tmp_path, alpaca_rows):
+    rnd = random.Random(2)
+    base = alpaca_rows[:1500]
+    long_rows = [r for r in base if len(r["output"].split()) >= 80]
+    originals = rnd.sample(long_rows, 30)
+    planted = [dict(r, output=edit(r["output"], rnd, 2)) for r in originals]
+    db, report = pipeline(tmp_path, base + planted, [{"near_dedup": {"threshold": 0.8, "num_perm": 128}}])
+    got = drops(db, "near_dedup")
+    for p, o in zip(planted, originals):
+        assert got.get(sid(p)) == f"near_duplicate_of:{sid(o)}"
+    assert len(got) - len(planted) <= 3, {k: v for k, v in got.items() if k not in {sid(p) for p in planted}}
+    # The rerun skips the finished global step.
+    again = run(load_config(None, input=[str(tmp_path / "pool.jsonl")], db=str(db), shard_size=400,
+                            stages=[{"near_dedup": {"threshold": 0.8, "num_perm": 128}}]), progress="off")
+    assert (again.kept, again.dropped) == (report.kept, report.dropped)
+    assert q(db, "SELECT count(*) FROM global_steps") == [(1,)]
+
+
+def test_minhash_signatures_estimate_jaccard():
+    mh = MinHasher(shingle=2, num_perm=256, seed=3)
+    a = " ".join(f"w{i}" for i in range(200))
+    b = " ".join(f"w{i}" for i in range(100, 300))  # 99 of 199 + 199 - 99 bigrams shared: J = 99/299
+    sig = mh.signatures(pa.array([a, b, ""]))
+    est = (sig[0] == sig[1]).mean()
+    assert abs(est - 99 / 299) < 0.08
+    assert (sig[2] == np.iinfo(np.uint32).max).all()
+    assert (mh.signatures(pa.array([a]))[0] == sig[0]).all()  # batch-independent
+
+
+# ---------------------------------------------------------------------------- decontamination
+
+
+def test_decontamination_catches_planted_benchmark_prompts(ray_local, tmp_path, alpaca_rows):
+    rnd = random.Random(3)
+    base = alpaca_rows[:1000]
+    planted = {}
+    for path in BENCHMARKS:
+        name = path.rsplit("/", 1)[1].removesuffix(".jsonl")
+        long_prompts = [t for t in benchmark_texts(path) if len(t.split()) >= 16]
+        for k, text in enumerate(rnd.sample(long_prompts, 4)):
+            words = text.split()
+            if k == 1:  # case and punctuation changed
+                text = text.upper().replace(",", "").replace("?", ".")
+            elif k == 2:  # a word near the end replaced
+                words[-2] = "banana"
+                text = " ".join(words)
+            elif k == 3:  # planted in the response, with a preamble
+                planted[name + "/r"] = {"instruction": "Give me an example task.", "input": "", "output": "Here is one: " + text}
+                continue
+            planted[f"{name}/{k}"] = {"instruction": text, "input": "", "output": base[k]["output"]}
+    db, _ = pipeline(tmp_path, base + list(planted.values()),
+                     [{"decontaminate": {"benchmarks": [str(SHARED_DATA / "benchmarks" / "*.jsonl")]}}])
+    got = drops(db, "decontaminate")
+    for key, row in planted.items():
+        assert got.get(sid(row)) == f"contaminated:{key.split('/')[0]}", key
+    assert len(got) == len(planted)  # no clean Alpaca row is caught
+
+
+def test_unknown_benchmark_file_is_a_clear_error(tmp_path):
+    from curate.errors import CurateError
+    from curate.stages.decontam import Decontaminate
+
+    with pytest.raises(CurateError, match="no benchmark file matches"):
+        Decontaminate(benchmarks=[str(tmp_path / "*.jsonl")])

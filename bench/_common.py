@@ -63,3 +63,41 @@ class PeakRSS:
     @property
     def mib(self) -> float:
         return round(self.peak / 2**20, 1)
+
+
+def synthetic_pool(rows: int, path: Path, exact_dup_rate: float = 0.05, near_dup_rate: float = 0.05, seed: int = 0) -> dict:
+    """`rows` Alpaca-style rows whose texts are recombined from real Alpaca sentences (so rows
+    are distinct, as a real pool's are), with planted exact duplicates (case and spacing
+    changed) and near duplicates (a few words edited). Returns what was planted."""
+    import random
+    import re
+
+    rnd = random.Random(seed)
+    base = json.loads((shared_data() / "alpaca_ifd_5pct.json").read_text())
+    sentences = [s.strip() for r in base for s in re.split(r"(?<=[.!?])\s+", r["output"]) if len(s.split()) >= 4]
+    instructions = [r["instruction"] for r in base]
+    planted = {"exact": 0, "near": 0}
+    made: list[dict] = []
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(rows):
+            roll = rnd.random()
+            if made and roll < exact_dup_rate:
+                src = rnd.choice(made)
+                row = {"instruction": src["instruction"].upper(), "input": "", "output": "  " + src["output"] + " "}
+                planted["exact"] += 1
+            elif made and roll < exact_dup_rate + near_dup_rate:
+                src = rnd.choice(made)
+                words = src["output"].split()
+                for _ in range(max(1, len(words) // 40)):
+                    words[rnd.randrange(len(words))] = rnd.choice(["also", "quite", "indeed"])
+                row = {"instruction": src["instruction"], "input": "", "output": " ".join(words)}
+                planted["near"] += 1
+            else:
+                row = {"instruction": f"{rnd.choice(instructions)} (case {i})", "input": "",
+                       "output": " ".join(rnd.sample(sentences, rnd.randint(3, 7)))}
+                if len(made) < 50_000:
+                    made.append(row)
+                else:
+                    made[rnd.randrange(len(made))] = row
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return planted

@@ -50,6 +50,10 @@ class Progress:
                 self.last_line = now
                 print(self.line(), file=sys.stderr, flush=True)
 
+    def global_step(self, name: str, dropped: int, seconds: float) -> None:
+        if self.mode != "off":
+            print(f"global step {name}: dropped {dropped:,} rows ({seconds:,.1f} s)", file=sys.stderr, flush=True)
+
     def line(self) -> str:
         elapsed = max(1e-9, time.monotonic() - self.start)
         parts = [f"shards {self.done}/{self.total}"]

@@ -57,7 +57,7 @@ def run(config: RunConfig, progress: str = "auto") -> RunReport:
             if todo:
                 _stream(config, todo, plans, store, writer, run_id)
             bar.close()
-            run_global_steps(store, run_id, plans)
+            run_global_steps(store, run_id, plans, bar)
             selections = run_selectors(store, run_id, config.selectors)
         except BaseException:
             bar.close()
@@ -69,7 +69,7 @@ def run(config: RunConfig, progress: str = "auto") -> RunReport:
     return _check_counts(report)
 
 
-def run_global_steps(store: Store, run_id: str, plans: list[StagePlan]) -> None:
+def run_global_steps(store: Store, run_id: str, plans: list[StagePlan], bar: Progress) -> None:
     """The second half of each GlobalStage, in config order, after the stream."""
     position = len(plans) + 1  # after the stream stages and `store`
     for plan in plans:
@@ -79,7 +79,9 @@ def run_global_steps(store: Store, run_id: str, plans: list[StagePlan]) -> None:
             stage = plan.build()
             start = time.perf_counter()
             drops = stage.decide(store.keys_reader(run_id, plan.name, stage.order))
-            store.commit_global_step(run_id, plan.name, position, drops, time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            dropped = store.commit_global_step(run_id, plan.name, position, drops, seconds)
+            bar.global_step(plan.name, dropped, seconds)
         position += 1
 
 

@@ -73,12 +73,13 @@ class MinHasher:
         order = np.argsort(rows, kind="stable")
         grams, rows = grams[order], rows[order]
         present, starts = np.unique(rows, return_index=True)
-        block = max(1, 2**22 // max(1, len(grams)))  # bound the (grams × perms) working set
+        buf = np.empty_like(grams)
         with np.errstate(over="ignore"):
-            for p0 in range(0, self.num_perm, block):
-                a, b = self.a[p0: p0 + block], self.b[p0: p0 + block]
-                permuted = ((grams[:, None] * a[None, :] + b[None, :]) >> np.uint64(32)).astype(np.uint32)
-                sig[present, p0: p0 + block] = np.minimum.reduceat(permuted, starts, axis=0)
+            for p in range(self.num_perm):  # one permutation at a time: 1-D, in place, cache-friendly
+                np.multiply(grams, self.a[p], out=buf)
+                buf += self.b[p]
+                # The shift to the top 32 bits is monotonic, so it can follow the min: once per row.
+                sig[present, p] = np.minimum.reduceat(buf, starts) >> np.uint64(32)
         return sig
 
 

@@ -13,13 +13,14 @@ from curate.pipeline.config import load_config
 from curate.pipeline.runner import run
 from conftest import ROOT, curate_cmd, write_jsonl
 
-STAGES = [{"filters": {"min_response_words": 5}}]
+STAGES = [{"filters": {"min_response_words": 5}}, {"exact_dedup": {"on": "instruction"}}, {"near_dedup": {"threshold": 0.8}}]
 TABLES = {
     "curated": "SELECT id, to_json(messages)::VARCHAR, origin, source, meta FROM curated",
     "drops": "SELECT stage, id, reason FROM drops",
     "quarantine": 'SELECT stage, source, "row", raw, error FROM quarantine',
     "stage_totals": "SELECT position, stage, rows_in, kept, dropped, quarantined FROM stage_totals",
     "shards": "SELECT shard, rows_in FROM shards",
+    "row_keys": "SELECT stage, id, shard, \"row\", md5(key::VARCHAR) FROM row_keys",
 }
 
 
@@ -53,7 +54,7 @@ def test_kill_9_then_resume_gives_the_rows_of_an_uninterrupted_run(ray_local, tm
     src = seeds(tmp_path, alpaca_rows, copies=2)  # 6,224 rows with repeats across shards
     shard_size = 40
     settings = ["--input", str(src), "--set", f"shard_size={shard_size}",
-                "--set", "stages=[{filters: {min_response_words: 5}}]"]
+                "--set", "stages=[{filters: {min_response_words: 5}}, {exact_dedup: {on: instruction}}, {near_dedup: {threshold: 0.8}}]"]
     killed_db = tmp_path / "killed.duckdb"
 
     proc = subprocess.Popen(

@@ -141,22 +141,24 @@ class NearDedup(GlobalStage):
                 key = (chunk * mult).sum(axis=1)
                 order = np.argsort(key, kind="stable")
                 sorted_key = key[order]
-                boundary = np.flatnonzero(np.diff(sorted_key)) + 1
-                for group in np.split(order, boundary):
-                    if len(group) < 2:
-                        continue
-                    group = np.sort(group)
-                    if len(group) <= self.max_bucket:
-                        i, j = np.triu_indices(len(group), k=1)
+                starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
+                sizes = np.diff(np.r_[starts, n])
+                pairs_of_two = starts[sizes == 2]  # most buckets that collide hold two rows
+                a, b = order[pairs_of_two], order[pairs_of_two + 1]
+                found.append(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1))
+                for start, size in zip(starts[sizes > 2], sizes[sizes > 2]):
+                    group = np.sort(order[start: start + size])
+                    if size <= self.max_bucket:
+                        i, j = np.triu_indices(size, k=1)
                         found.append(np.stack([group[i], group[j]], axis=1))
                     else:  # a big bucket: pair every member with its first few, not all with all
                         heads = group[:8]
                         i, j = np.meshgrid(heads, group, indexing="ij")
                         keep = i < j
                         found.append(np.stack([i[keep], j[keep]], axis=1))
-        if not found:
-            return np.zeros((0, 2), np.int64)
-        pairs = np.unique(np.concatenate(found), axis=0)
+        both = np.concatenate(found).astype(np.int64)
+        codes = np.unique(both[:, 0] * n + both[:, 1])  # one int per pair: a 1-D unique is far cheaper
+        pairs = np.stack([codes // n, codes % n], axis=1)
         agree = (sig[pairs[:, 0]] == sig[pairs[:, 1]]).mean(axis=1)
         return pairs[agree >= self.verify_at]
 

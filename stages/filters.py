@@ -198,7 +198,7 @@ def non_alnum_ratio(text: pa.Array) -> pa.Array:
     """Share of non-space characters that are neither letters nor digits."""
     spaces = pc.count_substring_regex(text, r"\s").to_numpy(zero_copy_only=False)
     total = (pc.utf8_length(text).to_numpy(zero_copy_only=False) - spaces).astype(float)
-    symbols = pc.count_substring_regex(text, r"[^\w\s]").to_numpy(zero_copy_only=False)
+    symbols = pc.count_substring_regex(text, r"[^\p{L}\p{N}\s]").to_numpy(zero_copy_only=False)
     out = np.zeros(len(total))
     np.divide(symbols, total, out=out, where=total > 0)
     return pa.array(out)

@@ -46,10 +46,9 @@ def conversation_text(messages: pa.ChunkedArray | pa.Array) -> pa.Array:
 
 def normalise(text: pa.Array) -> pa.Array:
     """Lower case, punctuation removed, white space folded: the form dedup and decontamination compare."""
-    text = pc.utf8_lower(text)
-    text = pc.replace_substring_regex(text, r"[^\w\s]|_", " ")
-    text = pc.replace_substring_regex(text, r"\s+", " ")
-    return pc.utf8_trim_whitespace(text)
+    # One pass: anything but letters and digits (any script; RE2's \\w is ASCII-only) becomes a space.
+    folded = pc.replace_substring_regex(pc.utf8_lower(text), r"[^\p{L}\p{N}]+", " ")
+    return pc.utf8_trim_whitespace(folded)
 
 
 def word_hashes(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:

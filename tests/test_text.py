@@ -15,3 +15,12 @@ def test_instruction_and_response_views():
     col = pa.chunked_array([pa.array(convs[:2], pa.list_(MESSAGE)), pa.array(convs[2:], pa.list_(MESSAGE))])
     assert first_user_turn(col).to_pylist() == ["Q1", "only a question", "", "Q"]
     assert last_assistant_turn(col).to_pylist() == ["A2", "", "", "A"]
+
+
+def test_normalise_folds_case_punctuation_and_space_in_any_script():
+    from curate.stages.filters import non_alnum_ratio
+    from curate.stages.text import normalise
+
+    got = normalise(pa.array(["Hello,  World!_x \n\tfoo--bar", "", None, "Ünïcödé ÉTÉ 日本語です。"])).to_pylist()
+    assert got == ["hello world x foo bar", "", None, "ünïcödé été 日本語です"]
+    assert non_alnum_ratio(pa.array(["Ünïcödé", "a!", ""])).to_pylist() == [0.0, 0.5, 0.0]

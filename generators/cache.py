@@ -1,0 +1,85 @@
+"""The LLM-call cache: every call keyed by a hash of (model, messages, sampling parameters,
+seed), in a DuckDB table. A rerun replays instead of paying twice.
+
+DuckDB allows one writer process, and the pipeline's database is held by the runner, so the
+cache lives in its own file (beside the database: `<db>.llm_cache.duckdb`), written by one
+process. Each `put` commits at once, so what a killed run paid for is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from datetime import datetime, timezone
+
+import duckdb
+
+from curate.generators.backends.base import Backend, ChatRequest, Completion, request_key
+
+DDL = """
+CREATE TABLE IF NOT EXISTS llm_cache (
+    key VARCHAR PRIMARY KEY,
+    model VARCHAR,
+    request JSON,
+    completions JSON,
+    created_at TIMESTAMP
+)
+"""
+
+
+def cache_path_for(db: str) -> str:
+    root, _ = os.path.splitext(db)
+    return root + ".llm_cache.duckdb"
+
+
+class LLMCache:
+    def __init__(self, path: str):
+        self.path = path
+        self.con = duckdb.connect(path)
+        self.con.execute(DDL)
+
+    def get_many(self, keys: list[str]) -> dict[str, list[dict]]:
+        if not keys:
+            return {}
+        rows = self.con.execute("SELECT key, completions FROM llm_cache WHERE key IN (SELECT unnest(?))", [keys]).fetchall()
+        return {k: json.loads(v) for k, v in rows}
+
+    def put_many(self, entries: list[tuple[str, str, dict, list[dict]]]) -> None:
+        """entries: (key, model, request, completions)."""
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        self.con.executemany(
+            "INSERT OR IGNORE INTO llm_cache VALUES (?, ?, ?, ?, ?)",
+            [(k, m, json.dumps(r, ensure_ascii=False), json.dumps(c, ensure_ascii=False), now) for k, m, r, c in entries],
+        )
+
+    def __len__(self) -> int:
+        return self.con.execute("SELECT count(*) FROM llm_cache").fetchone()[0]
+
+    def close(self) -> None:
+        self.con.close()
+
+
+class CachedBackend(Backend):
+    """A backend that answers from the cache when it can and calls the model only for misses."""
+
+    def __init__(self, backend: Backend, cache: LLMCache):
+        self.backend = backend
+        self.cache = cache
+        self.model = backend.model
+        self.hits = 0
+        self.misses = 0
+
+    def generate(self, requests: list[ChatRequest]) -> list[list[Completion]]:
+        keys = [request_key(self.model, r) for r in requests]
+        found = self.cache.get_many(sorted(set(keys)))
+        todo = {k: r for k, r in zip(keys, requests) if k not in found}  # one call per distinct key
+        self.hits += len(requests) - len(todo)  # answered without a call (cached, or a repeat in this batch)
+        self.misses += len(todo)
+        if todo:
+            results = self.backend.generate(list(todo.values()))
+            entries = [(k, self.model, {"messages": r.messages, "sampling": asdict(r.sampling)}, [asdict(c) for c in res])
+                       for (k, r), res in zip(todo.items(), results)]
+            self.cache.put_many(entries)
+            found.update({k: c for k, _, _, c in entries})
+        return [[Completion(**c) for c in found[k]] for k in keys]

@@ -81,7 +81,7 @@ def runs(
 
     with Store(db, read_only=True) as store:
         table = store.sql(
-            "SELECT run_id, name, status, attempts, rows_in, kept, dropped, quarantined, "
+            "SELECT run_id, name, status, attempts, rows_in, kept, dropped, quarantined, generated, expanded, "
             "started_at, finished_at FROM run_totals"
         )
     print_table(table, format, limit=1000)

@@ -2,14 +2,17 @@
 seed), in a DuckDB table. A rerun replays instead of paying twice.
 
 DuckDB allows one writer process, and the pipeline's database is held by the runner, so the
-cache lives in its own file (beside the database: `<db>.llm_cache.duckdb`), written by one
-process. Each `put` commits at once, so what a killed run paid for is kept.
+cache lives in its own file (beside the database: `<db>.llm_cache.duckdb`). Each `put` commits
+at once, so what a killed run paid for is kept.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
+import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime, timezone
 
@@ -34,30 +37,54 @@ def cache_path_for(db: str) -> str:
 
 
 class LLMCache:
-    def __init__(self, path: str):
+    """The cache file is opened per lookup and per write, not held: DuckDB's lock then lasts a
+    moment, so several generator actors can share one file (waiting their turn) and the
+    database can be read while a pipeline runs."""
+
+    def __init__(self, path: str, lock_wait_s: float = 60.0):
         self.path = path
-        self.con = duckdb.connect(path)
-        self.con.execute(DDL)
+        self.lock_wait_s = lock_wait_s
+        with self._connect() as con:
+            con.execute(DDL)
+
+    @contextmanager
+    def _connect(self, read_only: bool = False):
+        deadline = time.monotonic() + self.lock_wait_s
+        while True:
+            try:
+                con = duckdb.connect(self.path, read_only=read_only)
+                break
+            except duckdb.IOException as e:
+                if "lock" not in str(e).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05 + random.random() * 0.1)
+        try:
+            yield con
+        finally:
+            con.close()
 
     def get_many(self, keys: list[str]) -> dict[str, list[dict]]:
         if not keys:
             return {}
-        rows = self.con.execute("SELECT key, completions FROM llm_cache WHERE key IN (SELECT unnest(?))", [keys]).fetchall()
+        with self._connect() as con:
+            rows = con.execute("SELECT key, completions FROM llm_cache WHERE key IN (SELECT unnest(?))", [keys]).fetchall()
         return {k: json.loads(v) for k, v in rows}
 
     def put_many(self, entries: list[tuple[str, str, dict, list[dict]]]) -> None:
         """entries: (key, model, request, completions)."""
         now = datetime.now(timezone.utc).replace(tzinfo=None)
-        self.con.executemany(
-            "INSERT OR IGNORE INTO llm_cache VALUES (?, ?, ?, ?, ?)",
-            [(k, m, json.dumps(r, ensure_ascii=False), json.dumps(c, ensure_ascii=False), now) for k, m, r, c in entries],
-        )
+        with self._connect() as con:
+            con.executemany(
+                "INSERT OR IGNORE INTO llm_cache VALUES (?, ?, ?, ?, ?)",
+                [(k, m, json.dumps(r, ensure_ascii=False), json.dumps(c, ensure_ascii=False), now) for k, m, r, c in entries],
+            )
 
     def __len__(self) -> int:
-        return self.con.execute("SELECT count(*) FROM llm_cache").fetchone()[0]
+        with self._connect() as con:
+            return con.execute("SELECT count(*) FROM llm_cache").fetchone()[0]
 
     def close(self) -> None:
-        self.con.close()
+        """Nothing is held open; kept so callers can treat the cache like a resource."""
 
 
 class CachedBackend(Backend):

@@ -9,9 +9,11 @@ stages, so the driver can record every row of every shard.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, replace
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -54,7 +56,12 @@ def stage_plans(config: RunConfig) -> list[StagePlan]:
         while name in seen:
             name, n = f"{sc.name}_{n}", n + 1
         seen.add(name)
-        plans.append(_plan(name, sc.key, sc.params, stage_class(sc.key), sc, sc.batch_size))
+        params = dict(sc.params)
+        if "cache" in params and params["cache"] is None:  # LLM stages: the cache file beside the database
+            from curate.generators.cache import cache_path_for
+
+            params["cache"] = os.path.abspath(cache_path_for(config.db))
+        plans.append(_plan(name, sc.key, params, stage_class(sc.key), sc, sc.batch_size))
     return plans
 
 
@@ -84,6 +91,8 @@ def read_shard_table(spec: ShardSpec) -> pa.Table:
         S.STATUS: pa.array([S.KEPT] * n, pa.string()),
         S.STAGE: pa.nulls(n, pa.string()),
         S.REASON: pa.nulls(n, pa.string()),
+        S.WEIGHT: pa.array([1.0] * n, pa.float64()),
+        S.BORN: pa.nulls(n, pa.string()),
     })
 
 
@@ -117,15 +126,44 @@ def apply_stage(stage: Stage, name: str, batch: pa.Table) -> pa.Table:
         parts.append(_mark(result.dropped, "reason", S.DROPPED, name))
     if result.quarantined is not None and result.quarantined.num_rows:
         parts.append(_mark(result.quarantined, "error", S.QUARANTINED, name))
-    out_rows = sum(p.num_rows for p in parts)
-    if out_rows != live.num_rows:
-        raise RuntimeError(f"stage {name} returned {out_rows} rows for {live.num_rows}: a stage must account for every row")
+    accounted = sum(p.num_rows for p in parts)
+    if result.generated is not None and result.generated.num_rows:
+        children, parents = _children(live, result.generated, name)
+        parts[0] = pa.concat_tables([parts[0], children], promote_options="permissive")
+        parts.append(parents)
+        accounted += parents.num_rows
+    if accounted != live.num_rows:
+        raise RuntimeError(f"stage {name} accounted for {accounted} of {live.num_rows} rows: a stage must account for every row")
     if result.keys is not None:
         parts[0] = parts[0].append_column(S.KEY_PREFIX + name, result.keys.cast(pa.binary()))
     per_row = seconds / max(1, live.num_rows)
     parts = [p.append_column(S.COST_PREFIX + name, pa.array([per_row] * p.num_rows, pa.float64())) for p in parts]
     parts.append(passed)
     return pa.concat_tables(parts, promote_options="permissive")
+
+
+def _children(live: pa.Table, generated: pa.Table, stage: str) -> tuple[pa.Table, pa.Table]:
+    """Give generated rows their parent's shard bookkeeping and a share of its weight; the
+    parents become `expanded` rows (weight 0), stored for lineage."""
+    parent = generated[S.PARENT].to_numpy().astype(np.int64)
+    counts = np.bincount(parent, minlength=live.num_rows)
+    weights = live[S.WEIGHT].to_numpy()[parent] / counts[parent]
+    carried = live.select([S.SHARD, S.SHARD_ROWS, S.ROW]).take(pa.array(parent))
+    children = generated.drop_columns([S.PARENT])
+    for name in carried.column_names:
+        if name not in children.column_names:
+            children = children.append_column(name, carried[name])
+    n = children.num_rows
+    children = (children.append_column(S.STATUS, pa.array([S.KEPT] * n, pa.string()))
+                .append_column(S.STAGE, pa.nulls(n, pa.string())).append_column(S.REASON, pa.nulls(n, pa.string()))
+                .append_column(S.WEIGHT, pa.array(weights, pa.float64())).append_column(S.BORN, pa.array([stage] * n, pa.string())))
+    parents = live.take(pa.array(np.flatnonzero(counts)))
+    m = parents.num_rows
+    parents = parents.drop_columns([S.STATUS, S.STAGE, S.WEIGHT])
+    parents = (parents.append_column(S.STATUS, pa.array([S.EXPANDED] * m, pa.string()))
+               .append_column(S.STAGE, pa.array([stage] * m, pa.string()))
+               .append_column(S.WEIGHT, pa.array([0.0] * m, pa.float64())))
+    return children, parents
 
 
 def _mark(table: pa.Table, why_col: str, status: str, stage: str) -> pa.Table:

@@ -33,7 +33,7 @@ class Progress:
 
     def shard_committed(self, shard: str, stats: list[tuple]) -> None:
         self.done += 1
-        for _, _, _, stage, rows_in, kept, dropped, quarantined, seconds in stats:
+        for _, _, _, stage, rows_in, kept, dropped, quarantined, _expanded, _generated, seconds in stats:
             acc = self.rows[stage]
             acc[0] += rows_in
             acc[1] += kept

@@ -11,6 +11,7 @@ STAGES = {
     "exact_dedup": "curate.stages.dedup:ExactDedup",
     "near_dedup": "curate.stages.dedup:NearDedup",
     "decontaminate": "curate.stages.decontam:Decontaminate",
+    "respond": "curate.generators.respond:Respond",
 }
 
 

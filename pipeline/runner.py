@@ -29,11 +29,15 @@ class RunReport:
     kept: int
     dropped: int
     quarantined: int
+    expanded: int  # input rows that generators replaced by new rows
+    generated: int  # rows generators made
     selections: list[dict]  # the selections written by this attempt
 
     def summary(self) -> str:
-        text = (f"run {self.run_id} (attempt {self.attempt}): {self.rows_in} rows in = {self.kept} kept + "
-                f"{self.dropped} dropped + {self.quarantined} quarantined; "
+        gen = f" + {self.generated} generated" if self.generated else ""
+        exp = f" + {self.expanded} expanded" if self.expanded else ""
+        text = (f"run {self.run_id} (attempt {self.attempt}): {self.rows_in} rows in{gen} = {self.kept} kept + "
+                f"{self.dropped} dropped + {self.quarantined} quarantined{exp}; "
                 f"{self.shards - self.shards_skipped} of {self.shards} shards processed → {self.db}")
         for s in self.selections:
             text += f"\nselection {s['name']}: {s['rows']} of {s['pool']} rows"
@@ -123,6 +127,6 @@ def ray_session(config: RunConfig):
 
 
 def _check_counts(report: RunReport) -> RunReport:
-    if report.rows_in != report.kept + report.dropped + report.quarantined:
+    if report.rows_in + report.generated != report.kept + report.dropped + report.quarantined + report.expanded:
         raise CurateError(f"counts do not add up for run {report.run_id}: {report.summary()}")
     return report

@@ -31,6 +31,10 @@ class StageResult:
     dropped: pa.Table | None = None  # input rows plus a string column "reason"
     quarantined: pa.Table | None = None  # input rows plus a string column "error"
     keys: pa.Array | None = None  # GlobalStage only: one binary key per kept row, stored for the global step
+    # Generators: new rows (sample columns plus an int column "_parent", the index of the input
+    # row they came from). Each parent is then stored as `expanded`; kept, dropped and
+    # quarantined cover the other input rows.
+    generated: pa.Table | None = None
 
 
 class Stage:

@@ -27,14 +27,18 @@ SAMPLE_COLUMNS = SAMPLE_SCHEMA.names
 SHARD = "_shard"  # shard key, e.g. "s000-00012"
 SHARD_ROWS = "_shard_rows"  # input rows in that shard: the writer commits a shard once all arrived
 ROW = "_row"  # record position in its source file (0-based; JSONL: line index)
-STATUS = "_status"  # kept | dropped | quarantined
+STATUS = "_status"  # kept | dropped | quarantined | expanded (a parent a generator replaced by children)
 STAGE = "_stage"  # stage that dropped or quarantined the row
 REASON = "_reason"  # drop reason or quarantine error
 RAW = "_raw"  # raw input text; kept only on quarantined rows
 COST_PREFIX = "_t:"  # _t:<stage>: seconds of stage time charged to the row
 KEY_PREFIX = "_key:"  # _key:<stage>: a global stage's per-row key (binary), stored for its global step
 
-KEPT, DROPPED, QUARANTINED = "kept", "dropped", "quarantined"
+WEIGHT = "_weight"  # share of an input row this row stands for (children of a generator split it)
+BORN = "_born"  # stage that generated the row (null for rows read from the input)
+PARENT = "_parent"  # generator output only: index of the parent row in the stage's input batch
+
+KEPT, DROPPED, QUARANTINED, EXPANDED = "kept", "dropped", "quarantined", "expanded"
 
 VALID_ROLES = ("system", "user", "assistant", "tool")
 

@@ -51,7 +51,10 @@ CREATE TABLE IF NOT EXISTS shards (
 );
 CREATE TABLE IF NOT EXISTS stage_stats (
     run_id VARCHAR, shard VARCHAR, position INTEGER, stage VARCHAR,
-    rows_in BIGINT, kept BIGINT, dropped BIGINT, quarantined BIGINT, seconds DOUBLE
+    rows_in BIGINT, kept BIGINT, dropped BIGINT, quarantined BIGINT,
+    expanded BIGINT,            -- input rows a generator replaced by new rows (stored, not kept)
+    generated BIGINT,           -- new rows a generator made
+    seconds DOUBLE
 );
 CREATE TABLE IF NOT EXISTS row_keys (       -- per-row keys of global stages (dedup hashes, MinHash signatures)
     run_id VARCHAR, stage VARCHAR, id VARCHAR, shard VARCHAR, "row" BIGINT, key BLOB
@@ -76,14 +79,17 @@ CREATE OR REPLACE VIEW curated_all AS
     SELECT * EXCLUDE (kept) FROM samples WHERE kept;
 CREATE OR REPLACE VIEW stage_totals AS
     SELECT run_id, position, stage, sum(rows_in)::BIGINT AS rows_in, sum(kept)::BIGINT AS kept,
-           sum(dropped)::BIGINT AS dropped, sum(quarantined)::BIGINT AS quarantined, sum(seconds) AS seconds
+           sum(dropped)::BIGINT AS dropped, sum(quarantined)::BIGINT AS quarantined,
+           sum(expanded)::BIGINT AS expanded, sum(generated)::BIGINT AS generated, sum(seconds) AS seconds
     FROM stage_stats GROUP BY ALL ORDER BY run_id, position;
 CREATE OR REPLACE VIEW run_totals AS
     SELECT r.run_id, r.name, r.status, r.attempts, r.started_at, r.finished_at,
         coalesce((SELECT sum(rows_in) FROM shards s WHERE s.run_id = r.run_id), 0)::BIGINT AS rows_in,
         coalesce((SELECT count(*) FROM samples s WHERE s.run_id = r.run_id AND s.kept), 0) AS kept,
         coalesce((SELECT count(*) FROM drops d WHERE d.run_id = r.run_id), 0) AS dropped,
-        coalesce((SELECT count(*) FROM quarantine q WHERE q.run_id = r.run_id), 0) AS quarantined
+        coalesce((SELECT count(*) FROM quarantine q WHERE q.run_id = r.run_id), 0) AS quarantined,
+        coalesce((SELECT sum(expanded) FROM stage_stats t WHERE t.run_id = r.run_id), 0)::BIGINT AS expanded,
+        coalesce((SELECT sum(generated) FROM stage_stats t WHERE t.run_id = r.run_id), 0)::BIGINT AS generated
     FROM runs r ORDER BY r.started_at;
 """
 
@@ -151,7 +157,7 @@ class Store:
         return {r[0] for r in self.con.execute("SELECT shard FROM shards WHERE run_id = ?", [run_id]).fetchall()}
 
     def totals(self, run_id: str) -> dict:
-        cols = ["rows_in", "kept", "dropped", "quarantined"]
+        cols = ["rows_in", "kept", "dropped", "quarantined", "expanded", "generated"]
         row = self.con.execute(f"SELECT {', '.join(cols)} FROM run_totals WHERE run_id = ?", [run_id]).fetchone()
         return dict(zip(cols, row)) if row else dict.fromkeys(cols, 0)
 
@@ -220,7 +226,7 @@ class Store:
         p = {"run": run_id, "shard": shard}
         cols = ", ".join(f'"{c}"' for c in S.SAMPLE_COLUMNS)
         status, row, stage, reason = (f'"{c}"' for c in (S.STATUS, S.ROW, S.STAGE, S.REASON))
-        kept, dropped, quarantined = (f"'{v}'" for v in (S.KEPT, S.DROPPED, S.QUARANTINED))
+        kept, dropped, quarantined, expanded = (f"'{v}'" for v in (S.KEPT, S.DROPPED, S.QUARANTINED, S.EXPANDED))
         # Kept rows whose id was already kept in this run (earlier shard, or earlier in this one).
         con.execute(f"""
             INSERT INTO drops
@@ -243,7 +249,7 @@ class Store:
             FROM (
                 SELECT *, row_number() OVER (PARTITION BY id ORDER BY {status} = {kept} DESC, {row}) AS nth,
                        bool_or({status} = {kept}) OVER (PARTITION BY id) AS kept
-                FROM _batch WHERE {status} IN ({kept}, {dropped})
+                FROM _batch WHERE {status} IN ({kept}, {dropped}, {expanded})
             ) b
             WHERE nth = 1 AND NOT EXISTS (SELECT 1 FROM samples s WHERE s.run_id = $run AND s.id = b.id)
         """, p)
@@ -257,29 +263,34 @@ class Store:
         """, p)
         batch_cols = {r[0] for r in con.execute("DESCRIBE _batch").fetchall()}
         for key_col in sorted(c for c in batch_cols if c.startswith(S.KEY_PREFIX)):
+            # One key per kept sample; identical rows have identical keys.
             con.execute(f"""
                 INSERT INTO row_keys
-                SELECT $run, $stage, id, $shard, {row}, "{key_col}" FROM _batch b
+                SELECT DISTINCT ON (id) $run, $stage, id, $shard, {row}, "{key_col}" FROM _batch b
                 WHERE {status} = {kept} AND "{key_col}" IS NOT NULL
-                  AND NOT EXISTS (SELECT 1 FROM drops d WHERE d.run_id = $run AND d.shard = $shard
-                                  AND d.stage = 'store' AND d."row" = b.{row})
+                  AND NOT EXISTS (SELECT 1 FROM row_keys k WHERE k.run_id = $run AND k.stage = $stage AND k.id = b.id)
+                ORDER BY id, {row}
             """, {**p, "stage": key_col[len(S.KEY_PREFIX):]})
-        counts = con.execute(f"""
-            SELECT {stage}, count(*), count(*) FILTER ({status} = {quarantined})
+        gone = {r[0]: r[1:] for r in con.execute(f"""
+            SELECT {stage}, count(*) FILTER ({status} = {dropped}), count(*) FILTER ({status} = {quarantined}),
+                   count(*) FILTER ({status} = {expanded})
             FROM _batch WHERE {status} != {kept} GROUP BY 1
-        """).fetchall()
-        gone_by_stage = {r[0]: (r[1], r[2]) for r in counts}
-        gone_by_stage["store"] = (store_dups, 0)
+        """).fetchall()}
+        gone["store"] = (store_dups, 0, 0)
+        born = dict(con.execute(f'SELECT "{S.BORN}", count(*) FROM _batch WHERE "{S.BORN}" IS NOT NULL GROUP BY 1').fetchall()) \
+            if S.BORN in batch_cols else {}
         stats, alive = [], rows_in
         for pos, name in enumerate([*stages, "store"]):
-            gone, quar = gone_by_stage.get(name, (0, 0))
+            n_drop, n_quar, n_exp = gone.get(name, (0, 0, 0))
+            n_gen = born.get(name, 0)
             cost_col = f"{S.COST_PREFIX}{name}"
             seconds = 0.0
             if cost_col in batch_cols:
                 seconds = con.execute(f'SELECT coalesce(sum("{cost_col}"), 0) FROM _batch').fetchone()[0]
-            stats.append((run_id, shard, pos, name, alive, alive - gone, gone - quar, quar, seconds))
-            alive -= gone
-        con.executemany("INSERT INTO stage_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", stats)
+            out = alive - n_drop - n_quar - n_exp + n_gen
+            stats.append((run_id, shard, pos, name, alive, out, n_drop, n_quar, n_exp, n_gen, seconds))
+            alive = out
+        con.executemany("INSERT INTO stage_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", stats)
         con.execute("INSERT INTO shards VALUES ($run, $shard, $path, $rows, $now)",
                     {**p, "path": path, "rows": rows_in, "now": _now()})
         return stats
@@ -321,7 +332,7 @@ class Store:
             n = con.execute("SELECT count(*) FROM drops WHERE run_id = $run AND stage = $stage", p).fetchone()[0]
             con.execute("UPDATE samples SET kept = false WHERE run_id = $run AND kept AND id IN (SELECT id FROM _gdrops)", {"run": run_id})
             con.unregister("_gdrops")
-            con.execute("INSERT INTO stage_stats VALUES ($run, '*', $pos, $stage, $rin, $kept, $n, 0, $secs)",
+            con.execute("INSERT INTO stage_stats VALUES ($run, '*', $pos, $stage, $rin, $kept, $n, 0, 0, 0, $secs)",
                         {**p, "pos": position, "rin": kept_before, "kept": kept_before - n, "n": n, "secs": seconds})
             con.execute("INSERT INTO global_steps VALUES ($run, $stage, $n, $secs, $now)", {**p, "n": n, "secs": seconds, "now": _now()})
             con.execute("COMMIT")

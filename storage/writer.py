@@ -20,7 +20,7 @@ class ShardWriter:
         self.paths = paths  # shard → source path
         self.on_commit = on_commit
         self.pending: dict[str, list[pa.Table]] = defaultdict(list)
-        self.arrived: dict[str, int] = defaultdict(int)
+        self.arrived: dict[str, float] = defaultdict(float)  # input rows arrived, as summed row weights
         self.committed = 0
 
     def add(self, batch: pa.Table) -> None:
@@ -30,11 +30,11 @@ class ShardWriter:
         for shard in pc.unique(shard_col).to_pylist():
             part = batch.filter(pc.equal(shard_col, shard))
             self.pending[shard].append(part)
-            self.arrived[shard] += part.num_rows
+            self.arrived[shard] += pc.sum(part[S.WEIGHT]).as_py()
             expected = part[S.SHARD_ROWS][0].as_py()
-            if self.arrived[shard] == expected:
+            if abs(self.arrived[shard] - expected) < 1e-6:
                 self._commit(shard, expected)
-            elif self.arrived[shard] > expected:
+            elif self.arrived[shard] > expected + 1e-6:
                 raise RuntimeError(f"shard {shard}: {self.arrived[shard]} rows arrived, {expected} were read")
 
     def add_empty_shard(self, shard: str) -> None:
@@ -57,5 +57,6 @@ def _empty_rows() -> pa.Table:
     fields = list(S.SAMPLE_SCHEMA) + [
         pa.field(S.SHARD, pa.string()), pa.field(S.ROW, pa.int64()), pa.field(S.STATUS, pa.string()),
         pa.field(S.STAGE, pa.string()), pa.field(S.REASON, pa.string()), pa.field(S.RAW, pa.string()),
+        pa.field(S.WEIGHT, pa.float64()), pa.field(S.BORN, pa.string()),
     ]
     return pa.schema(fields).empty_table()

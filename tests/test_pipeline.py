@@ -35,14 +35,17 @@ def expected_messages(row):
 
 
 def assert_counts_add_up(db, run_id):
-    (rows_in, kept, dropped, quarantined), = q(db, "SELECT rows_in, kept, dropped, quarantined FROM run_totals WHERE run_id = ?", run_id)
-    assert rows_in == kept + dropped + quarantined
-    stages = q(db, "SELECT stage, rows_in, kept, dropped, quarantined FROM stage_totals WHERE run_id = ? ORDER BY position", run_id)
-    for (_, s_in, s_kept, s_drop, s_quar), nxt in zip(stages, stages[1:] + [None]):
-        assert s_in == s_kept + s_drop + s_quar
+    (rows_in, kept, dropped, quarantined, expanded, generated), = q(
+        db, "SELECT rows_in, kept, dropped, quarantined, expanded, generated FROM run_totals WHERE run_id = ?", run_id)
+    assert rows_in + generated == kept + dropped + quarantined + expanded
+    stages = q(db, "SELECT stage, rows_in, kept, dropped, quarantined, expanded, generated FROM stage_totals "
+                   "WHERE run_id = ? ORDER BY position", run_id)
+    for (_, s_in, s_kept, s_drop, s_quar, s_exp, s_gen), nxt in zip(stages, stages[1:] + [None]):
+        assert s_in + s_gen == s_kept + s_drop + s_quar + s_exp
         if nxt:
             assert nxt[1] == s_kept  # what a stage keeps is what the next one reads
     assert stages[0][1] == rows_in and stages[-1][2] == kept
+    assert q(db, "SELECT count(*) FROM drops WHERE run_id = ?", run_id) == [(dropped,)]
     return rows_in, kept, dropped, quarantined
 
 

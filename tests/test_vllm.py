@@ -1,6 +1,7 @@
 """Real vLLM on CPU with a tiny random Llama built here: the offline engine inside a Ray actor
 (through the cache), and `vllm serve`'s OpenAI-compatible server behind the HTTP backend."""
 
+import json
 import os
 import signal
 import socket
@@ -98,3 +99,46 @@ def test_http_backend_against_vllm_serve(tiny_model, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+def test_respond_through_the_runner_keeps_lineage_and_replays_from_the_cache(ray_local, tiny_model, tmp_path, alpaca_rows):
+    import duckdb
+
+    from curate.pipeline.config import load_config
+    from curate.pipeline.runner import run
+    from conftest import write_jsonl
+    from test_pipeline import assert_counts_add_up
+
+    src = write_jsonl(tmp_path / "seeds.jsonl", [{"instruction": r["instruction"]} for r in alpaca_rows[:8]])
+    db = str(tmp_path / "gen.duckdb")
+    respond = {"respond": {"backend": {**ENGINE, "model": tiny_model}, "n": 2, "max_tokens": 12, "temperature": 0.8}}
+    cfg = dict(input=[str(src)], db=db, ingest={"require_response": False}, stages=[respond])
+    first = run(load_config(None, **cfg), progress="off")
+    assert first.rows_in == 8 and first.expanded == 8 - first.dropped
+    assert first.kept == first.generated >= 14  # two completions per seed; a random model may leave a few empty
+    assert_counts_add_up(db, first.run_id)
+    con = duckdb.connect(db, read_only=True)
+    children = con.execute("SELECT id, parent_ids, origin, meta, messages FROM curated").fetchall()
+    parents = dict(con.execute("SELECT id, messages FROM samples WHERE NOT kept").fetchall())
+    for id_, parent_ids, origin, meta, messages in children:
+        assert origin == "response" and len(parent_ids) == 1 and parent_ids[0] in parents
+        assert messages[:-1] == parents[parent_ids[0]] and messages[-1]["role"] == "assistant"
+        info = json.loads(meta)
+        assert info["generator"] == "respond" and info["model"] == tiny_model and info["sampling"]["n"] == 2
+        assert info["finish_reason"] in ("length", "stop") and info["completion_tokens"] > 0
+    con.close()
+    cache = duckdb.connect(str(tmp_path / "gen.llm_cache.duckdb"), read_only=True)
+    calls = cache.execute("SELECT count(*) FROM llm_cache").fetchone()[0]
+    cache.close()
+    assert calls == 8
+
+    # Another downstream stage makes another run; the responses come from the cache: zero calls.
+    second = run(load_config(None, **{**cfg, "stages": [respond, {"filters": {"min_response_chars": 1}}]}), progress="off")
+    assert second.run_id != first.run_id and second.generated == first.generated
+    cache = duckdb.connect(str(tmp_path / "gen.llm_cache.duckdb"), read_only=True)
+    assert cache.execute("SELECT count(*) FROM llm_cache").fetchone()[0] == calls
+    cache.close()
+    con = duckdb.connect(db, read_only=True)
+    ids = lambda run_id: {r[0] for r in con.execute("SELECT id FROM samples WHERE run_id = ? AND origin = 'response'", [run_id]).fetchall()}  # noqa: E731
+    assert ids(first.run_id) == ids(second.run_id)
+    con.close()

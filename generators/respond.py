@@ -1,0 +1,90 @@
+"""Respond: generate `n` responses for each instruction, so later stages can verify and pick.
+
+Each input row is a prompt (its turns up to the last user turn; an existing answer is set
+aside). Every completion becomes a new row with the parent's id in `parent_ids`, origin
+`response`, and the generator, model, template version, sampling parameters, finish reason and
+token counts in `meta`; the parent is stored as `expanded`. A row whose completions are all
+empty is dropped (`empty_response`) with the raw outputs in its reason.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+from curate.generators.backends.base import Backend, ChatRequest, Sampling
+from curate.stages.base import Resources, Stage, StageResult
+from curate.storage import schema as S
+
+TEMPLATE_VERSION = "respond/1"
+
+
+class LazyBackend(Backend):
+    """Builds the real backend (a vLLM engine takes ~30 s to start) on the first cache miss."""
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.model = spec["model"]
+        self._backend = None
+
+    def generate(self, requests):
+        if self._backend is None:
+            from curate.generators.backends import make_backend
+
+            self._backend = make_backend(self.spec)
+        return self._backend.generate(requests)
+
+
+class Respond(Stage):
+    name = "respond"
+    resources = Resources(num_cpus=1, actor=True, concurrency=1)
+    batch_size = 64
+
+    def __init__(self, backend: dict, n: int = 1, temperature: float = 0.7, top_p: float = 1.0,
+                 max_tokens: int = 512, seed: int = 0, system_prompt: str | None = None, cache: str | None = None):
+        if "model" not in backend:
+            raise ValueError("backend needs a model: {kind: vllm, model: PATH} or {kind: openai, model: NAME, base_url: URL}")
+        self.sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, n=n, seed=seed)
+        self.system_prompt = system_prompt
+        self.spec = dict(backend)
+        inner = LazyBackend(self.spec)
+        if cache:
+            from curate.generators.cache import CachedBackend, LLMCache
+
+            self.backend: Backend = CachedBackend(inner, LLMCache(cache))
+        else:
+            self.backend = inner
+
+    def prompt(self, messages: list[dict]) -> list[dict]:
+        last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+        turns = messages[: last_user + 1]
+        if self.system_prompt and turns[0]["role"] != "system":
+            turns = [{"role": "system", "content": self.system_prompt}, *turns]
+        return turns
+
+    def __call__(self, batch: pa.Table) -> StageResult:
+        convs = batch["messages"].to_pylist()
+        ids = batch["id"].to_pylist()
+        prompts = [self.prompt(c) for c in convs]
+        results = self.backend.generate([ChatRequest(p, self.sampling) for p in prompts])
+        children, parents, empty, reasons = [], [], [], []
+        sampling = {"temperature": self.sampling.temperature, "top_p": self.sampling.top_p,
+                    "max_tokens": self.sampling.max_tokens, "n": self.sampling.n, "seed": self.sampling.seed}
+        for i, (prompt, completions) in enumerate(zip(prompts, results)):
+            usable = [(k, c) for k, c in enumerate(completions) if c.text.strip()]
+            if not usable:
+                empty.append(i)
+                reasons.append("empty_response: " + json.dumps([c.text for c in completions])[:500])
+                continue
+            for k, c in usable:
+                messages = [*prompt, {"role": "assistant", "content": c.text.strip()}]
+                meta = {"generator": "respond", "model": self.spec["model"], "template": TEMPLATE_VERSION,
+                        "sampling": sampling, "sample_index": k, "finish_reason": c.finish_reason,
+                        "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens}
+                children.append({"id": S.sample_id(messages), "messages": messages, "origin": "response",
+                                  "source": f"respond:{self.spec['model']}", "parent_ids": [ids[i]],
+                                  "meta": json.dumps(meta, sort_keys=True), S.PARENT: i})
+        generated = pa.table({**S.sample_arrays(children), S.PARENT: pa.array([c[S.PARENT] for c in children], pa.int64())})
+        dropped = batch.take(pa.array(empty, pa.int64())).append_column("reason", pa.array(reasons, pa.string()))
+        return StageResult(kept=batch.slice(0, 0), dropped=dropped, generated=generated)

@@ -36,9 +36,19 @@ class LazyBackend(Backend):
         return self._backend.generate(requests)
 
 
+def stage_backend(spec: dict, cache: str | None) -> Backend:
+    """What an LLM stage calls: the backend, started lazily, behind the cache when there is one."""
+    inner = LazyBackend(dict(spec))
+    if not cache:
+        return inner
+    from curate.generators.cache import CachedBackend, LLMCache
+
+    return CachedBackend(inner, LLMCache(cache))
+
+
 class Respond(Stage):
     name = "respond"
-    resources = Resources(num_cpus=1, actor=True, concurrency=1)
+    resources = Resources(num_cpus=0.25, actor=True, concurrency=1)  # waits on its engine; the engine holds the GPU or its own threads
     batch_size = 64
 
     def __init__(self, backend: dict, n: int = 1, temperature: float = 0.7, top_p: float = 1.0,
@@ -48,13 +58,7 @@ class Respond(Stage):
         self.sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, n=n, seed=seed)
         self.system_prompt = system_prompt
         self.spec = dict(backend)
-        inner = LazyBackend(self.spec)
-        if cache:
-            from curate.generators.cache import CachedBackend, LLMCache
-
-            self.backend: Backend = CachedBackend(inner, LLMCache(cache))
-        else:
-            self.backend = inner
+        self.backend = stage_backend(self.spec, cache)
 
     def prompt(self, messages: list[dict]) -> list[dict]:
         last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")

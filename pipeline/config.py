@@ -97,23 +97,15 @@ class RunConfig(Strict):
     def _one_or_many(cls, v):
         return [v] if isinstance(v, str) else v
 
-    @field_validator("stages", mode="before")
+    @field_validator("stages", "selectors", mode="before")
     @classmethod
-    def _parse_stages(cls, v):
+    def _parse_components(cls, v, info):
         if v is None:
             return []
         if not isinstance(v, list):
-            raise ValueError("stages must be a list of {stage_name: {parameters}}")
-        return [_parse_stage(i, item) for i, item in enumerate(v)]
-
-    @field_validator("selectors", mode="before")
-    @classmethod
-    def _parse_selectors(cls, v):
-        if v is None:
-            return []
-        if not isinstance(v, list):
-            raise ValueError("selectors must be a list of {selector_name: {parameters}}")
-        return [_parse_selector(i, item) for i, item in enumerate(v)]
+            raise ValueError(f"{info.field_name} must be a list of {{name: {{parameters}}}}")
+        parse = _parse_stage if info.field_name == "stages" else _parse_selector
+        return [parse(i, item) for i, item in enumerate(v)]
 
     def fingerprint(self, inputs: list[dict]) -> str:
         """What makes a run: its inputs, ingest settings, sharding and stages. The same

@@ -129,7 +129,7 @@ def apply_stage(stage: Stage, name: str, batch: pa.Table) -> pa.Table:
     accounted = sum(p.num_rows for p in parts)
     if result.generated is not None and result.generated.num_rows:
         children, parents = _children(live, result.generated, name)
-        parts[0] = pa.concat_tables([parts[0], children], promote_options="permissive")
+        parts.insert(1, children)
         parts.append(parents)
         accounted += parents.num_rows
     if accounted != live.num_rows:
@@ -144,18 +144,27 @@ def apply_stage(stage: Stage, name: str, batch: pa.Table) -> pa.Table:
 
 def _children(live: pa.Table, generated: pa.Table, stage: str) -> tuple[pa.Table, pa.Table]:
     """Give generated rows their parent's shard bookkeeping and a share of its weight; the
-    parents become `expanded` rows (weight 0), stored for lineage."""
+    parents of successful rows become `expanded` (weight 0), stored for lineage.
+
+    A generated row with a non-null `reason` failed (an eliminated evolution, an unparseable
+    output): it is stored as a drop with weight 0, and its parent, which the stage returned in
+    `kept` or `dropped`, keeps its own weight."""
     parent = generated[S.PARENT].to_numpy().astype(np.int64)
-    counts = np.bincount(parent, minlength=live.num_rows)
-    weights = live[S.WEIGHT].to_numpy()[parent] / counts[parent]
+    failed = np.zeros(len(parent), bool)
+    if "reason" in generated.column_names:
+        failed = pc.is_valid(generated["reason"]).to_numpy(zero_copy_only=False)
+    counts = np.bincount(parent[~failed], minlength=live.num_rows)
+    weights = np.zeros(len(parent))
+    weights[~failed] = live[S.WEIGHT].to_numpy()[parent[~failed]] / counts[parent[~failed]]
     carried = live.select([S.SHARD, S.SHARD_ROWS, S.ROW]).take(pa.array(parent))
-    children = generated.drop_columns([S.PARENT])
+    reasons = generated["reason"] if "reason" in generated.column_names else pa.nulls(len(parent), pa.string())
+    children = generated.drop_columns([c for c in (S.PARENT, "reason") if c in generated.column_names])
     for name in carried.column_names:
-        if name not in children.column_names:
-            children = children.append_column(name, carried[name])
+        children = children.append_column(name, carried[name])
     n = children.num_rows
-    children = (children.append_column(S.STATUS, pa.array([S.KEPT] * n, pa.string()))
-                .append_column(S.STAGE, pa.nulls(n, pa.string())).append_column(S.REASON, pa.nulls(n, pa.string()))
+    children = (children.append_column(S.STATUS, pa.array(np.where(failed, S.DROPPED, S.KEPT), pa.string()))
+                .append_column(S.STAGE, pa.array([stage if f else None for f in failed], pa.string()))
+                .append_column(S.REASON, reasons.cast(pa.string()))
                 .append_column(S.WEIGHT, pa.array(weights, pa.float64())).append_column(S.BORN, pa.array([stage] * n, pa.string())))
     parents = live.take(pa.array(np.flatnonzero(counts)))
     m = parents.num_rows

@@ -12,6 +12,7 @@ STAGES = {
     "near_dedup": "curate.stages.dedup:NearDedup",
     "decontaminate": "curate.stages.decontam:Decontaminate",
     "respond": "curate.generators.respond:Respond",
+    "evol_instruct": "curate.generators.evol:EvolInstruct",
 }
 
 

@@ -91,6 +91,7 @@ def run_global_steps(store: Store, run_id: str, plans: list[StagePlan], bar: Pro
 
 def _stream(config, todo, plans, store, writer, run_id) -> None:
     with ray_session(config):
+        _check_actor_resources(plans)
         for batch in build_dataset(todo, plans).iter_batches(batch_format="pyarrow", batch_size=None):
             writer.add(batch)
     if writer.unfinished():
@@ -99,6 +100,23 @@ def _stream(config, todo, plans, store, writer, run_id) -> None:
     for spec in todo:  # shards that produced no rows at all (blank files)
         if spec.shard not in committed:
             writer.add_empty_shard(spec.shard)
+
+
+def _check_actor_resources(plans: list[StagePlan]) -> None:
+    """Actor pools hold their resources for the whole stream; if they cannot all fit, Ray Data
+    would wait forever. Say so instead, naming the stages."""
+    import ray
+
+    available = ray.cluster_resources()
+    for resource, attr in (("CPU", "num_cpus"), ("GPU", "num_gpus")):
+        need = {p.name: getattr(p.resources, attr) * (p.resources.concurrency or 1)
+                for p in plans if (p.resources.actor or p.resources.num_gpus) and getattr(p.resources, attr)}
+        task_floor = 1 if resource == "CPU" else 0  # the task stages need room to run beside the actors
+        if need and sum(need.values()) + task_floor > available.get(resource, 0) + 1e-9:
+            raise CurateError(
+                f"the actor stages need {sum(need.values()):g} {resource} ({', '.join(f'{k}: {v:g}' for k, v in need.items())}) "
+                f"plus room for the other stages, and the cluster has {available.get(resource, 0):g}; lower their "
+                f"resources.{attr} or concurrency")
 
 
 @contextmanager

@@ -190,23 +190,17 @@ def stop_ray_head(head: RayHead) -> None:
     process left that belongs to its temp dir. Never `ray stop`, never by name."""
     proc = head.proc
     pgid = proc.pid  # start_new_session=True: the group id is the leader's pid
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        pass
-    # Whatever is left of the group (the leader, or children it did not take down), killed hard.
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
+    # SIGTERM first; whatever is left of the group (the leader, or children it did not take
+    # down) is then killed hard.
+    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            pass
 
     # Processes in other groups/sessions (Ray starts some with their own session), found by pid.
     deadline = time.monotonic() + 20

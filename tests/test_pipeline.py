@@ -170,3 +170,14 @@ def test_a_file_of_blank_lines_is_a_finished_run_with_no_rows(ray_local, tmp_pat
     assert q(db, "SELECT shard, rows_in FROM shards") == [("s000-00000", 0)]
     again = run(load_config(None, input=[str(src)], db=str(db)), progress="off")
     assert again.shards_skipped == 1
+
+
+def test_actor_stages_that_cannot_fit_are_a_clear_error(ray_local, tmp_path, alpaca_rows):
+    from curate.errors import CurateError
+
+    src = write_jsonl(tmp_path / "s.jsonl", alpaca_rows[:10])
+    respond = {"respond": {"backend": {"kind": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1"},
+                           "resources": {"num_cpus": 1, "concurrency": 2}}}
+    cfg = load_config(None, input=[str(src)], db=str(tmp_path / "x.duckdb"), stages=[respond])
+    with pytest.raises(CurateError, match=r"actor stages need 2 CPU \(respond: 2\).*cluster has 2"):
+        run(cfg, progress="off")

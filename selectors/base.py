@@ -13,8 +13,9 @@ class Selector:
     budget: float | int  # set by every selector's constructor; see budget_rows
 
     def select(self, con: duckdb.DuckDBPyConnection, run_id: str, pool: str, budget_rows: int) -> list[tuple[str, float | None]]:
-        """Return (id, score) pairs, best first, at most `budget_rows` of them, drawn from the
-        `pool` relation (a view of the run's curated rows)."""
+        """Return (id, score) or (id, score, cluster) tuples, best first, at most `budget_rows`
+        of them, drawn from the `pool` relation (a view of the run's curated rows). Stage
+        results of the pool's rows are in the `scores`, `vectors` and `verdicts` tables."""
         raise NotImplementedError  # pragma: no cover - interface
 
 

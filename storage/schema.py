@@ -33,6 +33,12 @@ REASON = "_reason"  # drop reason or quarantine error
 RAW = "_raw"  # raw input text; kept only on quarantined rows
 COST_PREFIX = "_t:"  # _t:<stage>: seconds of stage time charged to the row
 KEY_PREFIX = "_key:"  # _key:<stage>: a global stage's per-row key (binary), stored for its global step
+# Per-row results a stage attaches to the rows it returns; the writer lands them in their tables.
+SCORE_PREFIX = "_score:"  # _score:<name>: float64 → scores(run_id, id, name, value); kept and dropped rows
+VEC_PREFIX = "_vec:"  # _vec:<name>: list<float32> → vectors(run_id, name, id, model, vec); kept rows
+VECMODEL_PREFIX = "_vecmodel:"  # _vecmodel:<name>: string, the model that made _vec:<name>
+VERDICTS = "_verdicts"  # list<VERDICT> → verdicts(run_id, id, verifier, passed, strength, detail); kept and dropped rows
+VERDICT = pa.struct([("verifier", pa.string()), ("passed", pa.bool_()), ("strength", pa.string()), ("detail", pa.string())])
 
 WEIGHT = "_weight"  # share of an input row this row stands for (children of a generator split it)
 BORN = "_born"  # stage that generated the row (null for rows read from the input)
@@ -102,3 +108,14 @@ def duckdb_type(t: pa.DataType) -> str:
 def sample_columns_ddl() -> str:
     return ",\n    ".join(f'"{f.name}" {duckdb_type(f.type)}' for f in SAMPLE_SCHEMA)
 
+
+
+def add_verdicts(table: pa.Table, verdicts: list[list[dict]]) -> pa.Table:
+    """Append each row's new verdicts ({verifier, passed, strength, detail}) to the verdicts
+    earlier stages gave it."""
+    new = pa.array(verdicts, pa.list_(VERDICT))
+    if VERDICTS not in table.column_names:
+        return table.append_column(VERDICTS, new)
+    old = table[VERDICTS].to_pylist()
+    merged = pa.array([(o or []) + n for o, n in zip(old, verdicts)], pa.list_(VERDICT))
+    return table.set_column(table.column_names.index(VERDICTS), VERDICTS, merged)

@@ -65,7 +65,21 @@ CREATE TABLE IF NOT EXISTS global_steps (
     PRIMARY KEY (run_id, stage)
 );
 CREATE TABLE IF NOT EXISTS selections (
-    run_id VARCHAR, name VARCHAR, id VARCHAR, rank INTEGER, score DOUBLE
+    run_id VARCHAR, name VARCHAR, id VARCHAR, rank INTEGER, score DOUBLE,
+    cluster INTEGER             -- the cluster a diversity selector drew the row from
+);
+ALTER TABLE selections ADD COLUMN IF NOT EXISTS cluster INTEGER;
+-- Per-row results of stages (see the _score:, _vec: and _verdicts columns in storage/schema.py).
+CREATE TABLE IF NOT EXISTS scores (
+    run_id VARCHAR, id VARCHAR, name VARCHAR, value DOUBLE
+);
+CREATE TABLE IF NOT EXISTS vectors (
+    run_id VARCHAR, name VARCHAR, id VARCHAR, model VARCHAR, vec FLOAT[]
+);
+CREATE TABLE IF NOT EXISTS verdicts (
+    run_id VARCHAR, id VARCHAR, verifier VARCHAR, passed BOOLEAN,
+    strength VARCHAR,           -- how far the verdict can be trusted, e.g. io (unforgeable) or assert
+    detail VARCHAR
 );
 CREATE TABLE IF NOT EXISTS selection_info (
     run_id VARCHAR, name VARCHAR, selector VARCHAR, params JSON,
@@ -186,18 +200,20 @@ class Store:
         return (row[0], row[1]) if row else None
 
     def write_selection(self, run_id: str, name: str, selector: str, params: str, pool: int,
-                        picked: list[tuple[str, float | None]], seconds: float) -> None:
-        """Replace a named selection of a run in one transaction."""
+                        picked: list[tuple], seconds: float) -> None:
+        """Replace a named selection of a run in one transaction. `picked` holds (id, score) or
+        (id, score, cluster) tuples, best first."""
         table = pa.table({
             "id": pa.array([p[0] for p in picked], pa.string()),
             "rank": pa.array(range(1, len(picked) + 1), pa.int32()),
             "score": pa.array([p[1] for p in picked], pa.float64()),
+            "cluster": pa.array([p[2] if len(p) > 2 else None for p in picked], pa.int32()),
         })
         with self.transaction() as con:
             con.execute("DELETE FROM selections WHERE run_id = ? AND name = ?", [run_id, name])
             con.execute("DELETE FROM selection_info WHERE run_id = ? AND name = ?", [run_id, name])
             con.register("_picked", table)
-            con.execute("INSERT INTO selections SELECT ?, ?, id, rank, score FROM _picked", [run_id, name])
+            con.execute("INSERT INTO selections SELECT ?, ?, id, rank, score, cluster FROM _picked", [run_id, name])
             con.unregister("_picked")
             con.execute("INSERT INTO selection_info VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         [run_id, name, selector, params, pool, len(picked), seconds, _now()])
@@ -269,6 +285,7 @@ class Store:
                   AND NOT EXISTS (SELECT 1 FROM row_keys k WHERE k.run_id = $run AND k.stage = $stage AND k.id = b.id)
                 ORDER BY id, {row}
             """, {**p, "stage": key_col[len(S.KEY_PREFIX):]})
+        self._insert_row_results(batch_cols, p)
         gone = {r[0]: r[1:] for r in con.execute(f"""
             SELECT {stage}, count(*) FILTER ({status} = {dropped}), count(*) FILTER ({status} = {quarantined}),
                    count(*) FILTER ({status} = {expanded})
@@ -292,6 +309,41 @@ class Store:
         con.execute("INSERT INTO shards VALUES ($run, $shard, $path, $rows, $now)",
                     {**p, "path": path, "rows": rows_in, "now": _now()})
         return stats
+
+    def _insert_row_results(self, batch_cols: set[str], p: dict) -> None:
+        """Scores, vectors and verdicts that stages attached to rows, once per sample id."""
+        con = self.con
+        status, row = f'"{S.STATUS}"', f'"{S.ROW}"'
+        scored = f"{status} IN ('{S.KEPT}', '{S.DROPPED}')"
+        for col in sorted(c for c in batch_cols if c.startswith(S.SCORE_PREFIX)):
+            con.execute(f"""
+                INSERT INTO scores
+                SELECT DISTINCT ON (id) $run, id, $name, "{col}" FROM _batch b
+                WHERE {scored} AND "{col}" IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM scores s WHERE s.run_id = $run AND s.name = $name AND s.id = b.id)
+                ORDER BY id, {row}
+            """, {"run": p["run"], "name": col[len(S.SCORE_PREFIX):]})
+        for col in sorted(c for c in batch_cols if c.startswith(S.VEC_PREFIX)):
+            name = col[len(S.VEC_PREFIX):]
+            model_col = f"{S.VECMODEL_PREFIX}{name}"
+            model = f'"{model_col}"' if model_col in batch_cols else "NULL"
+            con.execute(f"""
+                INSERT INTO vectors
+                SELECT DISTINCT ON (id) $run, $name, id, {model}, "{col}" FROM _batch b
+                WHERE {status} = '{S.KEPT}' AND "{col}" IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM vectors v WHERE v.run_id = $run AND v.name = $name AND v.id = b.id)
+                ORDER BY id, {row}
+            """, {"run": p["run"], "name": name})
+        if S.VERDICTS in batch_cols:
+            con.execute(f"""
+                INSERT INTO verdicts
+                SELECT $run, id, v.verifier, v.passed, v.strength, v.detail
+                FROM (SELECT id, unnest("{S.VERDICTS}") AS v FROM (
+                    SELECT DISTINCT ON (id) id, "{S.VERDICTS}" FROM _batch b
+                    WHERE {scored} AND "{S.VERDICTS}" IS NOT NULL
+                      AND NOT EXISTS (SELECT 1 FROM verdicts d WHERE d.run_id = $run AND d.id = b.id)
+                    ORDER BY id, {row}))
+            """, {"run": p["run"]})
 
     # ------------------------------------------------------------------ global steps
 

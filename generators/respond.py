@@ -21,7 +21,9 @@ TEMPLATE_VERSION = "respond/1"
 
 
 class LazyBackend(Backend):
-    """Builds the real backend (a vLLM engine takes ~30 s to start) on the first cache miss."""
+    """The real backend, found or built on the first cache miss: the run's shared engine actor
+    for a vLLM spec when the runner started one (see generators/engines.py), else a backend
+    built here (a vLLM engine takes ~30 s to start)."""
 
     def __init__(self, spec: dict):
         self.spec = spec
@@ -30,10 +32,27 @@ class LazyBackend(Backend):
 
     def generate(self, requests):
         if self._backend is None:
-            from curate.generators.backends import make_backend
+            from curate.generators.engines import find_engine
 
-            self._backend = make_backend(self.spec)
+            engine = find_engine(self.spec) if self.spec.get("kind", "vllm") == "vllm" else None
+            if engine is not None:
+                self._backend = RemoteEngine(engine, self.model)
+            else:
+                from curate.generators.backends import make_backend
+
+                self._backend = make_backend(self.spec)
         return self._backend.generate(requests)
+
+
+class RemoteEngine(Backend):
+    def __init__(self, actor, model: str):
+        self.actor = actor
+        self.model = model
+
+    def generate(self, requests):
+        import ray
+
+        return ray.get(self.actor.generate.remote(requests))
 
 
 def stage_backend(spec: dict, cache: str | None) -> Backend:

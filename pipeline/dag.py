@@ -113,10 +113,14 @@ class StageActor:
         return apply_stage(self.stage, self.plan.name, batch)
 
 
+LIVE_INDEX = "_i"  # position of a row in the stage's input batch, so a generator's parents can be found in its output
+
+
 def apply_stage(stage: Stage, name: str, batch: pa.Table) -> pa.Table:
     """Run a stage on the live rows of a batch; pass the others through; mark what it removed."""
     live_mask = pc.equal(batch[S.STATUS], S.KEPT)
     live = batch.filter(live_mask)
+    live = live.append_column(LIVE_INDEX, pa.array(np.arange(live.num_rows), pa.int64()))
     passed = batch.filter(pc.invert(live_mask))
     start = time.perf_counter()
     result: StageResult = stage(live) if live.num_rows else StageResult(kept=live)
@@ -128,51 +132,71 @@ def apply_stage(stage: Stage, name: str, batch: pa.Table) -> pa.Table:
         parts.append(_mark(result.quarantined, "error", S.QUARANTINED, name))
     accounted = sum(p.num_rows for p in parts)
     if result.generated is not None and result.generated.num_rows:
-        children, parents = _children(live, result.generated, name)
+        children, parents, share = _children(live, result.generated, name, result.parents_stay)
+        parts = [_reweigh(p, share) for p in parts]
         parts.insert(1, children)
-        parts.append(parents)
-        accounted += parents.num_rows
+        if parents is not None:
+            parts.append(parents)
+            accounted += parents.num_rows
     if accounted != live.num_rows:
         raise RuntimeError(f"stage {name} accounted for {accounted} of {live.num_rows} rows: a stage must account for every row")
     if result.keys is not None:
         parts[0] = parts[0].append_column(S.KEY_PREFIX + name, result.keys.cast(pa.binary()))
     per_row = seconds / max(1, live.num_rows)
     parts = [p.append_column(S.COST_PREFIX + name, pa.array([per_row] * p.num_rows, pa.float64())) for p in parts]
+    parts = [p.drop_columns([LIVE_INDEX]) if LIVE_INDEX in p.column_names else p for p in parts]
     parts.append(passed)
     return pa.concat_tables(parts, promote_options="permissive")
 
 
-def _children(live: pa.Table, generated: pa.Table, stage: str) -> tuple[pa.Table, pa.Table]:
-    """Give generated rows their parent's shard bookkeeping and a share of its weight; the
-    parents of successful rows become `expanded` (weight 0), stored for lineage.
+def _children(live: pa.Table, generated: pa.Table, stage: str, parents_stay: bool) -> tuple[pa.Table, pa.Table | None, np.ndarray]:
+    """Give generated rows their parent's shard bookkeeping; the parents of successful rows
+    become `expanded`, stored for lineage (with `parents_stay`, they stay as the stage returned
+    them instead).
 
     A generated row with a non-null `reason` failed (an eliminated evolution, an unparseable
-    output): it is stored as a drop with weight 0, and its parent, which the stage returned in
-    `kept` or `dropped`, keeps its own weight."""
+    output): it is stored as a drop, and its parent, which the stage returned in `kept` or
+    `dropped`, stays in play. A parent's weight is split evenly between it and all its
+    children, so every row the writer waits for carries weight: a shard completes only once
+    each of its rows has arrived, however later stages re-batch them. Returns the children,
+    the expanded parents and each input row's share of weight (NaN where it has no children).
+    """
     parent = generated[S.PARENT].to_numpy().astype(np.int64)
     failed = np.zeros(len(parent), bool)
     if "reason" in generated.column_names:
         failed = pc.is_valid(generated["reason"]).to_numpy(zero_copy_only=False)
-    counts = np.bincount(parent[~failed], minlength=live.num_rows)
-    weights = np.zeros(len(parent))
-    weights[~failed] = live[S.WEIGHT].to_numpy()[parent[~failed]] / counts[parent[~failed]]
+    all_counts = np.bincount(parent, minlength=live.num_rows)
+    share = np.where(all_counts > 0, live[S.WEIGHT].to_numpy() / (all_counts + 1), np.nan)
     carried = live.select([S.SHARD, S.SHARD_ROWS, S.ROW]).take(pa.array(parent))
     reasons = generated["reason"] if "reason" in generated.column_names else pa.nulls(len(parent), pa.string())
     children = generated.drop_columns([c for c in (S.PARENT, "reason") if c in generated.column_names])
-    for name in carried.column_names:
-        children = children.append_column(name, carried[name])
+    for col in carried.column_names:
+        children = children.append_column(col, carried[col])
     n = children.num_rows
     children = (children.append_column(S.STATUS, pa.array(np.where(failed, S.DROPPED, S.KEPT), pa.string()))
                 .append_column(S.STAGE, pa.array([stage if f else None for f in failed], pa.string()))
                 .append_column(S.REASON, reasons.cast(pa.string()))
-                .append_column(S.WEIGHT, pa.array(weights, pa.float64())).append_column(S.BORN, pa.array([stage] * n, pa.string())))
-    parents = live.take(pa.array(np.flatnonzero(counts)))
+                .append_column(S.WEIGHT, pa.array(share[parent], pa.float64())).append_column(S.BORN, pa.array([stage] * n, pa.string())))
+    if parents_stay:
+        return children, None, share
+    expanded = np.flatnonzero(np.bincount(parent[~failed], minlength=live.num_rows))
+    parents = live.take(pa.array(expanded, pa.int64()))
     m = parents.num_rows
     parents = parents.drop_columns([S.STATUS, S.STAGE, S.WEIGHT])
     parents = (parents.append_column(S.STATUS, pa.array([S.EXPANDED] * m, pa.string()))
                .append_column(S.STAGE, pa.array([stage] * m, pa.string()))
-               .append_column(S.WEIGHT, pa.array([0.0] * m, pa.float64())))
-    return children, parents
+               .append_column(S.WEIGHT, pa.array(share[expanded], pa.float64())))
+    return children, parents, share
+
+
+def _reweigh(rows: pa.Table, share: np.ndarray) -> pa.Table:
+    """Rows the stage returned that are parents of generated rows carry their share only."""
+    if LIVE_INDEX not in rows.column_names or not rows.num_rows:
+        return rows
+    idx = rows[LIVE_INDEX].to_numpy(zero_copy_only=False)
+    mine = share[idx]
+    weights = np.where(np.isnan(mine), rows[S.WEIGHT].to_numpy(zero_copy_only=False), mine)
+    return rows.set_column(rows.column_names.index(S.WEIGHT), S.WEIGHT, pa.array(weights, pa.float64()))
 
 
 def _mark(table: pa.Table, why_col: str, status: str, stage: str) -> pa.Table:

@@ -90,10 +90,19 @@ def run_global_steps(store: Store, run_id: str, plans: list[StagePlan], bar: Pro
 
 
 def _stream(config, todo, plans, store, writer, run_id) -> None:
+    import ray
+
+    from curate.generators.engines import start_engines, vllm_specs
+
     with ray_session(config):
         _check_actor_resources(plans)
-        for batch in build_dataset(todo, plans).iter_batches(batch_format="pyarrow", batch_size=None):
-            writer.add(batch)
+        engines = start_engines(vllm_specs([p.params for p in plans]), ray.cluster_resources().get("GPU", 0))
+        try:
+            for batch in build_dataset(todo, plans).iter_batches(batch_format="pyarrow", batch_size=None):
+                writer.add(batch)
+        finally:
+            for engine in engines:
+                ray.kill(engine)
     if writer.unfinished():
         raise RuntimeError(f"the stream ended with shards incomplete: {writer.unfinished()[:5]}")
     committed = store.committed_shards(run_id)

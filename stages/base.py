@@ -35,6 +35,9 @@ class StageResult:
     # row they came from). Each parent is then stored as `expanded`; kept, dropped and
     # quarantined cover the other input rows.
     generated: pa.Table | None = None
+    # Generators that add rows beside their inputs (Self-Instruct, SkillMix): the parents stay
+    # as the stage returned them (kept, with their weight) and the new rows carry no weight.
+    parents_stay: bool = False
 
 
 class Stage:

@@ -106,6 +106,8 @@ def test_stage_replaces_evolved_rows_and_keeps_failed_parents():
     kept_seeds = [r["messages"][0]["content"] for r in out.to_pylist() if r[S.STATUS] == "kept" and r["origin"] == "seed"]
     assert sorted(kept_seeds) == ["Count to five.", "Say hi."]
     assert abs(sum(r[S.WEIGHT] for r in out.to_pylist()) - 3.0) < 1e-9
+    # Every row carries weight, so a shard cannot complete before all of its rows reach the writer.
+    assert all(r[S.WEIGHT] > 0 for r in out.to_pylist())
     dropped_raw = [json.loads(r["meta"]).get("raw") for r in out.to_pylist() if r[S.STATUS] == "dropped"]
     assert sorted(dropped_raw) == ["", "Say hi."]
 

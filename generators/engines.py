@@ -1,0 +1,83 @@
+"""One vLLM engine per distinct backend spec for a whole run, shared by every LLM stage.
+
+Each LLM stage used to start its own engine inside its actor: five stages meant five copies of
+the weights (on one GPU, an out-of-memory error) and five start-up waits. The runner now starts
+one `EngineHost` actor per distinct `{kind: vllm, ...}` spec, named after the spec, before the
+stream; the stages find it by name and send it their batches. The host builds the engine on
+its first call, so a rerun answered from the cache never starts one. An engine the runner did
+not start (a stage used outside the runner) is built inside the calling process instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from curate.generators.backends.base import ChatRequest, Completion
+
+NAMESPACE = "curate"
+
+
+def engine_name(spec: dict) -> str:
+    body = json.dumps(spec, sort_keys=True, default=str)
+    return "curate-engine-" + hashlib.blake2b(body.encode(), digest_size=8).hexdigest()
+
+
+def vllm_specs(stage_params: list[dict]) -> list[dict]:
+    """The distinct vLLM backend specs the stages name, in order."""
+    seen, out = set(), []
+    for params in stage_params:
+        spec = params.get("backend")
+        if isinstance(spec, dict) and spec.get("kind", "vllm") == "vllm":
+            name = engine_name(spec)
+            if name not in seen:
+                seen.add(name)
+                out.append(dict(spec))
+    return out
+
+
+class EngineHost:
+    """Ray actor body: holds one engine; requests from every stage arrive here."""
+
+    def __init__(self, spec: dict):
+        self.spec = dict(spec)
+        self.backend = None
+
+    def generate(self, requests: list[ChatRequest]) -> list[list[Completion]]:
+        if self.backend is None:
+            from curate.generators.backends import make_backend
+
+            self.backend = make_backend(self.spec)
+        return self.backend.generate(requests)
+
+    def started(self) -> bool:
+        return self.backend is not None
+
+
+def start_engines(specs: list[dict], gpus_available: float) -> list:
+    """Start (lazily loading) one named engine actor per spec; the caller kills them after the
+    stream. On GPUs an engine takes `tensor_parallel_size` GPUs; on CPU it takes no logical CPU,
+    since the stages that wait on it already hold theirs and vLLM's CPU backend uses its own
+    threads."""
+    import ray
+
+    actors = []
+    for spec in specs:
+        gpus = float(spec.get("tensor_parallel_size", 1)) if gpus_available >= 1 else 0.0
+        actor_cls = ray.remote(EngineHost).options(
+            name=engine_name(spec), namespace=NAMESPACE, get_if_exists=True,
+            num_cpus=1 if gpus else 0, num_gpus=gpus, max_concurrency=1)
+        actors.append(actor_cls.remote(spec))
+    return actors
+
+
+def find_engine(spec: dict):
+    """The run's engine actor for this spec, or None outside a runner-started run."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        return ray.get_actor(engine_name(spec), namespace=NAMESPACE)
+    except (ValueError, ImportError):
+        return None

@@ -1,0 +1,1 @@
+"""Model-based scoring: IFD and IC-IFD, RDS+ representations, LESS gradient features."""

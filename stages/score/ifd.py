@@ -1,0 +1,136 @@
+"""IFD (Cherry LLM) and IC-IFD: how much the instruction helps the model produce the answer.
+
+Per row, three mean token losses: L(A|Q) over the answer tokens after the prompt, L(Q) over the
+prompt tokens (given the start token only), both from one pass over Q+A; and L(A) over the
+answer tokens given only the start token (plus an optional masked `direct_prefix`, Cherry's
+"### Response:" header). Both kinds of sequences share one length-bucketed batch stream.
+
+    ifd    = L(A|Q) / L(A)                 (variant "loss_ratio", Cherry's data_by_IFD.py)
+           = exp(L(A|Q) - L(A))            (variant "ppl_ratio", Superfiltering)
+    ic_ifd = L(A|Q) / (L(Q) * L(A))        (Hui et al. 2024; always the loss ratio over L(Q))
+
+Truncation as Cherry's filters: a row is skipped when its prompt fills the `max_length` window,
+when prompt + answer exceed it (the answer would be cut in one pass and not the other), or when
+the prompt or answer span is empty. A skipped row is dropped with the reason by default
+(`on_skip: drop`; Cherry never selects it either), or kept without scores (`on_skip: keep`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+
+from curate.stages.base import Resources, Stage, StageResult
+from curate.stages.score import lm as L
+from curate.storage.schema import SCORE_PREFIX
+
+SCORE_NAMES = ("ifd", "ic_ifd", "loss_answer_given_prompt", "loss_answer", "loss_prompt")
+
+
+@dataclass
+class Spans:
+    """One sequence and the token spans [start, end) whose mean loss it contributes."""
+
+    ids: list[int]
+    row: int
+    spans: dict[str, tuple[int, int]]
+
+
+def plan_sequences(tok, convs: list[list[dict]], max_length: int, direct_prefix: str = "") -> tuple[list[Spans], list[str | None]]:
+    """The sequences to run and, per row, the reason it is skipped (None: scored)."""
+    start = L.context_ids(tok)
+    prefix = start + (tok(direct_prefix, add_special_tokens=False)["input_ids"] if direct_prefix else [])
+    first = max(1, len(prefix))  # a span can only start where a token before it exists
+    seqs, reasons = [], []
+    for row, messages in enumerate(convs):
+        enc = L.encode(tok, messages)
+        p, a = len(enc.prompt), len(enc.answer)
+        reason = None
+        if a == 0 or p <= 1:
+            reason = "ifd_skip:empty_span"
+        elif p >= max_length:
+            reason = "ifd_skip:prompt_fills_window"
+        elif p + a > max_length or len(prefix) + a > max_length:
+            reason = "ifd_skip:answer_truncated"
+        reasons.append(reason)
+        if reason:
+            continue
+        seqs.append(Spans(enc.prompt + enc.answer, row, {"prompt": (1, p), "answer_given_prompt": (p, p + a)}))
+        direct = prefix + enc.answer
+        seqs.append(Spans(direct, row, {"answer": (first, len(direct))}))
+    return seqs, reasons
+
+
+def span_losses(model, seqs: list[Spans], pad: int, device: str, max_tokens: int, max_rows: int) -> list[dict[str, float]]:
+    """Mean token NLL of every span of every sequence, batched by length, padding ignored."""
+    import torch
+
+    out: list[dict[str, float]] = [{} for _ in seqs]
+    for idx in L.length_batches([len(s.ids) for s in seqs], max_tokens, max_rows):
+        batch = [seqs[i] for i in idx]
+        ids = L.pad_right([s.ids for s in batch], pad, device)
+        with torch.inference_mode():
+            logits = model(input_ids=ids).logits.float()
+            nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+            # cum[:, j] = loss of tokens 1..j, so a span [s, e) sums to cum[e-1] - cum[s-1].
+            cum = torch.nn.functional.pad(nll.double().cumsum(1), (1, 0)).cpu().numpy()
+        for k, (i, s) in enumerate(zip(idx, batch)):
+            out[i] = {name: (cum[k, e - 1] - cum[k, b - 1]) / (e - b) for name, (b, e) in s.spans.items()}
+    return out
+
+
+def ifd_scores(loss_aq: float, loss_a: float, loss_q: float, variant: str) -> tuple[float, float]:
+    ifd = loss_aq / loss_a if variant == "loss_ratio" else math.exp(loss_aq - loss_a)
+    return ifd, loss_aq / (loss_q * loss_a)
+
+
+class IFDScorer:
+    """The model and the scoring logic, outside any stage (the bench and tests use it too)."""
+
+    def __init__(self, model: str, max_length: int = 512, variant: str = "loss_ratio", direct_prefix: str = "",
+                 max_batch_tokens: int = 8192, max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None):
+        self.lm, self.tok, self.device = L.load_causal_lm(model, device, dtype)
+        self.max_length, self.variant, self.direct_prefix = max_length, variant, direct_prefix
+        self.max_batch_tokens, self.max_batch_rows = max_batch_tokens, max_batch_rows
+
+    def score(self, convs: list[list[dict]]) -> tuple[dict[str, np.ndarray], list[str | None]]:
+        """Per score name, one float64 per row (NaN where skipped); and the skip reasons."""
+        seqs, reasons = plan_sequences(self.tok, convs, self.max_length, self.direct_prefix)
+        losses = span_losses(self.lm, seqs, L.pad_id(self.tok), self.device, self.max_batch_tokens, self.max_batch_rows)
+        merged: dict[int, dict[str, float]] = {}
+        for s, spans in zip(seqs, losses):
+            merged.setdefault(s.row, {}).update(spans)
+        cols = {name: np.full(len(convs), np.nan) for name in SCORE_NAMES}
+        for row, m in merged.items():
+            aq, a, q = m["answer_given_prompt"], m["answer"], m["prompt"]
+            cols["ifd"][row], cols["ic_ifd"][row] = ifd_scores(aq, a, q, self.variant)
+            cols["loss_answer_given_prompt"][row], cols["loss_answer"][row], cols["loss_prompt"][row] = aq, a, q
+        return cols, reasons
+
+
+class IFDScore(Stage):
+    """Adds `_score:<prefix>ifd`, `ic_ifd` and the three losses to every row it scores."""
+
+    name = "ifd"
+    resources = Resources(num_cpus=1, actor=True, concurrency=1)  # set num_gpus: 1 to score on a GPU
+    batch_size = 512
+
+    def __init__(self, model: str, max_length: int = 512, variant: Literal["loss_ratio", "ppl_ratio"] = "loss_ratio",
+                 direct_prefix: str = "", on_skip: Literal["drop", "keep"] = "drop", prefix: str = "",
+                 max_batch_tokens: int = 8192, max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None):
+        self.scorer = IFDScorer(model, max_length, variant, direct_prefix, max_batch_tokens, max_batch_rows, device, dtype)
+        self.on_skip, self.prefix = on_skip, prefix
+
+    def __call__(self, batch: pa.Table) -> StageResult:
+        cols, reasons = self.scorer.score(L.conversations(batch))
+        for name, values in cols.items():
+            batch = batch.append_column(SCORE_PREFIX + self.prefix + name, pa.array(values, pa.float64(), from_pandas=True))
+        skipped = np.array([r is not None for r in reasons], dtype=bool)
+        if self.on_skip == "keep" or not skipped.any():
+            return StageResult(kept=batch)
+        dropped = batch.filter(pa.array(skipped)).append_column("reason", pa.array([r for r in reasons if r], pa.string()))
+        return StageResult(kept=batch.filter(pa.array(~skipped)), dropped=dropped)

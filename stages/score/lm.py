@@ -1,0 +1,139 @@
+"""What every model-based scorer shares: load a Hugging Face causal LM and its tokenizer, turn a
+conversation into prompt and answer token ids, and batch sequences by length.
+
+Sequences are right-padded and run without an attention mask: in a causal LM a real token only
+attends to the tokens before it, so padding after the last real token cannot change any real
+token's logits or hidden states. That keeps the batched results equal to one-at-a-time ones,
+and lets SDPA take its causal fast path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+# Used when a tokenizer has no chat template: the Tulu format RDS+ and LESS train on.
+TULU_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def pick_device(device: str | None = None) -> str:
+    import torch
+
+    if device and device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(device: str, dtype: str | None = None):
+    """bf16 on a GPU, fp32 on a CPU (CPU bf16 matmuls are slow and lose the 1e-4 agreement)."""
+    import torch
+
+    if dtype and dtype != "auto":
+        return getattr(torch, dtype)
+    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
+def load_tokenizer(model: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    if tok.chat_template is None:
+        tok.chat_template = TULU_TEMPLATE
+    return tok
+
+
+def load_causal_lm(model: str, device: str | None = None, dtype: str | None = None, attn: str | None = None):
+    """(model in eval mode on its device, tokenizer, device)."""
+    from transformers import AutoModelForCausalLM
+
+    device = pick_device(device)
+    kwargs = {"dtype": pick_dtype(device, dtype)}
+    if attn:
+        kwargs["attn_implementation"] = attn
+    lm = AutoModelForCausalLM.from_pretrained(model, **kwargs).to(device).eval()
+    return lm, load_tokenizer(model), device
+
+
+def context_ids(tok) -> list[int]:
+    """What a sequence starts with when nothing else precedes it: BOS, or EOS for tokenizers
+    without one (Qwen), so that the first real token is predicted and scored too."""
+    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    return [] if start is None else [start]
+
+
+@dataclass
+class Encoded:
+    """A conversation as token ids: `prompt` (context + turns up to the answer, with the
+    generation prompt) and `answer` (the last assistant turn as the template renders it)."""
+
+    prompt: list[int]
+    answer: list[int]
+
+
+def split_conversation(messages: list[dict]) -> tuple[list[dict], dict | None]:
+    """(turns before the last assistant turn, that turn), or (all turns, None) without one."""
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    if last is None:
+        return messages, None
+    return messages[:last], messages[last]
+
+
+def encode(tok, messages: list[dict]) -> Encoded:
+    """Prompt and answer ids, tokenised apart (the answer starts a fresh token, as it does when a
+    model generates it). The answer text is what the chat template renders after the prompt, end
+    of turn included; a template that does not extend the prompt falls back to the raw content."""
+    turns, answer = split_conversation(messages)
+    prompt_text = tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True) if turns else ""
+    if answer is None:
+        answer_text = ""
+    else:
+        full = tok.apply_chat_template([*turns, answer], tokenize=False)
+        answer_text = full[len(prompt_text):] if full.startswith(prompt_text) else answer["content"]
+    prompt = tok(prompt_text, add_special_tokens=False)["input_ids"]
+    start = context_ids(tok)
+    if start and prompt[:1] != start:
+        prompt = start + prompt
+    return Encoded(prompt, tok(answer_text, add_special_tokens=False)["input_ids"] if answer_text else [])
+
+
+def conversations(batch: pa.Table) -> list[list[dict]]:
+    return batch["messages"].to_pylist()
+
+
+def length_batches(lengths, max_tokens: int, max_rows: int) -> list[np.ndarray]:
+    """Indices grouped into batches of similar length, longest first (so an out-of-memory error
+    shows up at once): each batch pads to at most `max_tokens` tokens and holds `max_rows` rows."""
+    lengths = np.asarray(lengths)
+    order = np.argsort(-lengths, kind="stable")
+    batches, current, longest = [], [], 0
+    for i in order:
+        longest_if_added = max(longest, int(lengths[i]))
+        if current and (longest_if_added * (len(current) + 1) > max_tokens or len(current) >= max_rows):
+            batches.append(np.array(current))
+            current, longest_if_added = [], int(lengths[i])
+        current.append(i)
+        longest = longest_if_added
+    if current:
+        batches.append(np.array(current))
+    return batches
+
+
+def pad_right(seqs: list[list[int]], pad_id: int, device: str):
+    """(B, T) id tensor, right-padded with `pad_id`."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return ids.to(device)
+
+
+def pad_id(tok) -> int:
+    for candidate in (tok.pad_token_id, tok.eos_token_id, 0):
+        if candidate is not None:
+            return candidate
+    return 0  # pragma: no cover

@@ -1,0 +1,412 @@
+"""Run untrusted Python in a layered jail and return what happened; the caller judges it.
+
+Layers, outer to inner (../shared/SANDBOX.md §4), each one recorded in the result's `tier`:
+- a pool of slots, each with its own uid (61000+) held by a lock file across processes, so
+  RLIMIT_NPROC means something (it is ignored for root) and the kernel never sees uid 0;
+- cgroups v1 per slot: a memory limit (OOM is classified "memory") and a pids limit;
+- rlimits: CPU seconds, address space, processes, file size, open files, no core dumps;
+- bubblewrap, started *after* dropping to the slot uid (bwrap as root keeps full capabilities)
+  and with an empty environment (bwrap's own pid 1 shows its environment in /proc/1/environ):
+  new user/pid/net/ipc/uts/mount namespaces, read-only /usr, size-capped tmpfs for /work, /tmp,
+  /dev/shm, the rest of the tree read-only, no network at all;
+- seccomp (see seccomp.py);
+- the parent's watchdog: a wall-clock deadline, byte caps on stdout/stderr/channel, and on any
+  breach SIGKILL to bwrap, whose death takes the whole pid namespace down. The parent is a child
+  subreaper and waits for the namespace's pid 1 itself, so no process of a run outlives it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import fcntl
+import ast
+import json
+import marshal
+import os
+import queue
+import resource
+import secrets
+import select
+import signal
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from curate.stages.verify import seccomp
+from curate.stages.verify.isolation import FIRST_SLOT_UID, Capabilities, SandboxUnavailableError, probe
+
+INSIDE_SOURCE = (Path(__file__).with_name("inside.py")).read_text()
+LOCK_DIR = Path("/tmp/curate-sandbox-slots")
+MAX_SLOT_UIDS = 512
+PR_SET_CHILD_SUBREAPER = 36
+
+
+@dataclass(frozen=True)
+class Limits:
+    cpu_s: float = 4.0
+    wall_s: float | None = None  # default: 2 × cpu_s + 1
+    memory_mb: int = 512
+    nproc: int = 32
+    fsize_mb: int = 16
+    nofile: int = 64
+    tmpfs_mb: int = 32
+    output_bytes: int = 64 * 1024  # stdout and stderr, each
+    channel_bytes: int = 8 * 2**20
+
+    @property
+    def wall(self) -> float:
+        return self.wall_s if self.wall_s is not None else 2 * self.cpu_s + 1
+
+
+@dataclass
+class ExecResult:
+    status: str  # finished | timeout | memory | output_limit | crash | infra
+    returncode: int | None
+    records: list[dict] = field(default_factory=list)  # channel records that carried the nonce
+    forged: int = 0  # channel lines without the nonce, or unreadable
+    stdout: bytes = b""
+    stderr: bytes = b""
+    wall_ms: float = 0.0
+    tier: str = ""
+
+
+class Slot:
+    """One execution at a time: a uid nobody else uses, and (tier A) its own cgroups."""
+
+    def __init__(self, uid: int, lock_fd: int, caps: Capabilities, limits: Limits, use_cgroups: bool):
+        self.uid = uid
+        self.lock_fd = lock_fd
+        self.cgroup_dirs: list[Path] = []
+        self.procs_fds: list[int] = []
+        if use_cgroups:
+            name = f"curate-sbx-{os.getpid()}-{uid}"
+            mem, pids = caps.cgroup_memory / name, caps.cgroup_pids / name
+            for d in (mem, pids):
+                d.mkdir(exist_ok=True)
+                self.cgroup_dirs.append(d)
+            limit = str(limits.memory_mb * 2**20 + limits.tmpfs_mb * 3 * 2**20)
+            (mem / "memory.limit_in_bytes").write_text(limit)
+            if (mem / "memory.memsw.limit_in_bytes").exists():
+                try:
+                    (mem / "memory.memsw.limit_in_bytes").write_text(limit)
+                except OSError:
+                    pass
+            (pids / "pids.max").write_text(str(limits.nproc))
+            self.memory_dir, self.pids_dir = mem, pids
+            self.procs_fds = [os.open(d / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC) for d in self.cgroup_dirs]
+
+    def oom_count(self) -> int:
+        if not self.cgroup_dirs:
+            return 0
+        return int((self.memory_dir / "memory.failcnt").read_text())
+
+    def wait_empty(self, timeout: float = 2.0) -> bool:
+        if not self.cgroup_dirs:
+            return True
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if not (self.pids_dir / "cgroup.procs").read_text().strip():
+                return True
+            time.sleep(0.005)
+        return False
+
+    def close(self):
+        for fd in self.procs_fds:
+            os.close(fd)
+        for d in self.cgroup_dirs:
+            for _ in range(100):
+                try:
+                    d.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.01)
+        os.close(self.lock_fd)
+
+
+def _claim_uids(n: int) -> list[tuple[int, int]]:
+    LOCK_DIR.mkdir(mode=0o700, exist_ok=True)
+    claimed = []
+    for uid in range(FIRST_SLOT_UID, FIRST_SLOT_UID + MAX_SLOT_UIDS):
+        fd = os.open(LOCK_DIR / f"uid-{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        claimed.append((uid, fd))
+        if len(claimed) == n:
+            return claimed
+    for _, fd in claimed:
+        os.close(fd)
+    raise SandboxUnavailableError(f"no free sandbox uids in {FIRST_SLOT_UID}..{FIRST_SLOT_UID + MAX_SLOT_UIDS}")
+
+
+def _become_subreaper() -> bool:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except OSError:
+        return False
+
+
+class Sandbox:
+    """A pool of slots. `run(payload)` executes one program; `run_many` fills every slot.
+
+    `disable` switches layers off (for the overhead benchmark): any of bwrap, uid, seccomp,
+    cgroups. Without a jail (tier "none") the constructor refuses unless `allow_unsandboxed`.
+    """
+
+    def __init__(self, limits: Limits | None = None, slots: int | None = None, allow_unsandboxed: bool = False,
+                 python: str | None = None, disable: tuple[str, ...] = ()):
+        self.limits = limits or Limits()
+        self.caps = probe(python)
+        self.disable = set(disable)
+        unknown = self.disable - {"bwrap", "uid", "seccomp", "cgroups"}
+        if unknown:
+            raise ValueError(f"unknown sandbox layers to disable: {sorted(unknown)}")
+        self.use_bwrap = self.caps.jail and "bwrap" not in self.disable and "uid" not in self.disable
+        self.use_uid = self.caps.uid_switch and "uid" not in self.disable
+        self.use_seccomp = self.use_bwrap and self.caps.seccomp and "seccomp" not in self.disable
+        self.use_cgroups = self.caps.cgroups and self.use_uid and "cgroups" not in self.disable
+        if not self.use_bwrap and not allow_unsandboxed:
+            raise SandboxUnavailableError(
+                "refusing to run untrusted code without isolation (tier none). Missing: " + self.caps.explain()
+                + ". Set allow_unsandboxed: true to run anyway (rlimits only).")
+        self.python = self.caps.interpreter or (python or "/usr/bin/python3")
+        self.layers = [name for name, on in (("bwrap", self.use_bwrap), ("uid", self.use_uid), ("rlimits", True),
+                                             ("seccomp", self.use_seccomp), ("cgroups", self.use_cgroups)) if on]
+        self.tier = ("A" if self.use_cgroups and self.use_seccomp else "B") if self.use_bwrap else "none"
+        n = slots or max(2, 2 * (os.cpu_count() or 1))
+        self.subreaper = _become_subreaper()
+        self._slots: queue.Queue[Slot] = queue.Queue()
+        self._all: list[Slot] = []
+        for uid, fd in _claim_uids(n):
+            slot = Slot(uid, fd, self.caps, self.limits, self.use_cgroups)
+            self._all.append(slot)
+            self._slots.put(slot)
+        self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="sandbox")
+        self._closed = False
+        atexit.register(self.close)
+
+    @property
+    def size(self) -> int:
+        return len(self._all)
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.shutdown(wait=True)
+        for slot in self._all:
+            slot.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def run_many(self, payloads: list[dict]) -> list[ExecResult]:
+        return list(self._pool.map(self.run, payloads))
+
+    def run(self, payload: dict) -> ExecResult:
+        slot = self._slots.get()
+        try:
+            return self._run_in(slot, payload)
+        finally:
+            self._slots.put(slot)
+
+    # ------------------------------------------------------------------ one execution
+
+    def _command(self, info_fd: int | None, seccomp_fd: int | None) -> list[str]:
+        # -S: no site module (3-4 ms); the jail's Python sees the standard library only
+        inner = [self.python, "-I", "-S", "-u", "-c", INSIDE_SOURCE]
+        if not self.use_bwrap:
+            return inner
+        L = self.limits
+        args = [self.caps.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+                "--new-session", "--cap-drop", "ALL",
+                "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+                "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin"]
+        prefix = str(Path(self.python).parent.parent)
+        if not prefix.startswith("/usr"):
+            args += ["--ro-bind", prefix, prefix]
+        tmpfs = str(L.tmpfs_mb * 2**20)
+        args += ["--proc", "/proc", "--dev", "/dev",
+                 "--perms", "1777", "--size", tmpfs, "--tmpfs", "/dev/shm",
+                 "--perms", "1777", "--size", tmpfs, "--tmpfs", "/tmp",
+                 "--perms", "0700", "--size", tmpfs, "--tmpfs", "/work",
+                 "--remount-ro", "/dev", "--remount-ro", "/",
+                 "--chdir", "/work", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/work",
+                 "--setenv", "LANG", "C.UTF-8"]
+        if info_fd is not None:
+            args += ["--info-fd", str(info_fd)]
+        if seccomp_fd is not None:
+            args += ["--seccomp", str(seccomp_fd)]
+        return args + ["--", *inner]
+
+    def _preexec(self, slot: Slot):
+        L = self.limits
+        limits = [(resource.RLIMIT_CPU, (int(L.cpu_s + 0.999), int(L.cpu_s + 0.999) + 1)),
+                  (resource.RLIMIT_AS, ((L.memory_mb + 256) * 2**20,) * 2),
+                  (resource.RLIMIT_FSIZE, (L.fsize_mb * 2**20,) * 2),
+                  (resource.RLIMIT_NOFILE, (L.nofile,) * 2),
+                  (resource.RLIMIT_CORE, (0, 0))]
+        if self.use_uid:
+            limits.append((resource.RLIMIT_NPROC, (L.nproc,) * 2))
+        uid, procs_fds, use_uid = slot.uid, slot.procs_fds, self.use_uid
+
+        def preexec():  # runs in the forked child: only os/resource calls, no imports, no locks
+            pid = str(os.getpid()).encode()
+            for fd in procs_fds:
+                os.write(fd, pid)
+            for which, value in limits:
+                resource.setrlimit(which, value)
+            if use_uid:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+        return preexec
+
+    def _run_in(self, slot: Slot, payload: dict) -> ExecResult:
+        L = self.limits
+        nonce = secrets.token_hex(16)
+        chan_r, chan_w = os.pipe()
+        info_r, info_w = os.pipe() if self.use_bwrap else (None, None)
+        seccomp_fd = seccomp.filter_fd() if self.use_seccomp else None
+        body = marshal.dumps({**payload, "nonce": nonce, "channel": chan_w})
+        stdin_fd = os.memfd_create("curate-payload", os.MFD_CLOEXEC)
+        os.write(stdin_fd, body)
+        os.lseek(stdin_fd, 0, os.SEEK_SET)
+        ooms_before = slot.oom_count()
+        pass_fds = tuple(fd for fd in (chan_w, info_w, seccomp_fd) if fd is not None)
+        start = time.perf_counter()
+        try:
+            proc = subprocess.Popen(self._command(info_w, seccomp_fd), stdin=stdin_fd, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env={}, cwd="/", pass_fds=pass_fds,
+                                    preexec_fn=self._preexec(slot), start_new_session=not self.use_bwrap)
+        except OSError as exc:
+            for fd in (chan_r, chan_w, info_r, info_w, seccomp_fd, stdin_fd):
+                if fd is not None:
+                    os.close(fd)
+            return ExecResult("infra", None, stderr=str(exc).encode(), tier=self.tier)
+        for fd in (chan_w, info_w, seccomp_fd, stdin_fd):
+            if fd is not None:
+                os.close(fd)
+        status, streams = self._watch(proc, chan_r, info_r, start + L.wall)
+        for fd in (chan_r, info_r):
+            if fd is not None:
+                os.close(fd)
+        rc = proc.wait()
+        self._reap_namespace(streams.get("info", b""))
+        wall_ms = (time.perf_counter() - start) * 1000
+        if not slot.wait_empty():
+            status = status if status != "finished" else "infra"
+        if slot.oom_count() > ooms_before and status in ("finished", "crash", "timeout"):
+            status = "memory"
+        if status == "finished" and rc != 0:
+            status = self._classify_exit(rc, streams["stderr"])
+        records, forged = _parse_channel(streams["channel"], nonce)
+        return ExecResult(status, rc, records, forged, streams["stdout"][-4096:], streams["stderr"][-4096:],
+                          wall_ms, self.tier)
+
+    def _watch(self, proc: subprocess.Popen, chan_r: int, info_r: int | None, deadline: float):
+        L = self.limits
+        caps = {"stdout": L.output_bytes, "stderr": L.output_bytes, "channel": L.channel_bytes, "info": 65536}
+        fds = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr", chan_r: "channel"}
+        if info_r is not None:
+            fds[info_r] = "info"
+        streams = {name: bytearray() for name in caps}
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        status = "finished"
+        while fds:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                status = "timeout"
+                break
+            events = poller.poll(remaining * 1000)
+            for fd, _ in events:
+                name = fds.get(fd)
+                if name is None:
+                    continue
+                data = os.read(fd, 65536)
+                if not data:
+                    poller.unregister(fd)
+                    del fds[fd]
+                    continue
+                streams[name] += data
+                if len(streams[name]) > caps[name]:
+                    status = "output_limit"
+            if status != "finished":
+                break
+        if status != "finished" or proc.poll() is None:
+            # bwrap's exit takes the pid namespace with it; wait briefly for a normal exit first
+            if status == "finished":
+                try:
+                    proc.wait(timeout=max(0.0, deadline - time.perf_counter()))
+                except subprocess.TimeoutExpired:
+                    status = "timeout"
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL) if not self.use_bwrap else proc.kill()
+                except ProcessLookupError:
+                    pass
+        proc.stdout.close()
+        proc.stderr.close()
+        return status, {k: bytes(v) for k, v in streams.items()}
+
+    def _reap_namespace(self, info: bytes):
+        """Wait for the namespace's pid 1, orphaned to us when bwrap exits: then nothing of the run is left."""
+        if not self.subreaper or not info:
+            return
+        try:
+            child = int(json.loads(info.decode())["child-pid"])
+        except (ValueError, KeyError):
+            return
+        try:
+            os.waitpid(child, 0)
+        except ChildProcessError:
+            pass
+
+    def _classify_exit(self, rc: int, stderr: bytes) -> str:
+        if self.use_bwrap and rc == 1 and stderr.startswith(b"bwrap:"):
+            return "infra"
+        sig = -rc if rc < 0 else rc - 128 if rc > 128 else 0
+        if sig in (signal.SIGXCPU, signal.SIGKILL):
+            return "timeout"  # RLIMIT_CPU: SIGXCPU at the soft limit, SIGKILL at the hard one
+        if sig:
+            return "crash"
+        return "finished"
+
+
+def _parse_channel(data: bytes, nonce: str) -> tuple[list[dict], int]:
+    records, forged = [], 0
+    for line in data.splitlines():
+        try:
+            record = ast.literal_eval(line.decode("ascii"))
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError, UnicodeDecodeError):
+            forged += 1
+            continue
+        if not isinstance(record, dict) or record.pop("n", None) != nonce:
+            forged += 1
+            continue
+        records.append(record)
+    return records, forged
+
+
+_DEFAULT: dict[tuple, Sandbox] = {}
+_DEFAULT_LOCK = threading.Lock()
+
+
+def shared_sandbox(limits: Limits, slots: int | None, allow_unsandboxed: bool, python: str | None) -> Sandbox:
+    """One pool per process and configuration: stages built twice in one worker share it."""
+    key = (limits, slots, allow_unsandboxed, python)
+    with _DEFAULT_LOCK:
+        if key not in _DEFAULT or _DEFAULT[key]._closed:
+            _DEFAULT[key] = Sandbox(limits, slots, allow_unsandboxed, python)
+        return _DEFAULT[key]

@@ -1,6 +1,6 @@
 """Evol-Instruct (WizardLM): rewrite each instruction with one in-depth operation (add
-constraints, deepen, concretise, increase reasoning steps) or the in-breadth mutation, answer the
-evolved instruction, and eliminate failed evolutions.
+constraints, deepen, concretise, increase reasoning steps, complicate the input) or the
+in-breadth mutation, answer the evolved instruction, and eliminate failed evolutions.
 
 One stage is one generation; list `evol_instruct` several times (with `generation: 2`, ...) for
 several rounds. A successful evolution replaces its parent (stored as `expanded`) with a new row
@@ -28,8 +28,8 @@ from curate.generators.respond import stage_backend
 from curate.stages.base import Resources, Stage, StageResult
 from curate.storage import schema as S
 
-TEMPLATE_VERSION = "evol/1"
-OPERATIONS = ("constraints", "deepen", "concretize", "reasoning", "breadth")
+TEMPLATE_VERSION = "evol/2"
+OPERATIONS = ("constraints", "deepen", "concretize", "reasoning", "complicate_input", "breadth")
 SCAFFOLD = ("#the given prompt#", "#rewritten prompt#", "#given prompt#", "#created prompt#",
             "given prompt", "rewritten prompt", "created prompt")
 STOPWORDS = frozenset("a an the and or but if of to in on at for with is are was were be been it this that i you he she we they".split())
@@ -43,6 +43,8 @@ def methods() -> dict[str, str]:
 def evolution_prompt(operation: str, instruction: str) -> str:
     if operation == "breadth":
         return fill("evol_breadth.txt", prompt=instruction)
+    if operation == "complicate_input":  # the paper's fifth method; not in the released code, so written here with one demo
+        return fill("evol_complicate_input.txt", prompt=instruction)
     return fill("evol_depth.txt", method=methods()[operation], prompt=instruction)
 
 

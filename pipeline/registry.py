@@ -13,11 +13,17 @@ STAGES = {
     "decontaminate": "curate.stages.decontam:Decontaminate",
     "respond": "curate.generators.respond:Respond",
     "evol_instruct": "curate.generators.evol:EvolInstruct",
+    "self_instruct": "curate.generators.self_instruct:SelfInstruct",
+    "skillmix": "curate.generators.skillmix:SkillMix",
+    "embed": "curate.stages.embed:Embed",
+    "semdedup": "curate.stages.semdedup:SemDeDup",
 }
 
 
 SELECTORS = {
     "random": "curate.selectors.random:RandomSelection",
+    "kmeans_diversity": "curate.selectors.kmeans:KMeansDiversity",
+    "deita": "curate.selectors.deita:DeitaSelection",
 }
 
 

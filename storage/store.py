@@ -92,6 +92,11 @@ CREATE OR REPLACE VIEW curated AS
     WHERE kept AND run_id = (SELECT run_id FROM runs ORDER BY last_attempt_at DESC LIMIT 1);
 CREATE OR REPLACE VIEW curated_all AS
     SELECT * EXCLUDE (kept) FROM samples WHERE kept;
+-- Skills that Instruct-SkillMix extracted from seeds, with their definitions.
+CREATE OR REPLACE VIEW skills AS
+    SELECT run_id, skill->>'name' AS name, skill->>'definition' AS definition, id AS extracted_from
+    FROM (SELECT run_id, id, unnest(CAST(json_extract(meta, '$.skills_extracted') AS JSON[])) AS skill
+          FROM samples WHERE meta LIKE '%"skills_extracted"%');
 CREATE OR REPLACE VIEW stage_totals AS
     SELECT run_id, position, stage, sum(rows_in)::BIGINT AS rows_in, sum(kept)::BIGINT AS kept,
            sum(dropped)::BIGINT AS dropped, sum(quarantined)::BIGINT AS quarantined,

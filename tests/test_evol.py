@@ -101,7 +101,7 @@ def test_stage_replaces_evolved_rows_and_keeps_failed_parents():
     assert child["messages"][0]["content"].startswith("Name three fruits that ripen in winter")
     assert child["messages"][1]["role"] == "assistant" and child["parent_ids"] == [batch["id"][0].as_py()]
     meta = json.loads(child["meta"])
-    assert meta["operation"] in OPERATIONS and meta["generation"] == 1 and meta["template"] == "evol/1"
+    assert meta["operation"] in OPERATIONS and meta["generation"] == 1 and meta["template"] == "evol/2"
     # Failed evolutions: the parents stay kept, unchanged, for the next round; weights still sum to the input.
     kept_seeds = [r["messages"][0]["content"] for r in out.to_pylist() if r[S.STATUS] == "kept" and r["origin"] == "seed"]
     assert sorted(kept_seeds) == ["Count to five.", "Say hi."]

@@ -1,0 +1,155 @@
+"""Self-Instruct (Wang et al. 2023): bootstrap new instructions from seed tasks.
+
+Each prompt shows `seed_examples` seed tasks and `generated_examples` tasks generated earlier
+in the batch as a numbered list and lets the model continue it. The continuation is split into
+tasks; a task is rejected (a recorded drop, with its text) when it is cut off (`truncated`),
+too short or too long, needs a modality text cannot carry (`unsuitable_for_text`), starts
+badly (`bad_start`), or is too similar to an instruction already known: ROUGE-L F1 above 0.7 as
+in the paper, or embedding cosine above a threshold (`similarity: embedding`). A completion
+with no task in it is dropped as `unparseable`, its raw text kept.
+
+Rounds of prompts repeat until the batch has `per_seed` new tasks per seed row (the target
+count) or `max_rounds` pass. The seeds stay in the pool; every new task's `parent_ids` are the
+tasks its prompt showed. The actor remembers every instruction it has seen during the run, so
+similarity is checked against all of them, not only the batch's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+
+import pyarrow as pa
+
+from curate.generators.backends.base import ChatRequest, Sampling
+from curate.generators.prompts_io import fill
+from curate.generators.respond import stage_backend
+from curate.generators.similarity import EmbeddingIndex, RougeIndex
+from curate.stages.base import Resources, Stage, StageResult
+from curate.storage import schema as S
+
+TEMPLATE_VERSION = "self_instruct/1"
+# The paper's filter: tasks a text-only model cannot do.
+UNSUITABLE = ("image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
+              "draw", "plot", "go to", "video", "audio", "flowchart", "diagram")
+_UNSUITABLE = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in UNSUITABLE) + r")\b", re.IGNORECASE)
+_TASK = re.compile(r"(?:^|\n)\s*(?:#+\s*|\*\*)?Task\s*\d+\s*(?:\*\*)?\s*[:.)]\s*(?:\*\*)?", re.IGNORECASE)
+DEFAULT_THRESHOLD = {"rouge": 0.7, "embedding": 0.9}
+
+
+def examples_block(instructions: list[str]) -> str:
+    return "\n".join(f"Task {i}: {' '.join(text.split())}" for i, text in enumerate(instructions, 1))
+
+
+def parse_tasks(completion: str, first_number: int, finish_reason: str | None) -> tuple[list[str], bool]:
+    """The tasks in a continuation of "Task {first_number}:". Returns (tasks, last_cut_off):
+    when the model ran out of tokens, the last task is probably cut off."""
+    pieces = _TASK.split(f"Task {first_number}: " + completion)
+    tasks = [" ".join(p.split()) for p in pieces[1:]]
+    tasks = [t for t in tasks if t]
+    return tasks, bool(tasks) and finish_reason == "length"
+
+
+def rejection_reason(task: str) -> str | None:
+    words = task.split()
+    if len(words) <= 3:
+        return "too_short"
+    if len(words) > 150:
+        return "too_long"
+    if _UNSUITABLE.search(task):
+        return "unsuitable_for_text"
+    if not task[0].isalnum() and task[0] not in "\"'(":
+        return "bad_start"
+    return None
+
+
+class SelfInstruct(Stage):
+    name = "self_instruct"
+    resources = Resources(num_cpus=0.25, actor=True, concurrency=1)  # one actor: the memory of seen instructions is shared
+    batch_size = 256
+
+    def __init__(self, backend: dict, per_seed: float = 1.0, seed_examples: int = 6, generated_examples: int = 2,
+                 max_rounds: int = 10, prompts_per_round: int = 64, similarity: str = "rouge",
+                 similarity_threshold: float | None = None, embedding_model: str | None = None,
+                 temperature: float = 0.7, top_p: float = 0.5, max_tokens: int = 1024, seed: int = 0, cache: str | None = None):
+        if similarity not in DEFAULT_THRESHOLD:
+            raise ValueError(f"similarity must be one of {sorted(DEFAULT_THRESHOLD)}, got {similarity!r}")
+        if per_seed <= 0 or seed_examples < 1 or max_rounds < 1:
+            raise ValueError("per_seed must be > 0, seed_examples and max_rounds at least 1")
+        self.per_seed, self.seed_examples, self.generated_examples = per_seed, seed_examples, generated_examples
+        self.max_rounds, self.prompts_per_round, self.seed = max_rounds, prompts_per_round, seed
+        self.similarity = similarity
+        self.threshold = similarity_threshold if similarity_threshold is not None else DEFAULT_THRESHOLD[similarity]
+        self.embedding_model = embedding_model
+        self.sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+        self.model = backend["model"]
+        self.backend = stage_backend(backend, cache)
+        self._index = None
+
+    @property
+    def index(self):
+        if self._index is None:
+            self._index = RougeIndex() if self.similarity == "rouge" else EmbeddingIndex(self.embedding_model)
+        return self._index
+
+    def __call__(self, batch: pa.Table) -> StageResult:
+        ids = batch["id"].to_pylist()
+        seeds = [next((m["content"] for m in conv if m["role"] == "user"), "") for conv in batch["messages"].to_pylist()]
+        for text in seeds:
+            self.index.add(text)
+        quota = math.ceil(self.per_seed * len(ids))
+        rng = random.Random(f"{self.seed}:{ids[0]}")  # fixed per batch: reruns send the same prompts
+        accepted: list[tuple[str, str]] = []  # (task, row id)
+        rows: list[dict] = []
+        sampling = {"temperature": self.sampling.temperature, "top_p": self.sampling.top_p, "max_tokens": self.sampling.max_tokens}
+        for round_no in range(self.max_rounds):
+            if len(accepted) >= quota:
+                break
+            prompts = []
+            for _ in range(min(self.prompts_per_round, max(1, math.ceil((quota - len(accepted)) / 4)))):
+                shown = rng.sample(range(len(ids)), min(self.seed_examples, len(ids)))
+                generated = rng.sample(accepted, min(self.generated_examples, len(accepted)))
+                examples = [seeds[i] for i in shown] + [t for t, _ in generated]
+                prompts.append((shown, [ids[i] for i in shown] + [g for _, g in generated], examples))
+            completions = self.backend.generate([
+                ChatRequest([{"role": "user", "content": fill("self_instruct.txt", examples=examples_block(ex), next=str(len(ex) + 1))}],
+                            self.sampling) for _, _, ex in prompts])
+            for (shown, parent_ids, examples), (c, *_) in zip(prompts, completions):
+                meta = {"generator": "self_instruct", "model": self.model, "template": TEMPLATE_VERSION, "sampling": sampling,
+                        "round": round_no, "examples": len(examples), "finish_reason": c.finish_reason}
+                tasks, last_cut = parse_tasks(c.text, len(examples) + 1, c.finish_reason)
+                if not tasks:
+                    rows.append(self._row(c.text.strip() or "(empty output)", shown[0], parent_ids, {**meta, "raw": c.text}, "unparseable"))
+                    continue
+                for k, task in enumerate(tasks):
+                    reason, extra = self._judge(task, last_cut and k == len(tasks) - 1, len(accepted) >= quota)
+                    row = self._row(task, shown[0], parent_ids, {**meta, **extra}, reason)
+                    rows.append(row)
+                    if reason is None:
+                        accepted.append((task, row["id"]))
+                        self.index.add(task)
+        generated = pa.table({**S.sample_arrays(rows), S.PARENT: pa.array([r[S.PARENT] for r in rows], pa.int64()),
+                              "reason": pa.array([r["reason"] for r in rows], pa.string())}) if rows else None
+        return StageResult(kept=batch, generated=generated, parents_stay=True)
+
+    def _judge(self, task: str, cut_off: bool, over_target: bool) -> tuple[str | None, dict]:
+        if cut_off:
+            return "truncated", {}
+        reason = rejection_reason(task)
+        if reason:
+            return reason, {}
+        score, similar = self.index.closest(task, self.threshold)
+        extra = {"max_similarity": round(score, 4), "similarity": self.similarity}
+        if similar is not None:
+            return "too_similar", {**extra, "similar_to": similar}
+        if over_target:
+            return "over_target", extra
+        return None, extra
+
+    def _row(self, instruction: str, parent: int, parent_ids: list[str], meta: dict, reason: str | None) -> dict:
+        messages = [{"role": "user", "content": instruction}]
+        return {"id": S.sample_id(messages), "messages": messages, "origin": "selfinstruct",
+                "source": f"self_instruct:{self.model}", "parent_ids": parent_ids,
+                "meta": json.dumps(meta, sort_keys=True), S.PARENT: parent, "reason": reason}

@@ -29,3 +29,42 @@ def ifd_one_at_a_time(model, tok, messages: list[dict], direct_prefix: str = "")
     loss_aq = _token_loop_mean(model, enc.prompt + enc.answer, p, p + a)
     loss_a = _token_loop_mean(model, prefix + enc.answer, max(1, len(prefix)), len(prefix) + a)
     return loss_aq, loss_a, loss_q
+
+
+def less_grads_one_at_a_time(model, examples) -> list[dict]:
+    """Per-example LoRA gradients the reference way: one forward and backward() per example."""
+    from curate.stages.score.less import lora_params, mean_answer_loss
+
+    params = lora_params(model)
+    out = []
+    for e in examples:
+        model.zero_grad(set_to_none=True)
+        ids = torch.tensor([e.ids])
+        labels = torch.tensor([e.labels])
+        mean_answer_loss(model(input_ids=ids).logits, labels).sum().backward()
+        out.append({n: p.grad.detach().clone() for n, p in params.items()})
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def less_features_one_at_a_time(model, examples, projector, state: dict | None, buffer: int = 16):
+    """The reference datastore loop: batch size 1 backward passes, gradients flattened and
+    buffered `buffer` at a time before projection (fp32 here, where the reference uses fp16)."""
+    from curate.stages.score.less import adam_features, normalize
+
+    feats, pending = [], []
+
+    def flush():
+        stacked = {n: torch.stack([g[n] for g in pending]) for n in pending[0]}
+        if state is not None:
+            stacked = adam_features(stacked, state)
+        feats.append(normalize(projector.project(stacked)))
+        pending.clear()
+
+    for grads in (less_grads_one_at_a_time(model, [e]) [0] for e in examples):
+        pending.append(grads)
+        if len(pending) == buffer:
+            flush()
+    if pending:
+        flush()
+    return torch.cat(feats).numpy()

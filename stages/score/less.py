@@ -1,0 +1,294 @@
+"""LESS (ALGORITHMS.md §2): LoRA warmup, per-example gradient features, projection, matching.
+
+- Warmup: LoRA on q, k, v, o of a causal LM, AdamW with linear decay after a linear warmup,
+  prompt tokens masked; after every epoch a checkpoint holds the LoRA weights, the optimizer's
+  moments and the epoch's mean learning rate.
+- Features: per-example gradients of the LoRA parameters, many examples at a time with
+  `torch.func` (vmap over grad of a functional_call), in eval mode (no dropout). Pool examples
+  get Adam-aware features from the checkpoint's moments, Γ = m' / sqrt(v' + 1e-8) with
+  m' = β1 m + (1-β1) g and v' = β2 v + (1-β2) g² (ε inside the root, no bias correction, as
+  the reference); targets get plain gradients. Each parameter's block of gradient is projected
+  with its own seeded block of a Rademacher matrix (the D × d matrix is never built whole), in
+  fp32, then L2-normalised.
+- Score: cos(pool, target) summed over checkpoints weighted by their epoch's mean LR
+  (renormalised), then the mean within each target task and the max across tasks.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from curate.stages.score import lm as L
+
+IGNORE = -100
+BETAS = (0.9, 0.999)
+ADAM_EPS_IN_ROOT = 1e-8
+
+
+# ---------------------------------------------------------------------------- examples
+
+
+@dataclass
+class Example:
+    ids: list[int]
+    labels: list[int]  # IGNORE on prompt tokens
+
+    @property
+    def trainable(self) -> bool:
+        return any(t != IGNORE for t in self.labels[1:])
+
+
+def training_examples(tok, convs: list[list[dict]], max_length: int) -> list[Example]:
+    """Chat-formatted conversations cut to `max_length` tokens, loss on the answer only."""
+    out = []
+    for messages in convs:
+        enc = L.encode(tok, messages)
+        ids = (enc.prompt + enc.answer)[:max_length]
+        labels = ([IGNORE] * len(enc.prompt) + enc.answer)[:max_length]
+        out.append(Example(ids, labels))
+    return out
+
+
+def padded(examples: list[Example], pad: int, device: str):
+    import torch
+
+    ids = L.pad_right([e.ids for e in examples], pad, device)
+    labels = torch.full_like(ids, IGNORE)
+    for row, e in enumerate(examples):
+        labels[row, : len(e.labels)] = torch.tensor(e.labels, dtype=torch.long)
+    return ids, labels
+
+
+def mean_answer_loss(logits, labels):
+    """Mean NLL over each sequence's answer tokens; works on (B, T, V) and (T, V) alike."""
+    import torch
+
+    targets = labels[..., 1:]
+    mask = targets != IGNORE
+    nll = torch.nn.functional.cross_entropy(logits[..., :-1, :].flatten(0, -2).float(), targets.clamp(min=0).flatten(),
+                                            reduction="none").view(targets.shape)
+    return (nll * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
+# ---------------------------------------------------------------------------- model
+
+
+def lora_model(model_path: str, r: int, alpha: float, dropout: float, modules: list[str], device: str | None = None,
+               dtype: str | None = None, seed: int = 0):
+    """(peft model, tokenizer, device); eager attention, which vmap batches (SDPA's CPU kernel
+    has no batching rule and would run one example at a time)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    base, tok, device = L.load_causal_lm(model_path, device, dtype, attn="eager")
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(modules), task_type="CAUSAL_LM")
+    return get_peft_model(base, config), tok, device
+
+
+def lora_params(model) -> dict:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+@dataclass
+class Checkpoint:
+    epoch: int
+    mean_lr: float
+    path: str
+
+    def load(self) -> dict:
+        import torch
+
+        return torch.load(self.path, map_location="cpu", weights_only=True)
+
+
+def linear_schedule(step: int, total: int, warmup: int, lr: float) -> float:
+    """transformers' get_linear_schedule_with_warmup."""
+    if step < warmup:
+        return lr * step / max(1, warmup)
+    return lr * max(0.0, (total - step) / max(1, total - warmup))
+
+
+def warmup(model, examples: list[Example], pad: int, device: str, out_dir: Path, epochs: int = 4, lr: float = 2e-5,
+           batch_size: int = 128, warmup_ratio: float = 0.03, max_batch_tokens: int = 4096, seed: int = 0) -> list[Checkpoint]:
+    """Train the LoRA parameters; one checkpoint (weights, Adam moments, mean LR) per epoch.
+    The loss is the mean over examples of each example's mean answer-token loss, as the
+    reference's batch size 1 with gradient accumulation computes it."""
+    import torch
+
+    examples = [e for e in examples if e.trainable]
+    if not examples:
+        raise ValueError("no warmup example has an answer token within max_length")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = lora_params(model)
+    optim = torch.optim.AdamW(params.values(), lr=lr, betas=BETAS, eps=1e-8, weight_decay=0.0)
+    steps_per_epoch = math.ceil(len(examples) / batch_size)
+    total = steps_per_epoch * epochs
+    warm = math.ceil(warmup_ratio * total)
+    rnd = random.Random(seed)
+    model.train()
+    checkpoints, step = [], 0
+    for epoch in range(1, epochs + 1):
+        order = list(range(len(examples)))
+        rnd.shuffle(order)
+        lrs = []
+        for start in range(0, len(order), batch_size):
+            group = [examples[i] for i in order[start : start + batch_size]]
+            rate = linear_schedule(step, total, warm, lr)
+            for g in optim.param_groups:
+                g["lr"] = rate
+            for idx in L.length_batches([len(e.ids) for e in group], max_batch_tokens, len(group)):
+                ids, labels = padded([group[i] for i in idx], pad, device)
+                loss = mean_answer_loss(model(input_ids=ids).logits, labels).sum() / len(group)
+                loss.backward()
+            optim.step()
+            optim.zero_grad(set_to_none=True)
+            lrs.append(rate)
+            step += 1
+        path = out_dir / f"epoch-{epoch}.pt"
+        state = optim.state
+        torch.save({
+            "lora": {n: p.detach().cpu() for n, p in params.items()},
+            "exp_avg": {n: state[p]["exp_avg"].cpu() for n, p in params.items()},
+            "exp_avg_sq": {n: state[p]["exp_avg_sq"].cpu() for n, p in params.items()},
+            "mean_lr": float(np.mean(lrs)),
+        }, path)
+        checkpoints.append(Checkpoint(epoch, float(np.mean(lrs)), str(path)))
+    model.eval()
+    return checkpoints
+
+
+def load_lora(model, state: dict) -> None:
+    import torch
+
+    params = lora_params(model)
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(state["lora"][name].to(p.device, p.dtype))
+
+
+# ---------------------------------------------------------------------------- gradients
+
+
+def per_example_grads(model, ids, labels) -> dict:
+    """{parameter name: (B, *shape)} gradients of each example's mean answer loss, all examples
+    in one vmapped call."""
+    import torch
+    from torch.func import functional_call, grad, vmap
+
+    params = {n: p.detach() for n, p in lora_params(model).items()}
+
+    def loss(p, one_ids, one_labels):
+        logits = functional_call(model, p, (), {"input_ids": one_ids.unsqueeze(0)}).logits[0]
+        return mean_answer_loss(logits, one_labels)
+
+    with torch.enable_grad():
+        return vmap(grad(loss), in_dims=(None, 0, 0))(params, ids, labels)
+
+
+def adam_features(grads: dict, state: dict) -> dict:
+    """Γ = m' / sqrt(v' + ε): the direction Adam would step in after this example."""
+    out = {}
+    b1, b2 = BETAS
+    for name, g in grads.items():
+        g = g.float()
+        m = state["exp_avg"][name].to(g.device, g.dtype)
+        v = state["exp_avg_sq"][name].to(g.device, g.dtype)
+        out[name] = (b1 * m + (1 - b1) * g) / (b2 * v + (1 - b2) * g * g + ADAM_EPS_IN_ROOT).sqrt()
+    return out
+
+
+# ---------------------------------------------------------------------------- projection
+
+
+class RademacherProjector:
+    """x ↦ x R / sqrt(d), R a seeded ±1 matrix, built per parameter in row blocks: block b of
+    parameter k comes from a generator seeded with (seed, k, b), so the pool and the targets,
+    and any two runs, see the same matrix. Blocks are cached while they fit `cache_bytes`."""
+
+    ROWS_PER_BLOCK = 4096
+
+    def __init__(self, shapes: dict[str, tuple], dim: int = 8192, seed: int = 0, device: str = "cpu",
+                 cache_bytes: int = 2 << 30):
+        self.names = sorted(shapes)
+        self.sizes = {n: int(np.prod(shapes[n])) for n in self.names}
+        self.dim, self.seed, self.device = dim, seed, device
+        total = sum(self.sizes.values()) * dim * 4
+        self.cache: dict | None = {} if total <= cache_bytes else None
+
+    def _block(self, k: int, b: int, rows: int):
+        import torch
+
+        key = (k, b)
+        if self.cache is not None and key in self.cache:
+            return self.cache[key]
+        gen = torch.Generator(device="cpu").manual_seed((self.seed * 1_000_003 + k) * 1_000_003 + b)
+        block = (torch.randint(0, 2, (rows, self.dim), generator=gen, dtype=torch.int8) * 2 - 1)
+        block = block.to(self.device, torch.float32)
+        if self.cache is not None:
+            self.cache[key] = block
+        return block
+
+    def project(self, feats: dict):
+        """{name: (B, *shape)} → (B, d) float32."""
+        import torch
+
+        out = None
+        for k, name in enumerate(self.names):
+            flat = feats[name].flatten(1).float()
+            for b, start in enumerate(range(0, flat.shape[1], self.ROWS_PER_BLOCK)):
+                part = flat[:, start : start + self.ROWS_PER_BLOCK]
+                term = part @ self._block(k, b, part.shape[1])
+                out = term if out is None else out + term
+        return out / math.sqrt(self.dim) if out is not None else torch.zeros(0, self.dim)
+
+
+def normalize(x):
+    import torch
+
+    return torch.nn.functional.normalize(x, dim=-1)
+
+
+class GradientFeatures:
+    """Projected, normalised gradient features of examples under one model and projector."""
+
+    def __init__(self, model, tok, device: str, projector: RademacherProjector, max_batch_tokens: int = 4096,
+                 max_batch_rows: int = 16):
+        self.model, self.tok, self.device, self.projector = model, tok, device, projector
+        self.max_batch_tokens, self.max_batch_rows = max_batch_tokens, max_batch_rows
+
+    def __call__(self, examples: list[Example], state: dict | None) -> np.ndarray:
+        """(N, d) float32; `state` (a checkpoint) makes them Adam-aware; rows with no answer
+        token inside the window are zero vectors (they score 0)."""
+        out = np.zeros((len(examples), self.projector.dim), np.float32)
+        usable = [i for i, e in enumerate(examples) if e.trainable]
+        lengths = [len(examples[i].ids) for i in usable]
+        for idx in L.length_batches(lengths, self.max_batch_tokens, self.max_batch_rows):
+            rows = [usable[i] for i in idx]
+            ids, labels = padded([examples[i] for i in rows], L.pad_id(self.tok), self.device)
+            grads = per_example_grads(self.model, ids, labels)
+            if state is not None:
+                grads = adam_features(grads, state)
+            out[rows] = normalize(self.projector.project(grads)).cpu().numpy()
+        return out
+
+
+# ---------------------------------------------------------------------------- matching
+
+
+def checkpoint_weights(mean_lrs: list[float]) -> np.ndarray:
+    w = np.asarray(mean_lrs, np.float64)
+    return w / w.sum()
+
+
+def less_scores(pool_feats: list[np.ndarray], target_feats: list[np.ndarray], weights, task_index) -> np.ndarray:
+    """score = max over tasks of the mean within the task of Σ_i w_i cos(Γ_i(z), g_i(v))."""
+    sims = sum(w * (p @ t.T) for w, p, t in zip(weights, pool_feats, target_feats))
+    n_tasks = int(task_index.max()) + 1
+    per_task = np.stack([sims[:, task_index == k].mean(axis=1) for k in range(n_tasks)], axis=1)
+    return per_task.max(axis=1)

@@ -81,7 +81,19 @@ def main():
             return {"d": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in value.items()]}
         raise TypeError("cannot return a " + t.__name__ + " (only exact builtin types)")
 
-    namespace = {"__name__": "__main__", "__builtins__": builtins}
+    def plain(value):
+        try:
+            encode(value)
+            return True
+        except _BaseException:
+            return False
+
+    def strict_eq(a, b):
+        if plain(a) and plain(b):
+            return a == b
+        return _type(a) is _type(b) and a == b
+
+    namespace = {"__name__": "__main__", "__builtins__": builtins, "__curate_strict_eq__": strict_eq}
     try:
         code = compile(payload["solution"], "<solution>", "exec")
     except _BaseException as exc:

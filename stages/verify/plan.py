@@ -89,8 +89,25 @@ def plan_tests(tests: str) -> TestPlan:
             continue
         split = _io_check(stmt)
         if split is None:
-            return TestPlan(ASSERT, tests=[ast.get_source_segment(tests, s) or ast.unparse(s) for s in tree.body])
+            return TestPlan(ASSERT, tests=[_strict_asserts(s) for s in tree.body])
         expr, check = split
         calls.append(ast.unparse(expr))
         checks.append(check)
     return TestPlan(IO, setup="\n".join(setup), calls=calls, checks=checks)
+
+
+STRICT_EQ = "__curate_strict_eq__"
+
+
+class _StrictEq(ast.NodeTransformer):
+    def visit_Assert(self, node: ast.Assert):
+        test = node.test
+        if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq):
+            node.test = ast.Call(ast.Name(STRICT_EQ, ast.Load()), [test.left, test.comparators[0]], [])
+        return node
+
+
+def _strict_asserts(stmt: ast.stmt) -> str:
+    """`assert a == b` becomes a call to the runner's strict equality, which an object whose `==`
+    is always true does not pass (it compares builtin values, or objects of one exact type)."""
+    return ast.unparse(ast.fix_missing_locations(_StrictEq().visit(stmt)))

@@ -100,8 +100,12 @@ class Slot:
             self.procs_fds = [os.open(d / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC) for d in self.cgroup_dirs]
 
     def oom_count(self) -> int:
+        """OOM kills in this slot's memory cgroup so far (memory.failcnt stays 0 here; oom_control counts)."""
         if not self.cgroup_dirs:
             return 0
+        for line in (self.memory_dir / "memory.oom_control").read_text().splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
         return int((self.memory_dir / "memory.failcnt").read_text())
 
     def wait_empty(self, timeout: float = 2.0) -> bool:

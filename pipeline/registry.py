@@ -13,6 +13,8 @@ STAGES = {
     "decontaminate": "curate.stages.decontam:Decontaminate",
     "respond": "curate.generators.respond:Respond",
     "evol_instruct": "curate.generators.evol:EvolInstruct",
+    "ifd": "curate.stages.score.ifd:IFDScore",
+    "rds_embed": "curate.stages.score.rds:RDSEmbed",
     "self_instruct": "curate.generators.self_instruct:SelfInstruct",
     "skillmix": "curate.generators.skillmix:SkillMix",
     "embed": "curate.stages.embed:Embed",
@@ -22,6 +24,9 @@ STAGES = {
 
 SELECTORS = {
     "random": "curate.selectors.random:RandomSelection",
+    "ifd": "curate.selectors.ifd:IFDSelector",
+    "rds": "curate.selectors.rds:RDSSelector",
+    "less": "curate.selectors.less:LessSelector",
     "kmeans_diversity": "curate.selectors.kmeans:KMeansDiversity",
     "deita": "curate.selectors.deita:DeitaSelection",
 }

@@ -286,9 +286,14 @@ def checkpoint_weights(mean_lrs: list[float]) -> np.ndarray:
     return w / w.sum()
 
 
-def less_scores(pool_feats: list[np.ndarray], target_feats: list[np.ndarray], weights, task_index) -> np.ndarray:
-    """score = max over tasks of the mean within the task of Σ_i w_i cos(Γ_i(z), g_i(v))."""
-    sims = sum(w * (p @ t.T) for w, p, t in zip(weights, pool_feats, target_feats))
+def aggregate(sims: list[np.ndarray], weights, task_index) -> np.ndarray:
+    """Per-checkpoint (pool × targets) cosines → Σ_i w_i cos_i, the mean within each target
+    task, the max over tasks (tasks need not have equal counts, unlike the reference's reshape)."""
+    total = sum(w * s for w, s in zip(weights, sims))
     n_tasks = int(task_index.max()) + 1
-    per_task = np.stack([sims[:, task_index == k].mean(axis=1) for k in range(n_tasks)], axis=1)
+    per_task = np.stack([total[:, task_index == k].mean(axis=1) for k in range(n_tasks)], axis=1)
     return per_task.max(axis=1)
+
+
+def less_scores(pool_feats: list[np.ndarray], target_feats: list[np.ndarray], weights, task_index) -> np.ndarray:
+    return aggregate([p @ t.T for p, t in zip(pool_feats, target_feats)], weights, task_index)

@@ -1,0 +1,89 @@
+"""IFD selection (Cherry LLM): drop rows whose IFD exceeds 1 (the instruction does not help the
+model produce the answer), then take the highest-scoring rows. With `clusters`, k-means over the
+rows' vectors (from an embedding stage: `vectors` table, name `vector`) splits the budget over
+the clusters in proportion to their sizes and takes each cluster's best rows (Cherry's
+pre-experience sampling keeps a diverse spread the same way); a cluster with too few eligible
+rows gives what it has, and the shortfall is not redistributed.
+
+Scores come from the `ifd` stage (`scores` table); rank by `ifd` or `ic_ifd` (`score`), with the
+IFD > `max_ifd` drop always on IFD itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from curate.selectors.base import Selector
+
+
+def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 25) -> np.ndarray:
+    """Cluster labels by Lloyd's algorithm from a k-means++ start (NumPy; pools for IFD
+    selection are scored rows, far smaller than embedding pools)."""
+    rng = np.random.default_rng(seed)
+    k = min(k, len(x))
+    centers = [x[rng.integers(len(x))]]
+    dist = ((x - centers[0]) ** 2).sum(1)
+    for _ in range(1, k):
+        p = dist / dist.sum() if dist.sum() > 0 else None
+        centers.append(x[rng.choice(len(x), p=p)])
+        dist = np.minimum(dist, ((x - centers[-1]) ** 2).sum(1))
+    c = np.stack(centers)
+    for _ in range(iters):
+        labels = (-2 * x @ c.T + (c ** 2).sum(1)).argmin(1)
+        moved = np.stack([x[labels == j].mean(0) if (labels == j).any() else c[j] for j in range(k)])
+        if np.allclose(moved, c):
+            break
+        c = moved
+    return (-2 * x @ c.T + (c ** 2).sum(1)).argmin(1)
+
+
+def proportional_quotas(sizes: np.ndarray, budget: int) -> np.ndarray:
+    """Largest-remainder split of `budget` in proportion to `sizes`."""
+    exact = sizes * budget / sizes.sum()
+    quotas = np.floor(exact).astype(np.int64)
+    quotas[np.argsort(-(exact - quotas), kind="stable")[: budget - quotas.sum()]] += 1
+    return quotas
+
+
+class IFDSelector(Selector):
+    name = "ifd"
+
+    def __init__(self, budget: float | int = 0.1, score: str = "ifd", max_ifd: float | None = 1.0, prefix: str = "",
+                 clusters: int | None = None, vector: str = "rds", seed: int = 0):
+        self.budget = budget
+        self.score, self.max_ifd, self.prefix = prefix + score, max_ifd, prefix
+        self.clusters, self.vector, self.seed = clusters, vector, seed
+
+    def select(self, con, run_id, pool, budget_rows):
+        drop = "" if self.max_ifd is None else "AND i.value <= $max_ifd"
+        params = {"run": run_id, "score": self.score, "ifd": self.prefix + "ifd"}
+        if self.max_ifd is not None:
+            params["max_ifd"] = self.max_ifd
+        rows = con.execute(f"""
+            SELECT p.id, s.value FROM {pool} p
+            JOIN scores s ON s.run_id = $run AND s.name = $score AND s.id = p.id
+            JOIN scores i ON i.run_id = $run AND i.name = $ifd AND i.id = p.id
+            WHERE s.value IS NOT NULL AND NOT isnan(s.value) {drop}
+            ORDER BY s.value DESC, p.id""", params).fetchall()
+        if not self.clusters:
+            return rows[:budget_rows]
+        return self._within_clusters(con, run_id, rows, budget_rows)
+
+    def _within_clusters(self, con, run_id, rows, budget_rows):
+        table = con.execute("SELECT id, vec FROM vectors WHERE run_id = ? AND name = ?", [run_id, self.vector]).arrow()
+        if table.num_rows == 0:
+            from curate.errors import CurateError
+
+            raise CurateError(f"selector ifd: clusters need vectors named '{self.vector}' (an rds_embed or embed stage)")
+        position = {id_: i for i, id_ in enumerate(table["id"].to_pylist())}
+        vecs = table["vec"].combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
+        eligible = [(id_, s) for id_, s in rows if id_ in position]
+        labels = kmeans(vecs[[position[id_] for id_, _ in eligible]], self.clusters, self.seed)
+        quotas = proportional_quotas(np.bincount(labels, minlength=labels.max() + 1), min(budget_rows, len(eligible)))
+        taken = np.zeros_like(quotas)
+        picked = []
+        for (id_, score), label in zip(eligible, labels):  # best first, so each cluster takes its best
+            if taken[label] < quotas[label]:
+                taken[label] += 1
+                picked.append((id_, score, int(label)))
+        return picked

@@ -80,7 +80,7 @@ def _norm(text: str) -> str:
 
 class EvolInstruct(Stage):
     name = "evol_instruct"
-    resources = Resources(num_cpus=0.25, actor=True, concurrency=1)  # waits on its engine; the engine holds the GPU or its own threads
+    resources = Resources(num_cpus=0.1, actor=True, concurrency=1)  # waits on its engine; the engine holds the GPU or its own threads
     batch_size = 32
 
     def __init__(self, backend: dict, operations: list[str] = list(OPERATIONS), generation: int = 1,

@@ -67,15 +67,17 @@ def stage_backend(spec: dict, cache: str | None) -> Backend:
 
 class Respond(Stage):
     name = "respond"
-    resources = Resources(num_cpus=0.25, actor=True, concurrency=1)  # waits on its engine; the engine holds the GPU or its own threads
+    resources = Resources(num_cpus=0.1, actor=True, concurrency=1)  # waits on its engine; the engine holds the GPU or its own threads
     batch_size = 64
 
     def __init__(self, backend: dict, n: int = 1, temperature: float = 0.7, top_p: float = 1.0,
-                 max_tokens: int = 512, seed: int = 0, system_prompt: str | None = None, cache: str | None = None):
+                 max_tokens: int = 512, seed: int = 0, system_prompt: str | None = None, skip_answered: bool = False,
+                 cache: str | None = None):
         if "model" not in backend:
             raise ValueError("backend needs a model: {kind: vllm, model: PATH} or {kind: openai, model: NAME, base_url: URL}")
         self.sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, n=n, seed=seed)
         self.system_prompt = system_prompt
+        self.skip_answered = skip_answered  # rows that end in an answer (seeds, SkillMix pairs) pass through unchanged
         self.spec = dict(backend)
         self.backend = stage_backend(self.spec, cache)
 
@@ -87,6 +89,20 @@ class Respond(Stage):
         return turns
 
     def __call__(self, batch: pa.Table) -> StageResult:
+        if self.skip_answered:
+            convs = batch["messages"].to_pylist()
+            answered = [bool(c) and c[-1]["role"] == "assistant" for c in convs]
+            if any(answered):
+                todo = [i for i, a in enumerate(answered) if not a]
+                result = self._respond(batch.take(pa.array(todo, pa.int64())))
+                if result.generated is not None:  # parent indices into the whole batch
+                    parents = pa.array([todo[j] for j in result.generated[S.PARENT].to_pylist()], pa.int64())
+                    result.generated = result.generated.set_column(result.generated.column_names.index(S.PARENT), S.PARENT, parents)
+                result.kept = batch.take(pa.array([i for i, a in enumerate(answered) if a], pa.int64()))
+                return result
+        return self._respond(batch)
+
+    def _respond(self, batch: pa.Table) -> StageResult:
         convs = batch["messages"].to_pylist()
         ids = batch["id"].to_pylist()
         prompts = [self.prompt(c) for c in convs]

@@ -67,7 +67,7 @@ def rejection_reason(task: str) -> str | None:
 
 class SelfInstruct(Stage):
     name = "self_instruct"
-    resources = Resources(num_cpus=0.25, actor=True, concurrency=1)  # one actor: the memory of seen instructions is shared
+    resources = Resources(num_cpus=0.1, actor=True, concurrency=1)  # one actor: the memory of seen instructions is shared
     batch_size = 256
 
     def __init__(self, backend: dict, per_seed: float = 1.0, seed_examples: int = 6, generated_examples: int = 2,

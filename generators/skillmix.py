@@ -82,7 +82,7 @@ def skills_block(skills: list[dict]) -> str:
 
 class SkillMix(Stage):
     name = "skillmix"
-    resources = Resources(num_cpus=0.25, actor=True, concurrency=1)
+    resources = Resources(num_cpus=0.1, actor=True, concurrency=1)
     batch_size = 256
 
     def __init__(self, backend: dict, per_seed: float = 1.0, k: int = 2, max_skills: int = 5,

@@ -144,39 +144,53 @@ def test_respond_through_the_runner_keeps_lineage_and_replays_from_the_cache(ray
     con.close()
 
 
-def test_synthesis_config_evol_then_respond(ray_local, tiny_model, tmp_path):
-    """The shipped synthesis example, on the tiny model: evolution rounds, responses, filters
-    and dedup through the runner; every row accounted for, lineage back to the seeds."""
+def test_synthesis_config_through_one_shared_engine(ray_local, tiny_model, tmp_path):
+    """The shipped synthesis example on the tiny model: Self-Instruct, two Evol-Instruct rounds,
+    SkillMix and responses through the runner, all on one engine; every row accounted for,
+    lineage back to the seeds; a rerun makes no LLM call."""
     import duckdb
 
+    from curate.generators.cache import LLMCache, cache_path_for
     from curate.pipeline.config import load_config
     from curate.pipeline.runner import run
     from conftest import ROOT
     from test_pipeline import assert_counts_add_up
 
     db = str(tmp_path / "synth.duckdb")
-    overrides = [f"db={db}", f"export.out={tmp_path / 'out'}", "shard_size=8"]
-    for i in range(3):
-        overrides.append(f"stages.{i}.{['evol_instruct', 'evol_instruct', 'respond'][i]}.backend={{kind: vllm, model: {tiny_model}, "
-                         "dtype: float32, max_model_len: 512, enforce_eager: true}")
-    overrides += ["stages.0.evol_instruct.max_tokens=16", "stages.0.evol_instruct.response_max_tokens=16",
-                  "stages.1.evol_instruct.max_tokens=16", "stages.1.evol_instruct.response_max_tokens=16",
-                  "stages.2.respond.max_tokens=16", "input=" + str(tmp_path / "seeds.jsonl")]
+    overrides = [f"db={db}", f"export.out={tmp_path / 'out'}", "shard_size=8", "input=" + str(tmp_path / "seeds.jsonl")]
+    keys = ["self_instruct", "evol_instruct", "evol_instruct", "skillmix", "respond"]
+    for i, key in enumerate(keys):
+        overrides.append(f"stages.{i}.{key}.backend={{kind: vllm, model: {tiny_model}, dtype: float32, max_model_len: 512, enforce_eager: true}}")
+        overrides.append(f"stages.{i}.{key}.max_tokens=16")
+        if key == "evol_instruct":
+            overrides.append(f"stages.{i}.{key}.response_max_tokens=16")
+    overrides += ["stages.0.self_instruct.max_rounds=2", "stages.0.self_instruct.seed_examples=2", "stages.3.skillmix.extract_max_tokens=16"]
     seeds = [json.loads(line) for line in (ROOT / "curate" / "data" / "demo_seeds.jsonl").read_text().splitlines()[:8]]
     (tmp_path / "seeds.jsonl").write_text("\n".join(json.dumps({"instruction": s["instruction"]}) for s in seeds) + "\n")
-    report = run(load_config(str(ROOT / "jobs" / "configs" / "synthesis.yaml"), overrides), progress="off")
+    config = load_config(str(ROOT / "jobs" / "configs" / "synthesis.yaml"), overrides)
+    report = run(config, progress="off")
     assert report.rows_in == 8 and report.generated > 0
     assert_counts_add_up(db, report.run_id)
+    calls = len(LLMCache(cache_path_for(db)))
     con = duckdb.connect(db, read_only=True)
     by_stage = dict(con.execute("SELECT stage, sum(generated) FROM stage_totals GROUP BY 1").fetchall())
-    assert by_stage["evol_instruct"] == 8  # one evolution attempt per seed in round one
+    assert by_stage["self_instruct"] > 0 and by_stage["evol_instruct"] > 0 and by_stage["respond"] > 0
+    origins = {r[0] for r in con.execute("SELECT origin FROM samples").fetchall()}
+    assert {"seed", "selfinstruct", "evol", "response"} <= origins
+    assert con.execute("SELECT count(*) FROM samples WHERE origin = 'seed' AND meta LIKE '%skills_extracted%'").fetchone()[0] > 0
     parents = dict(con.execute("SELECT id, parent_ids FROM samples").fetchall())
+    origin = dict(con.execute("SELECT id, origin FROM samples").fetchall())
     for (id_,) in con.execute("SELECT id FROM curated").fetchall():  # every kept row leads back to a seed
         hops = 0
         while parents[id_]:
             id_ = parents[id_][0]
             hops += 1
-        assert 1 <= hops <= 3
+        assert origin[id_] == "seed" and hops <= 6
     reasons = {r[0] for r in con.execute("SELECT reason FROM drops WHERE stage LIKE 'evol%'").fetchall()}
     assert reasons <= {"unparseable", "copied_scaffold", "no_information_gain", "refusal_response", "empty_response"}
     con.close()
+    # The database deleted, the cache kept: the same rows again, and no call reaches the model.
+    os.remove(db)
+    rerun = run(load_config(str(ROOT / "jobs" / "configs" / "synthesis.yaml"), overrides), progress="off")
+    assert rerun.generated == report.generated and rerun.kept == report.kept
+    assert len(LLMCache(cache_path_for(db))) == calls

@@ -149,6 +149,18 @@ def _claim_uids(n: int) -> list[tuple[int, int]]:
     raise SandboxUnavailableError(f"no free sandbox uids in {FIRST_SLOT_UID}..{FIRST_SLOT_UID + MAX_SLOT_UIDS}")
 
 
+def _remove_stale_cgroups(caps: Capabilities) -> None:
+    """Slot cgroups left by a process that died without closing its sandbox (a killed Ray worker)."""
+    for base in (caps.cgroup_memory, caps.cgroup_pids):
+        for d in base.glob("curate-sbx-*-*") if base else ():
+            pid = d.name.split("-")[2]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass
+
+
 def _become_subreaper() -> bool:
     try:
         return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
@@ -184,6 +196,8 @@ class Sandbox:
                                              ("seccomp", self.use_seccomp), ("cgroups", self.use_cgroups)) if on]
         self.tier = ("A" if self.use_cgroups and self.use_seccomp else "B") if self.use_bwrap else "none"
         n = slots or max(2, 2 * (os.cpu_count() or 1))
+        if self.use_cgroups:
+            _remove_stale_cgroups(self.caps)
         self.subreaper = _become_subreaper()
         self._slots: queue.Queue[Slot] = queue.Queue()
         self._all: list[Slot] = []

@@ -1,4 +1,4 @@
-"""The `curate` command: run, sql, export, runs. Errors are one line, not a traceback."""
+"""The `curate` command: run, sql, export, report, runs. Errors are one line, not a traceback."""
 
 from __future__ import annotations
 
@@ -68,6 +68,19 @@ def export(
 
     result = do_export(db, out, format, run_id=run_id, selection=selection)
     typer.echo(f"exported {result.rows} rows ({format}) from run {result.run_id} → {result.path}")
+
+
+@app.command()
+def report(
+    db: str = typer.Option("curated.duckdb", "--db", help=DB_HELP),
+    out: str = typer.Option("report.html", "--out", "-o", help="HTML file to write"),
+    run_id: Optional[str] = typer.Option(None, "--run", help="run id (default: the latest run)"),
+):
+    """Write a self-contained HTML report of a run: funnel, drop reasons, scores, clusters,
+    selections, verifier pass rates, LLM tokens and cache, time per stage."""
+    from curate.report import write_report
+
+    typer.echo(f"report → {write_report(db, out, run_id)}")
 
 
 @app.command()

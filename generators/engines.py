@@ -4,7 +4,8 @@ Each LLM stage used to start its own engine inside its actor: five stages meant 
 the weights (on one GPU, an out-of-memory error) and five start-up waits. The runner now starts
 one `EngineHost` actor per distinct `{kind: vllm, ...}` spec, named after the spec, before the
 stream; the stages find it by name and send it their batches. The host builds the engine on
-its first call, so a rerun answered from the cache never starts one. An engine the runner did
+its first call, so a rerun answered from the cache never starts one (`preload: true` in the
+spec loads it at once instead, overlapping the load with the stream's start). An engine the runner did
 not start (a stage used outside the runner) is built inside the calling process instead.
 """
 
@@ -40,14 +41,17 @@ class EngineHost:
     """Ray actor body: holds one engine; requests from every stage arrive here."""
 
     def __init__(self, spec: dict):
-        self.spec = dict(spec)
+        self.spec = {k: v for k, v in spec.items() if k != "preload"}
         self.backend = None
 
-    def generate(self, requests: list[ChatRequest]) -> list[list[Completion]]:
+    def load(self) -> None:
         if self.backend is None:
             from curate.generators.backends import make_backend
 
             self.backend = make_backend(self.spec)
+
+    def generate(self, requests: list[ChatRequest]) -> list[list[Completion]]:
+        self.load()
         return self.backend.generate(requests)
 
     def started(self) -> bool:
@@ -67,7 +71,12 @@ def start_engines(specs: list[dict], gpus_available: float) -> list:
         actor_cls = ray.remote(EngineHost).options(
             name=engine_name(spec), namespace=NAMESPACE, get_if_exists=True,
             num_cpus=1 if gpus else 0, num_gpus=gpus, max_concurrency=1)
-        actors.append(actor_cls.remote(spec))
+        actor = actor_cls.remote(spec)
+        if spec.get("preload"):
+            # Load now, while Ray Data plans and starts the stages; the first batch then finds
+            # the engine ready. Off by default: a rerun answered from the cache needs no engine.
+            actor.load.remote()
+        actors.append(actor)
     return actors
 
 

@@ -70,7 +70,7 @@ class IFDSelector(Selector):
         return self._within_clusters(con, run_id, rows, budget_rows)
 
     def _within_clusters(self, con, run_id, rows, budget_rows):
-        table = con.execute("SELECT id, vec FROM vectors WHERE run_id = ? AND name = ?", [run_id, self.vector]).arrow()
+        table = con.sql("SELECT id, vec FROM vectors WHERE run_id = ? AND name = ?", params=[run_id, self.vector]).to_arrow_table()
         if table.num_rows == 0:
             from curate.errors import CurateError
 

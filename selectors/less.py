@@ -64,7 +64,7 @@ class LessSelector(Selector):
         from curate.stages.score.targets import load_targets
 
         targets = load_targets(self.targets)
-        con.execute(TABLES)
+        con.execute(TABLES).fetchall()  # also closes a result the caller left half-read, which con.sql would refuse
         s = self.shape
         model, tok, device = LS.lora_model(s["model"], s["lora_r"], s["lora_alpha"], s["lora_dropout"], s["lora_modules"],
                                            self.device, self.dtype, seed=s["seed"])
@@ -100,10 +100,10 @@ class LessSelector(Selector):
         from curate.stages.score.lm import pad_id
 
         s = self.shape
-        n_pool = con.execute(f"SELECT count(*) FROM {pool}").fetchone()[0]
+        n_pool = con.execute(f"SELECT count(*) FROM {pool}").fetchall()[0][0]
         n_warm = max(1, round(s["warmup_fraction"] * n_pool))
-        convs = con.execute(f"SELECT messages FROM {pool} ORDER BY md5(? || ':' || id) LIMIT ?",
-                            [str(s["seed"]), n_warm]).arrow()["messages"].to_pylist()
+        convs = con.sql(f"SELECT messages FROM {pool} ORDER BY md5(? || ':' || id) LIMIT ?",
+                        params=[str(s["seed"]), n_warm]).to_arrow_table()["messages"].to_pylist()
         started = time.perf_counter()
         checkpoints = LS.warmup(model, LS.training_examples(tok, convs, s["max_length"]), pad_id(tok), device,
                                 self._workdir(con, run_id), s["epochs"], s["lr"], s["batch_size"], s["warmup_ratio"],
@@ -118,7 +118,7 @@ class LessSelector(Selector):
     def _workdir(self, con, run_id) -> Path:
         if self.workdir:
             return Path(self.workdir) / f"{run_id}-{self.key}"
-        db = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()[0]
+        db = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()[0][0]
         base = Path(f"{db}.less") if db else Path(tempfile.mkdtemp(prefix="curate-less-"))
         return base / f"{run_id}-{self.key}"
 
@@ -128,14 +128,14 @@ class LessSelector(Selector):
         from curate.stages.score import less as LS
 
         last = checkpoints[-1].epoch
-        missing = con.execute(f"""
+        missing = con.sql(f"""
             SELECT id FROM {pool} p WHERE NOT EXISTS (
                 SELECT 1 FROM less_features f WHERE f.run_id = ? AND f.key = ? AND f.epoch = ? AND f.id = p.id)
-            ORDER BY id""", [run_id, self.key, last]).arrow()["id"].to_pylist()
+            ORDER BY id""", params=[run_id, self.key, last]).to_arrow_table()["id"].to_pylist()
         started = time.perf_counter()
         for start in range(0, len(missing), self.feature_batch_rows):
             con.register("_less_chunk", pa.table({"id": missing[start : start + self.feature_batch_rows]}))
-            rows = con.execute(f"SELECT p.id, p.messages FROM {pool} p JOIN _less_chunk c USING (id) ORDER BY p.id").arrow()
+            rows = con.sql(f"SELECT p.id, p.messages FROM {pool} p JOIN _less_chunk c USING (id) ORDER BY p.id").to_arrow_table()
             con.unregister("_less_chunk")
             examples = LS.training_examples(tok, rows["messages"].to_pylist(), self.shape["max_length"])
             parts = []
@@ -164,10 +164,10 @@ class LessSelector(Selector):
         weights = checkpoint_weights([c.mean_lr for c in checkpoints])
         ids, sims = None, []
         for ckpt, targets in zip(checkpoints, target_feats):
-            reader = con.execute(f"""
+            reader = con.sql(f"""
                 SELECT f.id, f.vec FROM less_features f JOIN {pool} p USING (id)
                 WHERE f.run_id = ? AND f.key = ? AND f.epoch = ? ORDER BY f.id""",
-                                 [run_id, self.key, ckpt.epoch]).fetch_record_batch(65_536)
+                             params=[run_id, self.key, ckpt.epoch]).to_arrow_reader(65_536)
             batch_ids, parts = [], []
             for batch in reader:
                 batch_ids.extend(batch.column(0).to_pylist())

@@ -68,10 +68,11 @@ def round_robin(scores, idx, budget: int) -> list[tuple[int, float, int]]:
 def pool_vectors(con, run_id: str, pool: str, vector: str, encoder_factory):
     """Yield (ids, (n, dim) vectors) over the pool in batches; rows without a stored vector are
     embedded with the encoder (built on first need)."""
-    reader = con.execute(f"""
+    con.execute("SELECT 1").fetchall()  # closes a result the caller left half-read, which con.sql would refuse
+    reader = con.sql(f"""
         SELECT p.id, p.messages, v.vec FROM {pool} p
         LEFT JOIN vectors v ON v.run_id = ? AND v.name = ? AND v.id = p.id
-        ORDER BY p.id""", [run_id, vector]).fetch_record_batch(POOL_BATCH)
+        ORDER BY p.id""", params=[run_id, vector]).to_arrow_reader(POOL_BATCH)
     encoder = None
     for batch in reader:
         ids = batch.column(0).to_pylist()

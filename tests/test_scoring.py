@@ -11,6 +11,17 @@ from curate.stages.score.reference import ifd_one_at_a_time
 from tiny_llm import build_tiny_llama
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models run faster on one thread, and far faster on a machine other jobs share."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     return str(build_tiny_llama(tmp_path_factory.mktemp("tiny_llama")))

@@ -1,0 +1,42 @@
+"""k-means with faiss: fit centroids on a sample, assign every row in a streaming pass."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# faiss caps its training set at k × this many points (its own default), so a larger sample
+# buys nothing; fitting on that many rows and assigning the rest keeps memory bounded.
+POINTS_PER_CENTROID = 256
+
+
+def fit_sample_rows(k: int, fit_sample: int | None) -> int:
+    return fit_sample if fit_sample is not None else k * POINTS_PER_CENTROID
+
+
+def fit_centroids(sample: np.ndarray, k: int, niter: int = 20, nredo: int = 1, seed: int = 0) -> np.ndarray:
+    """(k', d) centroids, k' = min(k, rows): L2 k-means on float32 rows (cosine on normalised ones)."""
+    import faiss
+
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    k = max(1, min(k, len(sample)))
+    if k == 1:
+        return sample.mean(axis=0, keepdims=True)
+    km = faiss.Kmeans(sample.shape[1], k, niter=niter, nredo=nredo, seed=seed, verbose=False, min_points_per_centroid=1,
+                      max_points_per_centroid=max(POINTS_PER_CENTROID, -(-len(sample) // k)))
+    km.train(sample)
+    return km.centroids.copy()
+
+
+class Assigner:
+    """Nearest centroid of each row, batch by batch (exact search over the centroids)."""
+
+    def __init__(self, centroids: np.ndarray):
+        import faiss
+
+        self.index = faiss.IndexFlatL2(centroids.shape[1])
+        self.index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+
+    def __call__(self, vecs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(cluster ids int32, squared L2 distances float32) of each row."""
+        dist, label = self.index.search(np.ascontiguousarray(vecs, dtype=np.float32), 1)
+        return label[:, 0].astype(np.int32), dist[:, 0]

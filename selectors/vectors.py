@@ -1,0 +1,120 @@
+"""Reading a run's stored vectors and scores out of DuckDB, as Arrow batches and NumPy arrays.
+
+Vectors live in `vectors(run_id, name, id, model, vec FLOAT[])` (written from an embed stage's
+`_vec:<name>` column); selectors read the ones of the pool's rows in a streaming pass, so a pool
+never needs to fit in memory as Python objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.errors import CurateError
+
+BATCH_ROWS = 65_536
+
+
+def as_matrix(vecs: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A list<float32> column of equal-length vectors → an (n, d) float32 array (no Python loop)."""
+    if isinstance(vecs, pa.ChunkedArray):
+        vecs = vecs.combine_chunks()
+    n = len(vecs)
+    if n == 0:
+        return np.zeros((0, 0), np.float32)
+    flat = pc.list_flatten(vecs).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    if len(flat) % n:
+        raise CurateError("stored vectors have different lengths: were they made by different models?")
+    return flat.reshape(n, len(flat) // n)
+
+
+def binary_rows(matrix: np.ndarray) -> pa.BinaryArray:
+    """Each row of a matrix as one binary value (its raw bytes), built from one buffer."""
+    matrix = np.ascontiguousarray(matrix)
+    width = matrix.shape[1] * matrix.itemsize
+    offsets = np.arange(len(matrix) + 1, dtype=np.int32) * width
+    return pa.BinaryArray.from_buffers(pa.binary(), len(matrix), [None, pa.py_buffer(offsets), pa.py_buffer(matrix.tobytes())])
+
+
+def rows_of_binary(keys: pa.Array | pa.ChunkedArray, dtype=np.float32) -> np.ndarray:
+    """The inverse of binary_rows: equal-length binary values → an (n, d) array."""
+    if isinstance(keys, pa.ChunkedArray):
+        keys = keys.combine_chunks()
+    n = len(keys)
+    if n == 0:
+        return np.zeros((0, 0), dtype)
+    offsets = np.frombuffer(keys.buffers()[1], np.int32, n + 1, keys.offset * 4)
+    data = np.frombuffer(keys.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
+    width = (offsets[-1] - offsets[0]) // n
+    if not np.all(np.diff(offsets) == width):
+        raise ValueError("keys have different lengths")
+    return data.view(dtype).reshape(n, width // np.dtype(dtype).itemsize)
+
+
+class VectorSource:
+    """The vectors named `name` of the rows in `pool` (a relation of the run's curated rows),
+    optionally with stored scores beside them (`score_names`: column name → score name)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, run_id: str, pool: str, name: str,
+                 score_names: dict[str, str] | None = None):
+        self.con, self.run_id, self.pool, self.name = con, run_id, pool, name
+        self.score_names = {k: v for k, v in (score_names or {}).items() if v}
+        found = con.execute("SELECT count(*), any_value(model) FROM vectors v JOIN " + pool +
+                            " p ON p.id = v.id WHERE v.run_id = ? AND v.name = ?", [run_id, name]).fetchall()[0]
+        self.rows, self.model = found
+        if not self.rows:
+            raise CurateError(f"no vectors named '{name}' for the rows of this run: add an embed stage "
+                              f"(`embed: {{vectors: {name}}}`) before this selector")
+        for column, score in self.score_names.items():
+            n = con.execute(f"SELECT count(*) FROM scores s JOIN {pool} p ON p.id = s.id "
+                            "WHERE s.run_id = ? AND s.name = ?", [run_id, score]).fetchall()[0][0]
+            if not n:
+                raise CurateError(f"no scores named '{score}' for the rows of this run ({column})")
+
+    def _select(self, order: str = "") -> str:
+        joins, columns = "", ""
+        for i, (column, name) in enumerate(self.score_names.items()):
+            joins += (f" LEFT JOIN (SELECT id, any_value(value) AS value FROM scores WHERE run_id = $run "
+                      f"AND name = '{_quote(name)}' GROUP BY id) s{i} ON s{i}.id = v.id")
+            columns += f', s{i}.value AS "{column}"'
+        return (f"SELECT v.id, v.vec{columns} FROM vectors v JOIN {self.pool} p ON p.id = v.id{joins} "
+                f"WHERE v.run_id = $run AND v.name = $name {order}")
+
+    def batches(self, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+        """Every row once, in no particular order: (id, vec, scores...)."""
+        yield from self._stream(self._select(), batch_rows)
+
+    def sample(self, rows: int, seed: int) -> np.ndarray:
+        """A deterministic sample of `rows` vectors (all of them if the pool is smaller), drawn by
+        a hash of (seed, id) inside DuckDB: the pool's order of arrival does not matter."""
+        if rows >= self.rows:
+            order, limit = "ORDER BY v.id", ""
+        else:
+            order, limit = "ORDER BY hash(v.id || $seed), v.id", f"LIMIT {int(rows)}"
+        query = f"SELECT vec FROM ({self._select(order=order)} {limit})"
+        params = {"run": self.run_id, "name": self.name}
+        if limit:
+            params["seed"] = str(seed)
+        table = self.con.sql(query, params=params).to_arrow_table()
+        return as_matrix(table["vec"])
+
+    def ordered(self, order_sql: str, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+        """Rows in an order (SQL over v.id and the score columns), streamed: stop reading early."""
+        yield from self._stream(self._select(order=f"ORDER BY {order_sql}"), batch_rows)
+
+    def _stream(self, query: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        # The store's connection (temp views such as the pool are per connection); closing the
+        # reader, also when the caller stops early, frees the connection for the next query.
+        reader = self.con.sql(query, params={"run": self.run_id, "name": self.name}).to_arrow_reader(batch_rows)
+        try:
+            yield from reader
+        finally:
+            reader.close()
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "''")

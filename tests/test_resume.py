@@ -130,3 +130,61 @@ def test_cli_errors_are_one_line(tmp_path):
         out = subprocess.run([*curate_cmd(), *argv], capture_output=True, text=True)
         assert out.returncode == 2, out
         assert out.stderr.startswith("error: ") and message in out.stderr and out.stderr.count("\n") == 1, out.stderr
+
+
+def _ray_workers_of(driver: int) -> tuple[list[int], list[int]]:
+    """Ray task workers of a driver (children of its raylet): those running one of our stages
+    now, and those idle between two of them. Ray's agents and bookkeeping actors are left alone."""
+    import psutil
+
+    busy, idle = [], []
+    for child in psutil.Process(driver).children(recursive=True):
+        try:
+            name = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if "ReadShard" in name or "MapBatches" in name or "MapWorker" in name:
+            busy.append(child.pid)
+        elif "IDLE" in name or "default_worker" in name:
+            idle.append(child.pid)
+    return busy, idle
+
+
+def test_a_worker_killed_mid_run_loses_nothing(ray_local, tmp_path, alpaca_rows):
+    """SIGKILL one Ray worker mid-stream: Ray retries its task, or the run fails and the same
+    command resumes it; either way the tables equal an uninterrupted run's."""
+    src = seeds(tmp_path, alpaca_rows, copies=2)
+    shard_size = 40
+    settings = ["--input", str(src), "--set", f"shard_size={shard_size}",
+                "--set", "stages=[{filters: {min_response_words: 5}}, {exact_dedup: {on: instruction}}, {near_dedup: {threshold: 0.8}}]"]
+    db = tmp_path / "worker.duckdb"
+    proc = subprocess.Popen([*curate_cmd(), "run", "--db", str(db), "--progress", "lines", *settings],
+                            cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True)
+    killed = []
+    try:
+        deadline = time.monotonic() + 240
+        for line in proc.stderr:
+            if line.startswith("committed shard") and not killed:
+                for _ in range(50):  # catch one while it runs a task, if we can
+                    busy, idle = _ray_workers_of(proc.pid)
+                    if busy:
+                        break
+                    time.sleep(0.1)
+                workers = busy or idle
+                if workers:
+                    os.kill(workers[0], signal.SIGKILL)
+                    killed.append(workers[0])
+            assert time.monotonic() < deadline, "the run neither finished nor failed"
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert killed, "no Ray worker was found to kill"
+    if proc.returncode != 0:  # the same command again
+        again = subprocess.run([*curate_cmd(), "run", "--db", str(db), "--progress", "off", *settings],
+                               cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr[-2000:]
+    clean_db = tmp_path / "clean.duckdb"
+    run(load_config(None, input=[str(src)], db=str(clean_db), shard_size=shard_size, stages=STAGES), progress="off")
+    assert snapshot(db) == snapshot(clean_db)

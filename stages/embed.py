@@ -110,7 +110,8 @@ class Embed(Stage):
         """(rows, dim) float32, L2-normalised, in the order given; encoded longest first so a
         mini-batch holds texts of similar length (little padding)."""
         if not texts:
-            return np.zeros((0, self.model.get_sentence_embedding_dimension()), np.float32)
+            dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+            return np.zeros((0, dim()), np.float32)
         by_length = np.argsort([-len(t) for t in texts], kind="stable")
         vecs = self.model.encode([texts[i] for i in by_length], batch_size=self.encode_batch_size,
                                  normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)

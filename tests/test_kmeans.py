@@ -19,7 +19,7 @@ from curate.selectors.clustering import Assigner, fit_centroids  # noqa: E402
 from curate.selectors.greedy import ADMITTED, GreedyCosine  # noqa: E402
 from curate.selectors.kmeans import KMeansDiversity  # noqa: E402
 
-POOL_ROWS = 1000
+POOL_ROWS = 800
 
 
 @pytest.fixture(scope="module")
@@ -127,28 +127,34 @@ def test_deita_greedy_respects_its_threshold(alpaca_vectors):
 # ---------------------------------------------------------------------------- through the pipeline
 
 
-def test_embed_kmeans_deita_select_and_export(ray_local, tmp_path, alpaca_rows):
+def test_embed_semdedup_select_and_export(ray_local, tmp_path, alpaca_rows):
     from curate.cli import main
     from curate.pipeline.config import load_config
     from curate.pipeline.runner import run
     from curate.pipeline.select import run_selectors
     from curate.storage.store import Store
 
-    src = write_jsonl(tmp_path / "s.jsonl", alpaca_rows[:240])
+    copies = [dict(r, instruction=r["instruction"].rstrip(".") + ", please.") for r in alpaca_rows[:10]]
+    src = write_jsonl(tmp_path / "s.jsonl", alpaca_rows[:240] + copies)
     db = str(tmp_path / "sel.duckdb")
     selectors = [{"kmeans_diversity": {"budget": 0.1, "k": 8, "seed": 3, "name": "diverse"}},
                  {"random": {"budget": 0.1, "seed": 3}}]
-    report = run(load_config(None, input=[str(src)], db=db, shard_size=80, selectors=selectors,
-                             stages=[{"embed": {"field": "instruction_response", "batch_size": 64}}]), progress="off")
-    assert report.kept == 240
+    stages = [{"embed": {"field": "instruction", "batch_size": 64}}, {"semdedup": {"threshold": 0.93, "k": 2}}]
+    report = run(load_config(None, input=[str(src)], db=db, shard_size=80, selectors=selectors, stages=stages), progress="off")
     con = duckdb.connect(db, read_only=True)
+    drops = dict(con.execute("SELECT id, reason FROM drops WHERE stage = 'semdedup'").fetchall())
+    copy_ids = {r[0] for r in con.execute("SELECT id FROM samples WHERE messages[1].content LIKE '%, please.%'").fetchall()}
+    kept = {r[0] for r in con.execute("SELECT id FROM curated").fetchall()}
+    assert len(copy_ids & set(drops)) >= 9 and len(drops) <= 12 and report.kept == 250 - len(drops)
+    assert all(reason.startswith("semantic_duplicate_of:") and reason.split(":")[1] in kept for reason in drops.values())
     model, dims, count = con.execute("SELECT any_value(model), min(len(vec)), count(*) FROM vectors WHERE name = 'embed'").fetchone()
-    assert (model, dims, count) == ("sentence-transformers/all-MiniLM-L6-v2", 384, 240)
+    assert (model, dims, count) == ("sentence-transformers/all-MiniLM-L6-v2", 384, 250)
     norms = con.execute("SELECT min(list_dot_product(vec, vec)), max(list_dot_product(vec, vec)) FROM vectors").fetchone()
     assert 0.99 < norms[0] <= norms[1] < 1.01
     picked = con.execute("SELECT id, cluster FROM selections WHERE name = 'diverse' ORDER BY rank").fetchall()
     con.close()
-    assert len(picked) == 24 and all(c is not None for _, c in picked)
+    assert len(picked) == round(0.1 * report.kept) and all(c is not None for _, c in picked)
+    assert {i for i, _ in picked} <= kept  # semantic duplicates are out of the pool
     assert len({c for _, c in picked[:8]}) == 8  # round-robin ranking: the first 8 span all clusters
 
     out = tmp_path / "diverse.jsonl"
@@ -169,6 +175,7 @@ def test_embed_kmeans_deita_select_and_export(ray_local, tmp_path, alpaca_rows):
             {"kmeans_diversity": {"budget": 40, "k": 4, "weight_by": "quality", "temperature": 0.5, "name": "weighted"}},
         ]).selectors)
         assert [d["rows"] for d in done] == [30, 40]
+        assert store.con.execute("SELECT count(*) FROM selections WHERE name = 'deita' AND cluster IS NULL").fetchall() == [(30,)]
         deita = store.con.execute("""
             SELECT s.score, v.vec FROM selections s JOIN vectors v ON v.id = s.id AND v.run_id = s.run_id
             WHERE s.name = 'deita' ORDER BY s.rank""").fetchall()

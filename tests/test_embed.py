@@ -1,0 +1,92 @@
+"""Embed stage: the offline MiniLM model on Alpaca instructions, the stage's output columns,
+what is embedded, and where the actor runs."""
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+pytest.importorskip("sentence_transformers")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from curate.stages.embed import DEFAULT_MODEL, Embed, texts_to_embed, visible_gpus  # noqa: E402
+from curate.storage import schema as S  # noqa: E402
+
+# Alpaca instructions (in ../shared/data/alpaca_ifd_5pct.json) and paraphrases written for this test.
+PARAPHRASES = {
+    "Explain the concept of absolute advantage.": "What does it mean in economics for a country to have an absolute advantage?",
+    "Create a list of tips for passive income ideas.": "Give me some advice on ways to earn money passively.",
+    "Describe the cultural differences between Granada and Madrid.": "How do the cultures of Madrid and Granada differ?",
+    "Explain the fundamentals of healthcare informatics.": "What are the basics of health informatics?",
+    "Describe the concept of Operant Conditioning": "What is operant conditioning in psychology?",
+    "Create an animal-themed creative story": "Write an imaginative tale about animals.",
+}
+POOL_ROWS = 300
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return Embed()
+
+
+def _batch(conversations):
+    return pa.table({"messages": S.messages_array(conversations)})
+
+
+def test_paraphrases_are_closer_than_unrelated_pairs(embedder, alpaca_rows):
+    pool = [r["instruction"] for r in alpaca_rows[:POOL_ROWS]]
+    assert set(PARAPHRASES) <= set(pool)
+    pool_vecs = embedder.encode(pool)
+    para_vecs = embedder.encode(list(PARAPHRASES.values()))
+    sims = para_vecs @ pool_vecs.T
+    originals = [pool.index(o) for o in PARAPHRASES]
+    # Each paraphrase finds its original as the nearest of the 300 instructions.
+    assert sims.argmax(axis=1).tolist() == originals
+    paired = sims[np.arange(len(originals)), originals]
+    unrelated = np.delete(sims, originals, axis=1)
+    assert paired.min() > 0.6 > np.percentile(unrelated, 99)
+    assert paired.mean() - unrelated.mean() > 0.5
+
+
+def test_vectors_are_normalised_and_in_input_order(embedder):
+    texts = ["short", "a much longer text about the rules of chess and how the pieces move", "mid length text"]
+    together = embedder.encode(texts)
+    one_by_one = np.concatenate([embedder.encode([t]) for t in texts])
+    assert together.dtype == np.float32 and together.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(together, one_by_one, atol=1e-5)  # length sorting is undone
+    assert embedder.encode([]).shape == (0, 384)
+
+
+def test_stage_adds_vector_and_model_columns(embedder):
+    conv = [[{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}] for i in range(5)]
+    kept = embedder(_batch(conv)).kept
+    vec = kept[S.VEC_PREFIX + "embed"]
+    assert vec.type == pa.list_(pa.float32()) and len(vec) == 5
+    assert kept[S.VECMODEL_PREFIX + "embed"].to_pylist() == [DEFAULT_MODEL] * 5
+    assert np.allclose(np.array(vec.to_pylist()), embedder.encode([f"Question {i}?" for i in range(5)]), atol=1e-5)
+
+
+def test_what_is_embedded_is_configurable():
+    conv = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."},
+             {"role": "assistant", "content": "Blue."}]]
+    batch = _batch(conv)
+    assert texts_to_embed(batch, "instruction", None) == ["Name a colour."]
+    assert texts_to_embed(batch, "instruction_response", None) == ["Name a colour.\n\nBlue."]
+    assert texts_to_embed(batch, "conversation", None) == ["system: Be brief.\nuser: Name a colour.\nassistant: Blue."]
+    assert texts_to_embed(batch, "instruction", "Q: {instruction} A: {response}") == ["Q: Name a colour. A: Blue."]
+    with pytest.raises(ValueError, match="template may use"):
+        Embed(template="{question}")
+
+
+def test_actor_takes_a_gpu_only_where_there_is_one(monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # the machine's devices, not a running Ray's
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpus() == 0 and Embed.resources.num_gpus == 0 and Embed.resources.actor
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert visible_gpus() == 2
+    assert (Embed.resources.num_gpus, Embed.resources.concurrency) == (1, 2)
+    assert Embed.with_(resources={"num_gpus": 0}).resources.num_gpus == 0

@@ -11,7 +11,7 @@ import re
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from curate.errors import CurateError
 from curate.pipeline.registry import selector_class, stage_class
@@ -106,6 +106,13 @@ class RunConfig(Strict):
             raise ValueError(f"{info.field_name} must be a list of {{name: {{parameters}}}}")
         parse = _parse_stage if info.field_name == "stages" else _parse_selector
         return [parse(i, item) for i, item in enumerate(v)]
+
+    @model_validator(mode="after")
+    def _dependencies(self):
+        from curate.pipeline.dependencies import check_dependencies
+
+        check_dependencies(self.stages, self.selectors)
+        return self
 
     def fingerprint(self, inputs: list[dict]) -> str:
         """What makes a run: its inputs, ingest settings, sharding and stages. The same

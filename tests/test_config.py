@@ -82,3 +82,20 @@ def test_yaml_on_is_a_key_not_a_boolean(tmp_path):
     cfg = load_config(write(tmp_path, "stages:\n  - exact_dedup: {on: conversation}\n  - filters: {drop_unfinished: false}\n"))
     assert cfg.stages[0].params["on"] == "conversation"
     assert cfg.stages[1].params["drop_unfinished"] is False
+
+
+def test_a_selector_before_the_scores_it_needs_is_rejected_before_anything_runs():
+    from curate.errors import CurateError
+    from curate.pipeline.config import load_config
+
+    with pytest.raises(CurateError, match=r"selectors\.0\.kmeans_diversity needs vectors 'embed'.*add an `embed`"):
+        load_config(None, stages=[{"filters": {}}], selectors=[{"kmeans_diversity": {"budget": 10}}])
+    with pytest.raises(CurateError, match=r"selectors\.0\.ifd needs scores 'ifd'"):
+        load_config(None, stages=[{"embed": {}}], selectors=[{"ifd": {"budget": 0.1}}])
+    with pytest.raises(CurateError, match=r"stages\.0\.semdedup needs vectors 'embed'.*earlier stage"):
+        load_config(None, stages=[{"semdedup": {}}, {"embed": {}}])  # reordered: reads vectors not made yet
+    with pytest.raises(CurateError, match=r"needs vectors 'other'.*makes vectors embed"):
+        load_config(None, stages=[{"embed": {}}, {"ifd": {"model": "m"}}], selectors=[{"deita": {"score": "ifd", "vectors": "other"}}])
+    ok = load_config(None, stages=[{"embed": {}}, {"semdedup": {}}],
+                     selectors=[{"kmeans_diversity": {"budget": 10, "k": 4}}])
+    assert [s.key for s in ok.stages] == ["embed", "semdedup"]

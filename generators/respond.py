@@ -18,6 +18,7 @@ from curate.stages.base import Resources, Stage, StageResult
 from curate.storage import schema as S
 
 TEMPLATE_VERSION = "respond/1"
+INHERIT_NOT = ("raw", "finish_reason", "evolve_finish_reason", "completion_tokens", "prompt_tokens", "sampling")
 
 
 class LazyBackend(Backend):
@@ -105,6 +106,9 @@ class Respond(Stage):
     def _respond(self, batch: pa.Table) -> StageResult:
         convs = batch["messages"].to_pylist()
         ids = batch["id"].to_pylist()
+        # Task-level facts of the parent (unit tests, a reference answer, constraints, skills)
+        # hold for its responses too, so the verifiers after this stage can check them.
+        parent_metas = [json.loads(m) if m else {} for m in batch["meta"].to_pylist()]
         prompts = [self.prompt(c) for c in convs]
         results = self.backend.generate([ChatRequest(p, self.sampling) for p in prompts])
         children, parents, empty, reasons = [], [], [], []
@@ -118,7 +122,7 @@ class Respond(Stage):
                 continue
             for k, c in usable:
                 messages = [*prompt, {"role": "assistant", "content": c.text.strip()}]
-                meta = {"generator": "respond", "model": self.spec["model"], "template": TEMPLATE_VERSION,
+                meta = {**{k: v for k, v in parent_metas[i].items() if k not in INHERIT_NOT}, "generator": "respond", "model": self.spec["model"], "template": TEMPLATE_VERSION,
                         "sampling": sampling, "sample_index": k, "finish_reason": c.finish_reason,
                         "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens}
                 children.append({"id": S.sample_id(messages), "messages": messages, "origin": "response",

@@ -83,6 +83,7 @@ class ExportConfig(Strict):
 
 class RunConfig(Strict):
     name: str | None = None
+    vars: dict[str, Any] = {}  # ${name} in any string value below is replaced by vars[name]
     input: list[str] = ["demo"]
     db: str = "curated.duckdb"
     shard_size: int = Field(1000, ge=1)
@@ -214,11 +215,34 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, **v
             raise CurateError(f"--set takes key=value, got {item!r}")
         _set_path(data, key.strip(), parse_yaml(raw) if raw else "")
     data.update({k: v for k, v in values.items() if v is not None})
+    if data.get("vars"):
+        data = {k: (v if k == "vars" else _substitute(v, data["vars"])) for k, v in data.items()}
     try:
         return RunConfig(**data)
     except ValidationError as e:
         where = f"{path}: " if path else ""
         raise CurateError(f"config error: {where}{format_errors(e)}") from None
+
+
+def _substitute(value, variables: dict):
+    """${name} → vars[name] in every string; a string that is only ${name} takes the value as is
+    (a number, a mapping)."""
+    if isinstance(value, dict):
+        return {k: _substitute(v, variables) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, variables) for v in value]
+    if isinstance(value, str) and "${" in value:
+        whole = re.fullmatch(r"\$\{(\w+)\}", value)
+        if whole and whole.group(1) in variables:
+            return variables[whole.group(1)]
+
+        def one(m):
+            if m.group(1) not in variables:
+                raise CurateError(f"config error: ${{{m.group(1)}}} is not among vars ({', '.join(sorted(variables))})")
+            return str(variables[m.group(1)])
+
+        return re.sub(r"\$\{(\w+)\}", one, value)
+    return value
 
 
 def _set_path(data: dict, dotted: str, value) -> None:

@@ -85,7 +85,7 @@ class EvolInstruct(Stage):
 
     def __init__(self, backend: dict, operations: list[str] = list(OPERATIONS), generation: int = 1,
                  temperature: float = 1.0, top_p: float = 0.95, max_tokens: int = 2048, response_max_tokens: int = 2048,
-                 seed: int = 0, cache: str | None = None):
+                 seed: int = 0, keep_verifiable: list[str] = ["tests", "answer"], cache: str | None = None):
         unknown = set(operations) - set(OPERATIONS)
         if unknown or not operations:
             raise ValueError(f"operations must be among {OPERATIONS}, got {sorted(unknown) or 'none'}")
@@ -96,6 +96,9 @@ class EvolInstruct(Stage):
         self.evolve_sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed + generation)
         self.answer_sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=response_max_tokens, seed=seed + generation)
         self.backend = stage_backend(backend, cache)
+        # Rows whose meta holds any of these keys (unit tests, a reference answer) pass through
+        # unevolved: a rewritten task would no longer match them, and the verifiers need them.
+        self.keep_verifiable = list(keep_verifiable)
 
     def operation_for(self, sample_id: str) -> str:
         """Uniform over the operations, fixed by (seed, generation, row): reruns pick the same."""
@@ -103,6 +106,19 @@ class EvolInstruct(Stage):
         return self.operations[int.from_bytes(h, "little") % len(self.operations)]
 
     def __call__(self, batch: pa.Table) -> StageResult:
+        if self.keep_verifiable:
+            metas = [json.loads(m) if m else {} for m in batch["meta"].to_pylist()]
+            verifiable = [any(k in m for k in self.keep_verifiable) for m in metas]
+            if any(verifiable):
+                todo = [i for i, v in enumerate(verifiable) if not v]
+                result = self._evolve(batch.take(pa.array(todo, pa.int64())))
+                parents = pa.array([todo[j] for j in result.generated[S.PARENT].to_pylist()], pa.int64())
+                result.generated = result.generated.set_column(result.generated.column_names.index(S.PARENT), S.PARENT, parents)
+                result.kept = pa.concat_tables([batch.take(pa.array([i for i, v in enumerate(verifiable) if v], pa.int64())), result.kept])
+                return result
+        return self._evolve(batch)
+
+    def _evolve(self, batch: pa.Table) -> StageResult:
         ids = batch["id"].to_pylist()
         instructions = [next(m["content"] for m in conv if m["role"] == "user") for conv in batch["messages"].to_pylist()]
         ops = [self.operation_for(i) for i in ids]

@@ -121,3 +121,16 @@ def test_operation_choice_is_stable_and_uniform():
     assert min(counts.values()) > 300
     other_round = EvolInstruct(backend={"kind": "openai", "model": "m"}, seed=3, generation=2)
     assert sum(a != other_round.operation_for(i) for a, i in zip(picks, ids)) > 1000
+
+
+def test_rows_with_tests_or_answers_pass_through_unevolved():
+    stage = EvolInstruct(backend={"kind": "openai", "model": "recorded"}, seed=0)
+    stage.backend = Recorded(evolutions={"Name three fruits.": "Name three fruits that ripen in winter, with one recipe each."}, answers={})
+    batch = seed_batch(["Name three fruits.", "What is 2 + 3?"])
+    metas = pa.array(["{}", json.dumps({"answer": "5"})])
+    batch = batch.set_column(batch.column_names.index("meta"), "meta", metas)
+    out = apply_stage(stage, "evol_instruct", batch).to_pylist()
+    math = [r for r in out if r["messages"][0]["content"] == "What is 2 + 3?"]
+    assert len(math) == 1 and math[0][S.STATUS] == "kept" and json.loads(math[0]["meta"]) == {"answer": "5"}
+    assert any(r["origin"] == "evol" and r[S.STATUS] == "kept" for r in out)
+    assert abs(sum(r[S.WEIGHT] for r in out) - 2.0) < 1e-9

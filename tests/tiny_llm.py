@@ -11,7 +11,7 @@ LINES = [
 ]
 
 
-def build_tiny_llama(out: Path, vocab_size: int = 512, seed: int = 0) -> Path:
+def build_tiny_llama(out: Path, vocab_size: int = 512, seed: int = 0, max_positions: int = 512) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -30,7 +30,7 @@ def build_tiny_llama(out: Path, vocab_size: int = 512, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     # head_dim 64: vLLM's CPU attention rejects smaller heads.
     config = LlamaConfig(vocab_size=len(fast), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, head_dim=64, max_position_embeddings=512,
+                         num_attention_heads=2, num_key_value_heads=2, head_dim=64, max_position_embeddings=max_positions,
                          bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
                          tie_word_embeddings=False)
     LlamaForCausalLM(config).to(torch.float32).save_pretrained(out)

@@ -113,7 +113,7 @@ def test_stage_refuses_without_a_jail_unless_allowed(monkeypatch):
     from curate.stages.verify.isolation import Capabilities, SandboxUnavailableError
 
     bare = Capabilities(None, False, True, "/usr/bin/python3", False, None, None,
-                        {"bwrap": "install bubblewrap: `apt-get install -y bubblewrap`"})
+                        missing={"bwrap": "install bubblewrap: `apt-get install -y bubblewrap`"})
     monkeypatch.setattr(code, "probe", lambda python=None: bare)
     with pytest.raises(SandboxUnavailableError, match="apt-get install -y bubblewrap"):
         CodeExecution()

@@ -31,6 +31,8 @@ def main():
     os.close(0)
     os.open("/dev/null", os.O_RDONLY)  # becomes fd 0 again
     nonce, channel = payload["nonce"], payload["channel"]
+    if payload.get("fence"):
+        fence(payload["fence"])
 
     def send(record):
         record["n"] = nonce
@@ -128,6 +130,54 @@ def main():
     except _BaseException:
         pass
     _exit(0)
+
+
+def fence(spec):
+    """Tier C (no bubblewrap): Landlock confines the file system (read the interpreter, write the
+    work dir only), TCP and signals to the outside; then the seccomp filter the parent compiled.
+    Fails closed: an error here ends the run before any candidate code."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG SIGKILL: unshare's --kill-child died with the uid change
+    abi = spec["abi"]
+    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+        raise OSError(ctypes.get_errno(), "no_new_privs")
+    fs_all = (1 << 13) - 1 | (1 << 13 if abi >= 2 else 0) | (1 << 14 if abi >= 3 else 0) | (1 << 15 if abi >= 5 else 0)
+    fields = [fs_all] + ([3] if abi >= 4 else []) + ([3] if abi >= 6 else [])  # TCP bind+connect; unix+signal scopes
+    attr = (ctypes.c_uint64 * len(fields))(*fields)
+    ruleset = libc.syscall(444, ctypes.byref(attr), ctypes.sizeof(attr), 0)
+    if ruleset < 0:
+        raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
+
+    class PathBeneath(ctypes.Structure):
+        _pack_ = 1
+        _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+    read_dir = 1 | 4 | 8  # execute, read file, read dir
+    file_rw = 2 | 4 | (1 << 14 if abi >= 3 else 0)  # read, write, truncate
+    rules = [(path, read_dir) for path in spec["read"]] + [(path, file_rw) for path in spec["devices"]]
+    rules += [(path, fs_all) for path in spec["write"]]
+    for path, access in rules:
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            continue  # absent here (say /lib64): nothing to allow
+        rule = PathBeneath(access & fs_all, fd)
+        if libc.syscall(445, ruleset, 1, ctypes.byref(rule), 0) != 0:
+            raise OSError(ctypes.get_errno(), "landlock_add_rule " + path)
+        os.close(fd)
+    if libc.syscall(446, ruleset, 0) != 0:
+        raise OSError(ctypes.get_errno(), "landlock_restrict_self")
+    os.close(ruleset)
+    program = spec["seccomp"]
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+    fprog = SockFprog(len(program) // 8, program)
+    if libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+        raise OSError(ctypes.get_errno(), "seccomp")
 
 
 main()

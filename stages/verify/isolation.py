@@ -2,9 +2,12 @@
 
 Tiers (see ../shared/SANDBOX.md §4):
   A  bubblewrap jail under a per-slot uid + rlimits + seccomp + cgroups (memory, pids)
-  B  the same without writable cgroups (kill-all through pid-namespace teardown)
-  none  no usable jail: refused unless the config sets `allow_unsandboxed: true`
-A missing seccomp library lowers neither tier's jail but is reported as a missing layer.
+  B  the bubblewrap jail without writable cgroups or without seccomp (kill-all through
+     pid-namespace teardown)
+  C  no bubblewrap: `unshare` namespaces (net, pid, mount, ipc, uts; root only) + the per-slot uid
+     + Landlock (the file-system fence: read the interpreter, write a private tmpfs) + seccomp +
+     rlimits (+ cgroups when writable)
+  none  nothing usable: refused unless the config sets `allow_unsandboxed: true`
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FIRST_SLOT_UID = 61000
+LANDLOCK_CREATE_RULESET = 444  # x86_64 and arm64 share the Landlock syscall numbers
 CGROUP_V1 = Path("/sys/fs/cgroup")
 
 INSTALL_HINTS = {
@@ -32,6 +36,7 @@ INSTALL_HINTS = {
                    "(`apt-get install -y python3`) or set `python:` to one outside a private home",
     "seccomp": "install libseccomp and pyseccomp: `apt-get install -y libseccomp2 && pip install pyseccomp`",
     "cgroups": "cgroup v1 memory and pids controllers are not writable here (mount them, or run as root)",
+    "landlock": "Landlock is off in this kernel (needs Linux 5.13+ with `lsm=...,landlock`); it fences tier C",
 }
 
 
@@ -48,6 +53,9 @@ class Capabilities:
     seccomp: bool
     cgroup_memory: Path | None  # the directory our own memory cgroup lives in (children nest under it)
     cgroup_pids: Path | None
+    unshare: str | None = None  # util-linux unshare that made namespaces here (tier C)
+    cgroup_cpu: Path | None = None  # optional: caps each slot at one CPU, so a fork bomb cannot starve the others
+    landlock_abi: int = 0
     missing: dict[str, str] = field(default_factory=dict)  # layer → how to get it
 
     @property
@@ -55,25 +63,19 @@ class Capabilities:
         return bool(self.bwrap and self.userns and self.uid_switch and self.interpreter)
 
     @property
+    def fallback_jail(self) -> bool:
+        """Tier C: namespaces from unshare, the file system fenced by Landlock."""
+        return bool(self.unshare and self.uid_switch and self.interpreter and self.landlock_abi >= 1 and self.seccomp)
+
+    @property
     def cgroups(self) -> bool:
         return self.cgroup_memory is not None and self.cgroup_pids is not None
 
     @property
     def tier(self) -> str:
-        if not self.jail:
-            return "none"
-        return "A" if self.cgroups else "B"
-
-    def layers(self) -> list[str]:
-        """The layers in use at this tier, outer to inner."""
-        if not self.jail:
-            return ["rlimits"]
-        out = ["bwrap", "uid", "rlimits"]
-        if self.seccomp:
-            out.append("seccomp")
-        if self.cgroups:
-            out.append("cgroups")
-        return out
+        if self.jail:
+            return "A" if self.cgroups and self.seccomp else "B"
+        return "C" if self.fallback_jail else "none"
 
     def explain(self) -> str:
         return "; ".join(f"{k}: {v}" for k, v in self.missing.items()) or "all layers present"
@@ -144,6 +146,28 @@ def _own_cgroup_dir(controller: str) -> Path | None:
     return None
 
 
+def landlock_abi() -> int:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        abi = libc.syscall(LANDLOCK_CREATE_RULESET, None, 0, 1)  # LANDLOCK_CREATE_RULESET_VERSION
+        return max(int(abi), 0)
+    except (OSError, AttributeError):
+        return 0
+
+
+def _unshare_works() -> str | None:
+    path = shutil.which("unshare")
+    if not path or os.geteuid() != 0:
+        return None
+    try:
+        r = subprocess.run([path, "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "--ipc", "--uts",
+                            "--setuid", str(FIRST_SLOT_UID), "--setgid", str(FIRST_SLOT_UID), "/usr/bin/true"],
+                           env={}, capture_output=True, timeout=10)
+        return path if r.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def _seccomp_available() -> bool:
     try:
         import pyseccomp  # noqa: F401
@@ -175,4 +199,8 @@ def probe(python: str | None = None) -> Capabilities:
     pids = _own_cgroup_dir("pids") if uid_switch else None
     if memory is None or pids is None:
         missing["cgroups"] = INSTALL_HINTS["cgroups"]
-    return Capabilities(bwrap, userns, uid_switch, interpreter, seccomp, memory, pids, missing)
+    abi = landlock_abi()
+    if not abi:
+        missing["landlock"] = INSTALL_HINTS["landlock"]
+    cpu = _own_cgroup_dir("cpu") if uid_switch else None
+    return Capabilities(bwrap, userns, uid_switch, interpreter, seccomp, memory, pids, _unshare_works(), cpu, abi, missing)

@@ -29,6 +29,7 @@ import queue
 import resource
 import secrets
 import select
+import shutil
 import signal
 import subprocess
 import threading
@@ -42,8 +43,10 @@ from curate.stages.verify.isolation import FIRST_SLOT_UID, Capabilities, Sandbox
 
 INSIDE_SOURCE = (Path(__file__).with_name("inside.py")).read_text()
 LOCK_DIR = Path("/tmp/curate-sandbox-slots")
+WORK_DIR = Path("/tmp/curate-sandbox-work")  # tier C: per-slot tmpfs mounts
 MAX_SLOT_UIDS = 512
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_PDEATHSIG = 1
 log = logging.getLogger("curate.sandbox")
 
 
@@ -56,6 +59,7 @@ class Limits:
     fsize_mb: int = 16
     nofile: int = 64
     tmpfs_mb: int = 32
+    cpu_share: int = 1  # CPUs one execution may use at once (cgroup cpu quota), whatever it forks
     output_bytes: int = 64 * 1024  # stdout and stderr, each
     channel_bytes: int = 8 * 2**20
 
@@ -79,9 +83,17 @@ class ExecResult:
 class Slot:
     """One execution at a time: a uid nobody else uses, and (tier A) its own cgroups."""
 
-    def __init__(self, uid: int, lock_fd: int, caps: Capabilities, limits: Limits, use_cgroups: bool):
+    def __init__(self, uid: int, lock_fd: int, caps: Capabilities, limits: Limits, use_cgroups: bool,
+                 private_tmpfs: bool = False):
         self.uid = uid
         self.lock_fd = lock_fd
+        self.workdir: Path | None = None
+        if private_tmpfs:  # tier C: the only writable place, size-capped, emptied after every run
+            WORK_DIR.mkdir(mode=0o711, exist_ok=True)
+            self.workdir = WORK_DIR / f"{os.getpid()}-{uid}"
+            self.workdir.mkdir(mode=0o700, exist_ok=True)
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={limits.tmpfs_mb}m,mode=0700,uid={uid},gid={uid},nosuid,nodev",
+                            "tmpfs", str(self.workdir)], check=True, capture_output=True)
         self.cgroup_dirs: list[Path] = []
         self.procs_fds: list[int] = []
         if use_cgroups:
@@ -99,6 +111,12 @@ class Slot:
                     pass
             (pids / "pids.max").write_text(str(limits.nproc))
             self.memory_dir, self.pids_dir = mem, pids
+            if caps.cgroup_cpu:
+                cpu = caps.cgroup_cpu / name
+                cpu.mkdir(exist_ok=True)
+                (cpu / "cpu.cfs_quota_us").write_text(str(limits.cpu_share * 100_000))
+                (cpu / "cpu.cfs_period_us").write_text("100000")
+                self.cgroup_dirs.append(cpu)
             self.procs_fds = [os.open(d / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC) for d in self.cgroup_dirs]
 
     def oom_count(self) -> int:
@@ -120,7 +138,21 @@ class Slot:
             time.sleep(0.005)
         return False
 
+    def empty_workdir(self):
+        if self.workdir:
+            for entry in os.scandir(self.workdir):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+
     def close(self):
+        if self.workdir:
+            subprocess.run(["umount", "-l", str(self.workdir)], capture_output=True)
+            try:
+                self.workdir.rmdir()
+            except OSError:
+                pass
         for fd in self.procs_fds:
             os.close(fd)
         for d in self.cgroup_dirs:
@@ -153,7 +185,7 @@ def _claim_uids(n: int) -> list[tuple[int, int]]:
 
 def _remove_stale_cgroups(caps: Capabilities) -> None:
     """Slot cgroups left by a process that died without closing its sandbox (a killed Ray worker)."""
-    for base in (caps.cgroup_memory, caps.cgroup_pids):
+    for base in (caps.cgroup_memory, caps.cgroup_pids, caps.cgroup_cpu):
         for d in base.glob("curate-sbx-*-*") if base else ():
             pid = d.name.split("-")[2]
             if pid.isdigit() and not Path(f"/proc/{pid}").exists():
@@ -173,8 +205,9 @@ def _become_subreaper() -> bool:
 class Sandbox:
     """A pool of slots. `run(payload)` executes one program; `run_many` fills every slot.
 
-    `disable` switches layers off (for the overhead benchmark): any of bwrap, uid, seccomp,
-    cgroups. Without a jail (tier "none") the constructor refuses unless `allow_unsandboxed`.
+    `disable` switches layers off (for the overhead benchmark and the tier tests): any of bwrap,
+    unshare, uid, seccomp, cgroups. Without bwrap the jail falls back to tier C (unshare +
+    Landlock); without either (tier "none") the constructor refuses unless `allow_unsandboxed`.
     """
 
     def __init__(self, limits: Limits | None = None, slots: int | None = None, allow_unsandboxed: bool = False,
@@ -182,21 +215,28 @@ class Sandbox:
         self.limits = limits or Limits()
         self.caps = probe(python)
         self.disable = set(disable)
-        unknown = self.disable - {"bwrap", "uid", "seccomp", "cgroups"}
+        unknown = self.disable - {"bwrap", "unshare", "uid", "seccomp", "cgroups"}
         if unknown:
             raise ValueError(f"unknown sandbox layers to disable: {sorted(unknown)}")
-        self.use_bwrap = self.caps.jail and "bwrap" not in self.disable and "uid" not in self.disable
         self.use_uid = self.caps.uid_switch and "uid" not in self.disable
-        self.use_seccomp = self.use_bwrap and self.caps.seccomp and "seccomp" not in self.disable
+        self.use_bwrap = self.caps.jail and self.use_uid and "bwrap" not in self.disable
+        # tier C needs seccomp: without bwrap's seccomp-free namespaces, nothing else stops unshare/mount
+        self.use_unshare = (not self.use_bwrap and self.caps.fallback_jail and self.use_uid
+                            and not self.disable & {"unshare", "seccomp"})
+        self.use_seccomp = (self.use_bwrap or self.use_unshare) and self.caps.seccomp and "seccomp" not in self.disable
         self.use_cgroups = self.caps.cgroups and self.use_uid and "cgroups" not in self.disable
-        if not self.use_bwrap and not allow_unsandboxed:
+        if not (self.use_bwrap or self.use_unshare) and not allow_unsandboxed:
             raise SandboxUnavailableError(
                 "refusing to run untrusted code without isolation (tier none). Missing: " + self.caps.explain()
                 + ". Set allow_unsandboxed: true to run anyway (rlimits only).")
         self.python = self.caps.interpreter or (python or "/usr/bin/python3")
-        self.layers = [name for name, on in (("bwrap", self.use_bwrap), ("uid", self.use_uid), ("rlimits", True),
+        self.layers = [name for name, on in (("bwrap", self.use_bwrap), ("unshare", self.use_unshare),
+                                             ("landlock", self.use_unshare), ("uid", self.use_uid), ("rlimits", True),
                                              ("seccomp", self.use_seccomp), ("cgroups", self.use_cgroups)) if on]
-        self.tier = ("A" if self.use_cgroups and self.use_seccomp else "B") if self.use_bwrap else "none"
+        if self.use_bwrap:
+            self.tier = "A" if self.use_cgroups and self.use_seccomp else "B"
+        else:
+            self.tier = "C" if self.use_unshare else "none"
         if self.tier != "A":
             log.warning("verifier sandbox at tier %s (layers: %s); missing: %s%s", self.tier, ", ".join(self.layers),
                         self.caps.explain(), f"; switched off: {', '.join(sorted(self.disable))}" if self.disable else "")
@@ -207,7 +247,7 @@ class Sandbox:
         self._slots: queue.Queue[Slot] = queue.Queue()
         self._all: list[Slot] = []
         for uid, fd in _claim_uids(n):
-            slot = Slot(uid, fd, self.caps, self.limits, self.use_cgroups)
+            slot = Slot(uid, fd, self.caps, self.limits, self.use_cgroups, private_tmpfs=self.use_unshare)
             self._all.append(slot)
             self._slots.put(slot)
         self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="sandbox")
@@ -244,9 +284,13 @@ class Sandbox:
 
     # ------------------------------------------------------------------ one execution
 
-    def _command(self, info_fd: int | None, seccomp_fd: int | None) -> list[str]:
+    def _command(self, slot: Slot, info_fd: int | None, seccomp_fd: int | None) -> list[str]:
         # -S: no site module (3-4 ms); the jail's Python sees the standard library only
         inner = [self.python, "-I", "-S", "-u", "-c", INSIDE_SOURCE]
+        if self.use_unshare:
+            uid = str(slot.uid)
+            return [self.caps.unshare, "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "--ipc", "--uts",
+                    "--setuid", uid, "--setgid", uid, "--", *inner]
         if not self.use_bwrap:
             return inner
         L = self.limits
@@ -280,7 +324,8 @@ class Sandbox:
                   (resource.RLIMIT_CORE, (0, 0))]
         if self.use_uid:
             limits.append((resource.RLIMIT_NPROC, (L.nproc,) * 2))
-        uid, procs_fds, use_uid = slot.uid, slot.procs_fds, self.use_uid
+        uid, procs_fds, use_uid, unshare = slot.uid, slot.procs_fds, self.use_uid, self.use_unshare
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
 
         def preexec():  # runs in the forked child: only os/resource calls, no imports, no locks
             pid = str(os.getpid()).encode()
@@ -290,8 +335,11 @@ class Sandbox:
                 resource.setrlimit(which, value)
             if use_uid:
                 os.setgroups([])
-                os.setgid(uid)
-                os.setuid(uid)
+                if not unshare:  # unshare needs root for the namespaces, then switches uid itself
+                    os.setgid(uid)
+                    os.setuid(uid)
+            if unshare:
+                prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # unshare dies with the thread that started it
         return preexec
 
     def _run_in(self, slot: Slot, payload: dict) -> ExecResult:
@@ -299,8 +347,9 @@ class Sandbox:
         nonce = secrets.token_hex(16)
         chan_r, chan_w = os.pipe()
         info_r, info_w = os.pipe() if self.use_bwrap else (None, None)
-        seccomp_fd = seccomp.filter_fd() if self.use_seccomp else None
-        body = marshal.dumps({**payload, "nonce": nonce, "channel": chan_w})
+        seccomp_fd = seccomp.filter_fd() if self.use_seccomp and self.use_bwrap else None
+        extra = {"fence": self._fence(slot)} if self.use_unshare else {}
+        body = marshal.dumps({**payload, **extra, "nonce": nonce, "channel": chan_w})
         stdin_fd = os.memfd_create("curate-payload", os.MFD_CLOEXEC)
         os.write(stdin_fd, body)
         os.lseek(stdin_fd, 0, os.SEEK_SET)
@@ -308,9 +357,9 @@ class Sandbox:
         pass_fds = tuple(fd for fd in (chan_w, info_w, seccomp_fd) if fd is not None)
         start = time.perf_counter()
         try:
-            proc = subprocess.Popen(self._command(info_w, seccomp_fd), stdin=stdin_fd, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, env={}, cwd="/", pass_fds=pass_fds,
-                                    preexec_fn=self._preexec(slot), start_new_session=not self.use_bwrap)
+            proc = subprocess.Popen(self._command(slot, info_w, seccomp_fd), stdin=stdin_fd, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env={}, cwd=str(slot.workdir or "/"), pass_fds=pass_fds,
+                                    preexec_fn=self._preexec(slot), start_new_session=not (self.use_bwrap or self.use_unshare))
         except OSError as exc:
             for fd in (chan_r, chan_w, info_r, info_w, seccomp_fd, stdin_fd):
                 if fd is not None:
@@ -331,6 +380,9 @@ class Sandbox:
                     os.close(fd)
         rc = proc.wait()
         self._reap_namespace(streams.get("info", b""))
+        if self.use_unshare:
+            self._reap_orphans(slot.uid)
+            slot.empty_workdir()
         wall_ms = (time.perf_counter() - start) * 1000
         if not slot.wait_empty():
             status = status if status != "finished" else "infra"
@@ -382,7 +434,7 @@ class Sandbox:
                     status = "timeout"
             if proc.poll() is None:
                 try:
-                    os.killpg(proc.pid, signal.SIGKILL) if not self.use_bwrap else proc.kill()
+                    os.killpg(proc.pid, signal.SIGKILL) if not (self.use_bwrap or self.use_unshare) else proc.kill()
                 except ProcessLookupError:
                     pass
         proc.stdout.close()
@@ -401,6 +453,32 @@ class Sandbox:
             os.waitpid(child, 0)
         except ChildProcessError:
             pass
+
+    def _fence(self, slot: Slot) -> dict:
+        prefix = str(Path(self.python).parent.parent)
+        read = ["/usr", "/lib", "/lib64", "/bin", "/proc", *([prefix] if not prefix.startswith("/usr") else [])]
+        return {"abi": self.caps.landlock_abi, "read": read, "devices": ["/dev/null", "/dev/zero", "/dev/urandom"],
+                "write": [str(slot.workdir)], "seccomp": seccomp.filter_bytes()}
+
+    def _reap_orphans(self, uid: int):
+        """Tier C after a kill: unshare's child (pid 1 of the run's namespace) is orphaned to us;
+        killing it takes the namespace down."""
+        if not self.subreaper:
+            return
+        me = str(os.getpid())
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            ppid = stat.rsplit(")", 1)[1].split()[1]
+            if ppid == me and f"Uid:\t{uid}\t" in status:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)  # a credential change cleared unshare's --kill-child
+                    os.waitpid(int(pid), 0)
+                except ChildProcessError:
+                    pass
 
     def _classify_exit(self, rc: int, stderr: bytes) -> str:
         if self.use_bwrap and rc == 1 and stderr.startswith(b"bwrap:"):

@@ -94,7 +94,7 @@ class VectorSource:
         if rows >= self.rows:
             order, limit = "ORDER BY v.id", ""
         else:
-            order, limit = "ORDER BY hash(v.id || $seed), v.id", f"LIMIT {int(rows)}"
+            order, limit = "ORDER BY md5($seed || v.id), v.id", f"LIMIT {int(rows)}"
         query = f"SELECT vec FROM ({self._select(order=order)} {limit})"
         params = {"run": self.run_id, "name": self.name}
         if limit:

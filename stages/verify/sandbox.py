@@ -195,6 +195,18 @@ def _remove_stale_cgroups(caps: Capabilities) -> None:
                     pass
 
 
+def _remove_stale_workdirs() -> None:
+    """Tier C work-dir mounts left by a process that died without closing its sandbox."""
+    for d in WORK_DIR.glob("*-*") if WORK_DIR.exists() else ():
+        pid = d.name.split("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            subprocess.run(["umount", "-l", str(d)], capture_output=True)
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+
+
 def _become_subreaper() -> bool:
     try:
         return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
@@ -243,6 +255,8 @@ class Sandbox:
         n = slots or max(2, 2 * (os.cpu_count() or 1))
         if self.use_cgroups:
             _remove_stale_cgroups(self.caps)
+        if self.use_unshare:
+            _remove_stale_workdirs()
         self.subreaper = _become_subreaper()
         self._slots: queue.Queue[Slot] = queue.Queue()
         self._all: list[Slot] = []

@@ -9,7 +9,8 @@ reference is the unisolated way (SelfCodeAlign's local fallback, minus its in-pr
 one plain `python -c` per program, as many in parallel. Layer overheads are medians of single
 executions, the configurations interleaved round by round so that machine noise hits all alike;
 each layer's figure is the difference from the configuration without it (so it can be noisy,
-even slightly negative). The last line is one JSON object (../shared/BENCHMARKS.md).
+even slightly negative); `total` is the whole tier-A execution and `tier_c_total` the same
+program in the jail without bubblewrap. The last line is one JSON object (../shared/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ def unsandboxed_throughput(python: str, program: tuple[str, str], n: int, worker
 def layer_overheads(rounds: int, python: str) -> tuple[dict[str, float], dict[str, float]]:
     payload = plan_tests(TRIVIAL[1]).payload(TRIVIAL[0])
     sandboxes = {name: Sandbox(Limits(), slots=1, allow_unsandboxed=True, disable=off) for name, off in LAYERS}
+    fallback = Sandbox(Limits(), slots=1, allow_unsandboxed=True, disable=("bwrap",))
+    if fallback.tier == "C":  # the jail without bubblewrap, measured beside the chain
+        sandboxes["tier_c"] = fallback
+    else:
+        fallback.close()
     walls: dict[str, list[float]] = {"python_start": [], **{name: [] for name in sandboxes}}
     try:
         for _ in range(rounds):
@@ -78,10 +84,12 @@ def layer_overheads(rounds: int, python: str) -> tuple[dict[str, float], dict[st
             sb.close()
     medians = {name: statistics.median(w) for name, w in walls.items()}
     overhead, previous = {"python_start": medians["python_start"]}, medians["python_start"]
-    for name in sandboxes:
+    for name, _ in LAYERS:
         overhead[name] = medians[name] - previous
         previous = medians[name]
     overhead["total"] = medians["cgroups"]
+    if "tier_c" in medians:
+        overhead["tier_c_total"] = medians["tier_c"]
     return {k: round(v, 1) for k, v in overhead.items()}, {k: round(v, 1) for k, v in medians.items()}
 
 

@@ -180,4 +180,5 @@ def fence(spec):
         raise OSError(ctypes.get_errno(), "seccomp")
 
 
-main()
+if __name__ == "__main__":  # `python -c` in the jail; importing it runs nothing
+    main()

@@ -250,8 +250,9 @@ class Sandbox:
         else:
             self.tier = "C" if self.use_unshare else "none"
         if self.tier != "A":
-            log.warning("verifier sandbox at tier %s (layers: %s); missing: %s%s", self.tier, ", ".join(self.layers),
-                        self.caps.explain(), f"; switched off: {', '.join(sorted(self.disable))}" if self.disable else "")
+            why = [f"missing: {self.caps.explain()}"] if self.caps.missing else []
+            why += [f"switched off: {', '.join(sorted(self.disable))}"] if self.disable else []
+            log.warning("verifier sandbox at tier %s (layers: %s); %s", self.tier, ", ".join(self.layers), "; ".join(why))
         n = slots or max(2, 2 * (os.cpu_count() or 1))
         if self.use_cgroups:
             _remove_stale_cgroups(self.caps)

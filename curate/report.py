@@ -161,9 +161,11 @@ def _llm(con, run_id, db) -> Section:
     if os.path.exists(cache):
         try:
             cc = duckdb.connect(cache, read_only=True)
-            stats = cc.execute("SELECT model, count(*), min(created_at), max(created_at) FROM llm_cache GROUP BY 1 ORDER BY 1").fetchall()
+            has_calls = any(r[0] == "calls" for r in cc.execute("DESCRIBE llm_cache").fetchall())
+            calls = "sum(calls), count(*) FILTER (calls > 1)" if has_calls else "count(*), 0"
+            stats = cc.execute(f"SELECT model, count(*), {calls}, min(created_at), max(created_at) FROM llm_cache GROUP BY 1 ORDER BY 1").fetchall()
             cc.close()
-            body += "<h3>LLM-call cache</h3>" + _table(["model", "cached calls", "first", "last"], stats)
+            body += "<h3>LLM-call cache</h3>" + _table(["model", "cached requests", "model calls paid", "requests paid twice", "first", "last"], stats)
         except duckdb.Error as e:
             body += _empty(f"cache {cache} unreadable: {e}")
     else:

@@ -26,8 +26,10 @@ CREATE TABLE IF NOT EXISTS llm_cache (
     model VARCHAR,
     request JSON,
     completions JSON,
-    created_at TIMESTAMP
-)
+    created_at TIMESTAMP,
+    calls INTEGER DEFAULT 1     -- model calls paid for this key: above 1, the same request was sent twice
+);
+ALTER TABLE llm_cache ADD COLUMN IF NOT EXISTS calls INTEGER DEFAULT 1;
 """
 
 
@@ -75,7 +77,7 @@ class LLMCache:
         now = datetime.now(timezone.utc).replace(tzinfo=None)
         with self._connect() as con:
             con.executemany(
-                "INSERT OR IGNORE INTO llm_cache VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO llm_cache VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT (key) DO UPDATE SET calls = llm_cache.calls + 1",
                 [(k, m, json.dumps(r, ensure_ascii=False), json.dumps(c, ensure_ascii=False), now) for k, m, r, c in entries],
             )
 

@@ -43,6 +43,14 @@ def test_correct_solutions_pass_and_subtly_wrong_ones_fail(sandbox):
     assert sum(s == "io" for s in strengths.values()) >= 25
 
 
+def test_introspection_screen():
+    from curate.stages.verify.plan import introspection
+
+    assert introspection("import sys\nf = sys._getframe(1).f_back") == ["_getframe", "f_back"]
+    assert introspection("import gc, ctypes\nos.write(3, b'x')") == ["ctypes", "gc", "os.write"]
+    assert introspection("def f(x):\n    return x + 1\n") == []
+
+
 def test_plan_keeps_expected_values_out_of_the_payload():
     plan = plan_tests("import math\nassert area(2) == 12.566\nassert area(0) == 0")
     payload = plan.payload("def area(r): ...")

@@ -6,7 +6,9 @@ the task carried them) or else from the response itself, after a `<tests>` tag (
 format). Each response runs once in the sandbox with all its tests; a failing one is dropped with
 the failure kind (`code_exec:syntax_error`, `assertion`, `wrong_output`, `timeout`, `memory`,
 `crash`, `exception:<Type>`, `early_exit`, `forged`, ...). Rows without tests pass through
-unverified unless `require_tests`. Scores: `code_pass_rate` (tests passed) per response and
+unverified unless `require_tests`. An in-process (assert mode) verdict lists the introspection
+tools the solution mentions (frames, gc, ctypes, raw fd writes), the ways such code could forge
+it. Scores: `code_pass_rate` (tests passed) per response and
 `code_task_pass_rate` (responses passing among the same parent's responses in the batch).
 """
 
@@ -21,6 +23,7 @@ from curate.stages.base import Resources, Stage, StageResult
 from curate.stages.verify import rows as R
 from curate.stages.verify.isolation import SandboxUnavailableError, probe
 from curate.stages.verify.judge import verify_programs
+from curate.stages.verify.plan import introspection
 from curate.stages.verify.sandbox import Limits, shared_sandbox
 
 FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
@@ -100,11 +103,15 @@ class CodeExecution(Stage):
         pass_rate: list[float | None] = [None] * batch.num_rows
         if jobs:
             sandbox = shared_sandbox(self.limits, self.slots, self.allow_unsandboxed, self.python)
-            for i, source, v in zip(jobs, sources, verify_programs(sandbox, pairs)):
+            for i, (solution, _), source, v in zip(jobs, pairs, sources, verify_programs(sandbox, pairs)):
                 detail = {"kind": v.kind, "tests": f"{v.passed_tests}/{v.total_tests}", "tests_from": source,
                           "tier": sandbox.tier}
                 if v.detail and not v.passed:
                     detail["message"] = v.detail
+                if v.strength == "in_process":
+                    suspicious = introspection(solution)
+                    if suspicious:
+                        detail["introspection"] = suspicious
                 verdicts[i] = R.RowVerdict(self.verifier, v.passed, v.strength, detail, f"{self.verifier}:{v.kind}")
                 pass_rate[i] = v.pass_rate
         return R.result(batch, verdicts, {"code_pass_rate": pass_rate,

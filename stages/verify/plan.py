@@ -9,6 +9,7 @@ parent compares. Otherwise the plan is in assert mode: each top-level statement 
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass, field
 
 IO, ASSERT = "io", "assert"
@@ -111,3 +112,14 @@ def _strict_asserts(stmt: ast.stmt) -> str:
     """`assert a == b` becomes a call to the runner's strict equality, which an object whose `==`
     is always true does not pass (it compares builtin values, or objects of one exact type)."""
     return ast.unparse(ast.fix_missing_locations(_StrictEq().visit(stmt)))
+
+
+# Ways code in the runner's own process can reach the runner (its frames, its pipe, the tracer).
+# They cannot forge an I/O-mode verdict; in assert mode the verdict records that they were used.
+INTROSPECTION = re.compile(r"_getframe|\bgc\b|\binspect\b|\bctypes\b|/proc/self|os\.write|settrace|setprofile|"
+                           r"f_back|f_locals|f_globals|__builtins__|\bbuiltins\b")
+
+
+def introspection(solution: str) -> list[str]:
+    """The introspection tools a solution mentions (a static screen, not a proof)."""
+    return sorted(set(INTROSPECTION.findall(solution)))

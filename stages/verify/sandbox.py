@@ -293,7 +293,10 @@ class Sandbox:
     def run(self, payload: dict) -> ExecResult:
         slot = self._slots.get()
         try:
-            return self._run_in(slot, payload)
+            result = self._run_in(slot, payload)
+            if result.status == "infra":  # the jail failed to start (not the candidate's doing): once more
+                result = self._run_in(slot, payload)
+            return result
         finally:
             self._slots.put(slot)
 

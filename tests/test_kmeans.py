@@ -188,3 +188,49 @@ def test_embed_semdedup_select_and_export(ray_local, tmp_path, alpaca_rows):
     with pytest.raises(Exception, match="no scores named 'nope'"):
         with Store(db) as store:
             run_selectors(store, report.run_id, load_config(None, selectors=[{"deita": {"score": "nope"}}]).selectors)
+
+
+# ---------------------------------------------------------------------------- pools larger than the fit sample
+
+
+def _vector_store(path, ids, vecs):
+    import pyarrow as pa
+
+    from curate.storage.store import Store
+
+    store = Store(str(path))
+    table = pa.table({"id": ids, "vec": pa.array(vecs.tolist(), pa.list_(pa.float32()))})
+    store.con.register("_v", table)
+    store.con.execute("INSERT INTO vectors SELECT 'r', 'embed', id, 'm', vec FROM _v")
+    store.con.execute("CREATE OR REPLACE TEMP VIEW _pool AS SELECT id FROM _v")
+    return store
+
+
+def test_fit_on_a_sample_assign_in_batches_independent_of_arrival_order(tmp_path):
+    from curate.selectors.kmeans import assign_pool
+    from curate.selectors.vectors import VectorSource
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(10, 16)) * 5
+    truth = rng.integers(0, 10, 2000)
+    vecs = (centres[truth] + rng.normal(size=(2000, 16))).astype(np.float32)
+    ids = [f"{i:05d}" for i in range(2000)]
+    shuffled = rng.permutation(2000)
+    results = []
+    for name, order in (("a", np.arange(2000)), ("b", shuffled)):
+        store = _vector_store(tmp_path / f"{name}.duckdb", [ids[i] for i in order], vecs[order])
+        selector = KMeansDiversity(budget=100, k=10, fit_sample=300, seed=1)
+        results.append(selector.select(store.con, "r", "_pool", 100))
+        source = VectorSource(store.con, "r", "_pool", "embed")
+        assert source.sample(300, 1).shape == (300, 16)
+        centroids = fit_centroids(source.sample(300, 1), 10, seed=1)
+        one = assign_pool(source, Assigner(centroids))
+        many = assign_pool(source, Assigner(centroids), batch_rows=97)
+        assert one[0].equals(many[0]) and np.array_equal(one[1], many[1])
+        store.close()
+    assert results[0] == results[1]  # the same rows, ranks and clusters whatever order rows arrived in
+    picked = [int(i) for i, _, _ in results[0]]
+    found = [c for _, _, c in results[0]]
+    assert len(picked) == 100 and len(set(found)) == 10
+    # Each found cluster is one planted cluster: the sample was enough to find them.
+    assert all(len({truth[i] for i, c in zip(picked, found) if c == f}) == 1 for f in set(found))

@@ -1,9 +1,10 @@
 """Run untrusted Python in a layered jail and return what happened; the caller judges it.
 
 Layers, outer to inner (../shared/SANDBOX.md §4), each one recorded in the result's `tier`:
-- a pool of slots, each with its own uid (61000+) held by a lock file across processes, so
-  RLIMIT_NPROC means something (it is ignored for root) and the kernel never sees uid 0;
-- cgroups v1 per slot: a memory limit (OOM is classified "memory") and a pids limit;
+- a pool of slots (slots.py), each with its own uid (61000+) held by a lock file across
+  processes, so RLIMIT_NPROC means something (it is ignored for root) and the kernel never sees
+  uid 0;
+- cgroups v1 per slot: a memory limit (OOM is classified "memory"), a pids limit, a CPU quota;
 - rlimits: CPU seconds, address space, processes, file size, open files, no core dumps;
 - bubblewrap, started *after* dropping to the slot uid (bwrap as root keeps full capabilities)
   and with an empty environment (bwrap's own pid 1 shows its environment in /proc/1/environ):
@@ -13,6 +14,8 @@ Layers, outer to inner (../shared/SANDBOX.md §4), each one recorded in the resu
 - the parent's watchdog: a wall-clock deadline, byte caps on stdout/stderr/channel, and on any
   breach SIGKILL to bwrap, whose death takes the whole pid namespace down. The parent is a child
   subreaper and waits for the namespace's pid 1 itself, so no process of a run outlives it.
+Without bubblewrap (tier C) `unshare` makes the namespaces and drops to the slot uid, and the
+runner fences itself with Landlock and the same seccomp filter before any candidate code runs.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from __future__ import annotations
 import ast
 import atexit
 import ctypes
-import fcntl
 import json
 import logging
 import marshal
@@ -29,7 +31,6 @@ import queue
 import resource
 import secrets
 import select
-import shutil
 import signal
 import subprocess
 import threading
@@ -39,33 +40,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from curate.stages.verify import seccomp
-from curate.stages.verify.isolation import FIRST_SLOT_UID, Capabilities, SandboxUnavailableError, probe
+from curate.stages.verify.isolation import SandboxUnavailableError, probe
+from curate.stages.verify.slots import Limits, Slot, claim_uids, remove_stale_cgroups, remove_stale_workdirs
 
 INSIDE_SOURCE = (Path(__file__).with_name("inside.py")).read_text()
-LOCK_DIR = Path("/tmp/curate-sandbox-slots")
-WORK_DIR = Path("/tmp/curate-sandbox-work")  # tier C: per-slot tmpfs mounts
-MAX_SLOT_UIDS = 512
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
 log = logging.getLogger("curate.sandbox")
-
-
-@dataclass(frozen=True)
-class Limits:
-    cpu_s: float = 4.0
-    wall_s: float | None = None  # default: 2 × cpu_s + 1
-    memory_mb: int = 512
-    nproc: int = 32
-    fsize_mb: int = 16
-    nofile: int = 64
-    tmpfs_mb: int = 32
-    cpu_share: int = 1  # CPUs one execution may use at once (cgroup cpu quota), whatever it forks
-    output_bytes: int = 64 * 1024  # stdout and stderr, each
-    channel_bytes: int = 8 * 2**20
-
-    @property
-    def wall(self) -> float:
-        return self.wall_s if self.wall_s is not None else 2 * self.cpu_s + 1
 
 
 @dataclass
@@ -78,133 +59,6 @@ class ExecResult:
     stderr: bytes = b""
     wall_ms: float = 0.0
     tier: str = ""
-
-
-class Slot:
-    """One execution at a time: a uid nobody else uses, and (tier A) its own cgroups."""
-
-    def __init__(self, uid: int, lock_fd: int, caps: Capabilities, limits: Limits, use_cgroups: bool,
-                 private_tmpfs: bool = False):
-        self.uid = uid
-        self.lock_fd = lock_fd
-        self.workdir: Path | None = None
-        if private_tmpfs:  # tier C: the only writable place, size-capped, emptied after every run
-            WORK_DIR.mkdir(mode=0o711, exist_ok=True)
-            self.workdir = WORK_DIR / f"{os.getpid()}-{uid}"
-            self.workdir.mkdir(mode=0o700, exist_ok=True)
-            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={limits.tmpfs_mb}m,mode=0700,uid={uid},gid={uid},nosuid,nodev",
-                            "tmpfs", str(self.workdir)], check=True, capture_output=True)
-        self.cgroup_dirs: list[Path] = []
-        self.procs_fds: list[int] = []
-        if use_cgroups:
-            name = f"curate-sbx-{os.getpid()}-{uid}"
-            mem, pids = caps.cgroup_memory / name, caps.cgroup_pids / name
-            for d in (mem, pids):
-                d.mkdir(exist_ok=True)
-                self.cgroup_dirs.append(d)
-            limit = str(limits.memory_mb * 2**20 + limits.tmpfs_mb * 3 * 2**20)
-            (mem / "memory.limit_in_bytes").write_text(limit)
-            if (mem / "memory.memsw.limit_in_bytes").exists():
-                try:
-                    (mem / "memory.memsw.limit_in_bytes").write_text(limit)
-                except OSError:
-                    pass
-            (pids / "pids.max").write_text(str(limits.nproc))
-            self.memory_dir, self.pids_dir = mem, pids
-            if caps.cgroup_cpu:
-                cpu = caps.cgroup_cpu / name
-                cpu.mkdir(exist_ok=True)
-                (cpu / "cpu.cfs_quota_us").write_text(str(limits.cpu_share * 100_000))
-                (cpu / "cpu.cfs_period_us").write_text("100000")
-                self.cgroup_dirs.append(cpu)
-            self.procs_fds = [os.open(d / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC) for d in self.cgroup_dirs]
-
-    def oom_count(self) -> int:
-        """OOM kills in this slot's memory cgroup so far (memory.failcnt stays 0 here; oom_control counts)."""
-        if not self.cgroup_dirs:
-            return 0
-        for line in (self.memory_dir / "memory.oom_control").read_text().splitlines():
-            if line.startswith("oom_kill "):
-                return int(line.split()[1])
-        return int((self.memory_dir / "memory.failcnt").read_text())
-
-    def wait_empty(self, timeout: float = 2.0) -> bool:
-        if not self.cgroup_dirs:
-            return True
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if not (self.pids_dir / "cgroup.procs").read_text().strip():
-                return True
-            time.sleep(0.005)
-        return False
-
-    def empty_workdir(self):
-        if self.workdir:
-            for entry in os.scandir(self.workdir):
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                else:
-                    os.unlink(entry.path)
-
-    def close(self):
-        if self.workdir:
-            subprocess.run(["umount", "-l", str(self.workdir)], capture_output=True)
-            try:
-                self.workdir.rmdir()
-            except OSError:
-                pass
-        for fd in self.procs_fds:
-            os.close(fd)
-        for d in self.cgroup_dirs:
-            for _ in range(100):
-                try:
-                    d.rmdir()
-                    break
-                except OSError:
-                    time.sleep(0.01)
-        os.close(self.lock_fd)
-
-
-def _claim_uids(n: int) -> list[tuple[int, int]]:
-    LOCK_DIR.mkdir(mode=0o700, exist_ok=True)
-    claimed = []
-    for uid in range(FIRST_SLOT_UID, FIRST_SLOT_UID + MAX_SLOT_UIDS):
-        fd = os.open(LOCK_DIR / f"uid-{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            continue
-        claimed.append((uid, fd))
-        if len(claimed) == n:
-            return claimed
-    for _, fd in claimed:
-        os.close(fd)
-    raise SandboxUnavailableError(f"no free sandbox uids in {FIRST_SLOT_UID}..{FIRST_SLOT_UID + MAX_SLOT_UIDS}")
-
-
-def _remove_stale_cgroups(caps: Capabilities) -> None:
-    """Slot cgroups left by a process that died without closing its sandbox (a killed Ray worker)."""
-    for base in (caps.cgroup_memory, caps.cgroup_pids, caps.cgroup_cpu):
-        for d in base.glob("curate-sbx-*-*") if base else ():
-            pid = d.name.split("-")[2]
-            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-                try:
-                    d.rmdir()
-                except OSError:
-                    pass
-
-
-def _remove_stale_workdirs() -> None:
-    """Tier C work-dir mounts left by a process that died without closing its sandbox."""
-    for d in WORK_DIR.glob("*-*") if WORK_DIR.exists() else ():
-        pid = d.name.split("-")[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            subprocess.run(["umount", "-l", str(d)], capture_output=True)
-            try:
-                d.rmdir()
-            except OSError:
-                pass
 
 
 def _become_subreaper() -> bool:
@@ -255,13 +109,13 @@ class Sandbox:
             log.warning("verifier sandbox at tier %s (layers: %s); %s", self.tier, ", ".join(self.layers), "; ".join(why))
         n = slots or max(2, 2 * (os.cpu_count() or 1))
         if self.use_cgroups:
-            _remove_stale_cgroups(self.caps)
+            remove_stale_cgroups(self.caps)
         if self.use_unshare:
-            _remove_stale_workdirs()
+            remove_stale_workdirs()
         self.subreaper = _become_subreaper()
         self._slots: queue.Queue[Slot] = queue.Queue()
         self._all: list[Slot] = []
-        for uid, fd in _claim_uids(n):
+        for uid, fd in claim_uids(n):
             slot = Slot(uid, fd, self.caps, self.limits, self.use_cgroups, private_tmpfs=self.use_unshare)
             self._all.append(slot)
             self._slots.put(slot)

@@ -53,7 +53,13 @@ class RemoteEngine(Backend):
     def generate(self, requests):
         import ray
 
-        return ray.get(self.actor.generate.remote(requests))
+        try:
+            return ray.get(self.actor.generate.remote(requests))
+        except ray.exceptions.RayActorError as e:
+            from curate.errors import CurateError
+
+            raise CurateError(f"the vLLM engine actor for {self.model} died ({type(e).__name__}); the run stops here. "
+                              "Run the same command again: committed shards and cached calls are not repeated") from None
 
 
 def stage_backend(spec: dict, cache: str | None) -> Backend:
@@ -122,7 +128,8 @@ class Respond(Stage):
                 continue
             for k, c in usable:
                 messages = [*prompt, {"role": "assistant", "content": c.text.strip()}]
-                meta = {**{k: v for k, v in parent_metas[i].items() if k not in INHERIT_NOT}, "generator": "respond", "model": self.spec["model"], "template": TEMPLATE_VERSION,
+                inherited = {k: v for k, v in parent_metas[i].items() if k not in INHERIT_NOT}
+                meta = {**inherited, "generator": "respond", "model": self.spec["model"], "template": TEMPLATE_VERSION,
                         "sampling": sampling, "sample_index": k, "finish_reason": c.finish_reason,
                         "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens}
                 children.append({"id": S.sample_id(messages), "messages": messages, "origin": "response",

@@ -194,3 +194,59 @@ def test_synthesis_config_through_one_shared_engine(ray_local, tiny_model, tmp_p
     rerun = run(load_config(str(ROOT / "jobs" / "configs" / "synthesis.yaml"), overrides), progress="off")
     assert rerun.generated == report.generated and rerun.kept == report.kept
     assert len(LLMCache(cache_path_for(db))) == calls
+
+
+def test_engine_killed_mid_run_resumes_without_paying_twice(tiny_model, tmp_path, alpaca_rows):
+    """SIGKILL the vLLM engine actor after the first shard commits: the run fails (or Ray
+    retries); the same command finishes it, committed shards are not redone and no request
+    reaches the model twice."""
+    import duckdb
+    import psutil
+
+    from conftest import ROOT, curate_cmd, write_jsonl
+    from test_pipeline import assert_counts_add_up
+
+    src = write_jsonl(tmp_path / "seeds.jsonl", [{"instruction": r["instruction"]} for r in alpaca_rows[:12]])
+    db = tmp_path / "killed.duckdb"
+    backend = json.dumps({**ENGINE, "model": tiny_model})
+    cmd = [*curate_cmd(), "run", "--input", str(src), "--db", str(db), "--set", "shard_size=4",
+           "--set", "ingest.require_response=false",
+           "--set", f"stages=[{{respond: {{backend: {backend}, n: 2, max_tokens: 12, batch_size: 4}}}}]"]
+    proc = subprocess.Popen([*cmd, "--progress", "lines"], cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True, start_new_session=True)
+    killed = []
+    try:
+        for line in proc.stderr:
+            if line.startswith("committed shard") and not killed:
+                for child in psutil.Process(proc.pid).children(recursive=True):
+                    try:
+                        if "EngineHost" in " ".join(child.cmdline()):
+                            child.kill()
+                            killed.append(child.pid)
+                    except psutil.Error:
+                        pass
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert killed, "the engine actor was not found"
+    con = duckdb.connect(str(db), read_only=True)
+    first_shards = dict(con.execute("SELECT shard, committed_at FROM shards").fetchall())
+    con.close()
+    assert 1 <= len(first_shards)
+
+    again = subprocess.run([*cmd, "--progress", "off"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    con = duckdb.connect(str(db), read_only=True)
+    shards = dict(con.execute("SELECT shard, committed_at FROM shards").fetchall())
+    run_id = con.execute("SELECT run_id FROM runs").fetchone()[0]
+    responses = con.execute("SELECT count(*) FROM samples WHERE origin = 'response'").fetchone()[0]
+    con.close()
+    assert len(shards) == 3 and all(shards[s] == t for s, t in first_shards.items())  # committed shards untouched
+    assert_counts_add_up(str(db), run_id)
+    assert responses > 12  # two completions per prompt; a random model may leave a few empty
+    cache = duckdb.connect(str(tmp_path / "killed.llm_cache.duckdb"), read_only=True)
+    paid, twice = cache.execute("SELECT count(*), count(*) FILTER (calls > 1) FROM llm_cache").fetchone()
+    cache.close()
+    assert paid == 12 and twice == 0  # one request per prompt (n=2 completions each), none paid twice

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from curate.errors import CurateError
 from curate.pipeline.config import RunConfig, config_to_dict
 from curate.pipeline.dag import StagePlan, build_dataset, stage_plans
+from curate.pipeline.registry import stage_class
 from curate.pipeline.progress import Progress
 from curate.pipeline.select import run_selectors
 from curate.stages.readers import input_fingerprint, plan_shards, resolve_inputs
@@ -47,6 +48,10 @@ class RunReport:
 def run(config: RunConfig, progress: str = "auto") -> RunReport:
     inputs = resolve_inputs(config.input)
     plans = stage_plans(config)
+    if not (config.ray.address or os.environ.get("RAY_ADDRESS")):  # on a cluster the workers' machines may differ
+        for plan in plans:
+            if plan.key != "ingest":
+                stage_class(plan.key).preflight(plan.params)
     stage_names = [p.name for p in plans]
     fingerprint = input_fingerprint(inputs)
     run_id = config.fingerprint(fingerprint)

@@ -49,6 +49,11 @@ class Stage:
         raise NotImplementedError
 
     @classmethod
+    def preflight(cls, params: dict) -> None:
+        """Cheap checks the driver runs before any Ray work on a local run (a missing sandbox,
+        say); raise with a message that names the fix. Default: nothing to check."""
+
+    @classmethod
     def with_(cls, **overrides) -> type[Stage]:
         """A copy of this stage class with other `name`, `resources` or `batch_size`."""
         attrs = {}

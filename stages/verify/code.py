@@ -74,13 +74,17 @@ class CodeExecution(Stage):
     def __init__(self, timeout_s: float = 4.0, memory_mb: int = 512, slots: int | None = None,
                  tests_key: str = "tests", require_tests: bool = False, allow_unsandboxed: bool = False,
                  python: str | None = None):
-        caps = probe(python)
-        if not caps.jail and not allow_unsandboxed:
-            raise SandboxUnavailableError("verify_code: no sandbox here (tier none). Missing: " + caps.explain()
-                                          + ". Set allow_unsandboxed: true to run without isolation.")
+        self.preflight({"python": python, "allow_unsandboxed": allow_unsandboxed})
         self.limits = Limits(cpu_s=timeout_s, memory_mb=memory_mb)
         self.slots, self.allow_unsandboxed, self.python = slots, allow_unsandboxed, python
         self.tests_key, self.require_tests = tests_key, require_tests
+
+    @classmethod
+    def preflight(cls, params: dict) -> None:
+        caps = probe(params.get("python"))
+        if not caps.jail and not params.get("allow_unsandboxed"):
+            raise SandboxUnavailableError("verify_code: no sandbox here (tier none). Missing: " + caps.explain()
+                                          + ". Set allow_unsandboxed: true to run without isolation.")
 
     def __call__(self, batch: pa.Table) -> StageResult:
         metas, texts = R.metas(batch), R.responses(batch)

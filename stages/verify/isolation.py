@@ -23,6 +23,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from curate.errors import CurateError
+
 FIRST_SLOT_UID = 61000
 LANDLOCK_CREATE_RULESET = 444  # x86_64 and arm64 share the Landlock syscall numbers
 CGROUP_V1 = Path("/sys/fs/cgroup")
@@ -40,7 +42,7 @@ INSTALL_HINTS = {
 }
 
 
-class SandboxUnavailableError(RuntimeError):
+class SandboxUnavailableError(CurateError, RuntimeError):
     """No isolation strong enough to run untrusted code; names what is missing and how to fix it."""
 
 

@@ -43,7 +43,7 @@ class LessSelector(Selector):
                  lora_r: int = 128, lora_alpha: float = 512, lora_dropout: float = 0.1,
                  lora_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"), max_length: int = 2048,
                  dim: int = 8192, seed: int = 0, workdir: str | None = None, feature_batch_rows: int = 1024,
-                 max_batch_tokens: int = 4096, max_batch_rows: int = 16, device: str | None = None, dtype: str | None = None):
+                 max_batch_tokens: int | None = None, max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None):
         if not 0 < warmup_fraction <= 1:
             raise ValueError(f"warmup_fraction must lie in (0, 1], got {warmup_fraction}")
         self.budget = budget
@@ -107,7 +107,7 @@ class LessSelector(Selector):
         started = time.perf_counter()
         checkpoints = LS.warmup(model, LS.training_examples(tok, convs, s["max_length"]), pad_id(tok), device,
                                 self._workdir(con, run_id), s["epochs"], s["lr"], s["batch_size"], s["warmup_ratio"],
-                                self.max_batch_tokens, s["seed"])
+                                self.max_batch_tokens or 4096, s["seed"])
         self.timings["warmup_s"] = time.perf_counter() - started
         con.execute("DELETE FROM less_checkpoints WHERE run_id = ? AND key = ?", [run_id, self.key])
         con.execute("DELETE FROM less_features WHERE run_id = ? AND key = ?", [run_id, self.key])

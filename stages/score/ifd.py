@@ -73,9 +73,12 @@ def span_losses(model, seqs: list[Spans], pad: int, device: str, max_tokens: int
     for idx in L.length_batches([len(s.ids) for s in seqs], max_tokens, max_rows):
         batch = [seqs[i] for i in idx]
         ids = L.pad_right([s.ids for s in batch], pad, device)
+        needed = torch.zeros((len(batch), ids.shape[1] - 1), dtype=torch.bool)
+        for k, s in enumerate(batch):
+            for b, e in s.spans.values():
+                needed[k, b - 1 : e - 1] = True
         with torch.inference_mode():
-            logits = model(input_ids=ids).logits.float()
-            nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+            nll = L.token_nll(model, ids, needed.to(device))
             # cum[:, j] = loss of tokens 1..j, so a span [s, e) sums to cum[e-1] - cum[s-1].
             cum = torch.nn.functional.pad(nll.double().cumsum(1), (1, 0)).cpu().numpy()
         for k, (i, s) in enumerate(zip(idx, batch)):

@@ -132,6 +132,33 @@ def pad_right(seqs: list[list[int]], pad_id: int, device: str):
     return ids.to(device)
 
 
+def token_nll(model, ids, needed, chunk_elements: int | None = None):
+    """(B, T-1) NLL of tokens 1..T-1 given their prefixes, computed only where `needed` (a
+    (B, T-1) bool mask; zero elsewhere). The vocabulary projection runs on the needed
+    positions only, `chunk_tokens` at a time: a (B, T, V) logits tensor never exists, which
+    skips padding; on a CPU, chunks of ~32 MB of logits run the log-softmax several times
+    faster per element than whole-batch logits. Models whose logits are
+    more than lm_head(last hidden) (Gemma-2's soft-capping) take the plain path."""
+    import torch
+
+    head = model.get_output_embeddings()
+    if getattr(model.config, "final_logit_softcapping", None) or head is None:
+        logits = model(input_ids=ids).logits[:, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        return nll * needed
+    hidden = model.base_model(input_ids=ids).last_hidden_state[:, :-1]
+    states, targets = hidden[needed], ids[:, 1:][needed]
+    chunk_elements = chunk_elements or (1 << 27 if ids.is_cuda else 1 << 23)
+    chunk_tokens = max(1, chunk_elements // head.out_features)
+    flat = torch.cat([
+        torch.nn.functional.cross_entropy(head(states[i : i + chunk_tokens]).float(), targets[i : i + chunk_tokens], reduction="none")
+        for i in range(0, len(states), chunk_tokens)
+    ]) if len(states) else states.new_zeros(0, dtype=torch.float32)
+    nll = torch.zeros(needed.shape, dtype=torch.float32, device=ids.device)
+    nll[needed] = flat
+    return nll
+
+
 def pad_id(tok) -> int:
     for candidate in (tok.pad_token_id, tok.eos_token_id, 0):
         if candidate is not None:

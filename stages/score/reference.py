@@ -10,12 +10,11 @@ from curate.stages.score import lm as L
 
 
 def _token_loop_mean(model, ids: list[int], start: int, end: int) -> float:
-    """Cherry's loop: a full-vocabulary log-softmax and a host sync per position."""
+    """Cherry's loop: a full-vocabulary log-softmax and a host sync at every position (prompt
+    positions included), the span sliced out afterwards."""
     logits = model(input_ids=torch.tensor([ids]), output_hidden_states=True).logits[0]
-    total = 0.0
-    for t in range(start, end):
-        total -= torch.log_softmax(logits[t - 1], dim=-1)[ids[t]].item()
-    return total / (end - start)
+    losses = [-torch.log_softmax(logits[t - 1], dim=-1)[ids[t]].item() for t in range(1, len(ids))]
+    return sum(losses[start - 1 : end - 1]) / (end - start)
 
 
 @torch.inference_mode()

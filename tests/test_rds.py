@@ -1,0 +1,69 @@
+"""RDS+: padding-aware pooling equals one-at-a-time; round-robin over queries and over tasks."""
+
+import numpy as np
+import pytest
+import torch
+
+from curate.selectors.ifd import kmeans, proportional_quotas
+from curate.selectors.rds import list_scores, merge_top, round_robin
+from curate.stages.score.rds import RDSEncoder, conversation_ids
+from tiny_llm import build_tiny_llama
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_batched_rds_vectors_equal_one_at_a_time(tmp_path):
+    model = str(build_tiny_llama(tmp_path / "tiny"))
+    convs = [[{"role": "user", "content": "word " * n}, {"role": "assistant", "content": f"answer {n}"}] for n in (1, 5, 17, 40, 3)]
+    enc = RDSEncoder(model, max_length=64, max_batch_tokens=1024)
+    batched = enc.encode(convs)
+    one = np.concatenate([enc.encode([c]) for c in convs])
+    np.testing.assert_allclose(batched, one, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1, atol=1e-5)
+    # the reference pooling at batch size 1: weights t / sum(t) over the last layer, then normalised
+    ids = torch.tensor(conversation_ids(enc.tok, convs[2:3], 64))  # cut to 64 tokens, as the encoder does
+    hidden = enc.lm(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
+    w = torch.arange(1, hidden.shape[0] + 1, dtype=torch.float32)
+    ref = torch.nn.functional.normalize((w[:, None] * hidden).sum(0) / w.sum(), dim=0)
+    np.testing.assert_allclose(batched[2], ref.detach().numpy(), atol=1e-5)
+
+
+def test_round_robin_over_queries_is_not_a_global_max():
+    # Query 0 likes rows 0, 1, 2 most; query 1 likes row 3 a little. Round-robin gives query 1 a
+    # turn; a global max over (query, row) pairs would take rows 0, 1 first.
+    sims = np.array([[0.9, 0.8, 0.7, 0.1], [0.2, 0.1, 0.0, 0.3]], np.float32)
+    scores, idx = merge_top(np.zeros((2, 0), np.float32), np.zeros((2, 0), np.int64), sims, 0, k=3)
+    assert [p[0] for p in round_robin(scores, idx, 3)] == [0, 3, 1]
+
+
+def test_round_robin_over_tasks_uses_each_tasks_max():
+    sims = np.array([[0.9, 0.1, 0.2], [0.1, 0.2, 0.8], [0.3, 0.7, 0.1]], np.float32)  # 3 queries × 3 rows
+    tasks = np.array([0, 0, 1])
+    per_task = list_scores(sims, tasks, 2)
+    np.testing.assert_allclose(per_task, [[0.9, 0.2, 0.8], [0.3, 0.7, 0.1]])
+    scores, idx = merge_top(np.zeros((2, 0), np.float32), np.zeros((2, 0), np.int64), per_task, 0, k=3)
+    assert [(p[0], p[2]) for p in round_robin(scores, idx, 3)] == [(0, 0), (1, 1), (2, 0)]
+
+
+def test_merge_top_streams_chunks():
+    rng = np.random.default_rng(0)
+    sims = rng.random((3, 100)).astype(np.float32)
+    scores, idx = np.zeros((3, 0), np.float32), np.zeros((3, 0), np.int64)
+    for start in range(0, 100, 17):
+        scores, idx = merge_top(scores, idx, sims[:, start : start + 17], start, k=5)
+    for q in range(3):
+        assert set(idx[q]) == set(np.argsort(-sims[q])[:5])
+
+
+def test_cluster_quotas_and_kmeans():
+    assert proportional_quotas(np.array([50, 30, 20]), 10).tolist() == [5, 3, 2]
+    assert proportional_quotas(np.array([1, 1, 1]), 2).sum() == 2
+    x = np.concatenate([np.random.default_rng(0).normal(c, 0.1, (20, 2)) for c in (0, 5)])
+    labels = kmeans(x, 2, seed=0)
+    assert len(set(labels[:20])) == 1 and len(set(labels[20:])) == 1 and labels[0] != labels[-1]

@@ -10,7 +10,9 @@ that they have cluster structure. Ours: the vectors sit in DuckDB's `vectors` ta
 embed stage leaves them); the timed step is the whole selector (sample, fit, one streaming
 assignment pass, allocation, sampling). The reference holds all vectors in memory and runs
 MiniBatchKMeans, then labels every row. Both report inertia (mean squared distance to the
-assigned centroid) on all rows, so speed is not bought with a worse clustering.
+assigned centroid) on all rows, so speed is not bought with a worse clustering. Each side runs
+in a fresh process, so its peak RSS is its own; ours runs with DuckDB's memory_limit at 1GB
+(`--duckdb-memory`), the reference needs every vector in memory.
 The last line is one JSON object (../shared/BENCHMARKS.md).
 """
 
@@ -18,54 +20,38 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
-import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-import psutil  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from bench._common import shared_data  # noqa: E402
+from bench._common import PeakRSS, shared_data  # noqa: E402
+from curate.selectors.clustering import POINTS_PER_CENTROID  # noqa: E402
 
 DIM, CENTRES, CHUNK = 384, 2000, 100_000
 
 
-class PhasePeak:
-    """Peak RSS of this process during a `with` block, above what it held on entry."""
+def in_fresh_process(fn, *args):
+    """Run fn(*args) in a new Python process and return (its result, its peak RSS in MiB): each
+    side's memory is its own, not what the other side or the embedding model left behind."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_measured, fn, *args).result()
 
-    def __init__(self):
-        self.base = self.peak = psutil.Process().memory_info().rss
-        self._stop = threading.Event()
 
-    def _run(self):
-        me = psutil.Process()
-        while not self._stop.is_set():
-            self.peak = max(self.peak, me.memory_info().rss)
-            self._stop.wait(0.05)
-
-    def __enter__(self):
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def mib(self) -> float:
-        return round(self.peak / 2**20, 1)
-
-    @property
-    def added_mib(self) -> float:
-        return round((self.peak - self.base) / 2**20, 1)
+def _measured(fn, *args):
+    # Sampled, not ru_maxrss: that survives fork and exec, so it would count the parent's peak.
+    with PeakRSS(interval=0.05) as peak:
+        result = fn(*args)
+    return result, peak.mib
 
 
 def clustered_chunks(rows: int, seed: int = 0):
@@ -101,34 +87,31 @@ def fill_store(db: str, rows: int):
     return store
 
 
-def inertia(x: np.ndarray, centroids: np.ndarray) -> float:
+def inertia(rows: int, centroids: np.ndarray) -> float:
+    """Mean squared distance of every row to its nearest centroid, chunk by chunk."""
     import faiss
 
     index = faiss.IndexFlatL2(DIM)
     index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    return float(index.search(x, 1)[0].mean())
+    return float(sum(index.search(x, 1)[0].sum() for _, x in clustered_chunks(rows)) / rows)
 
 
-def run_ours(rows: int, k: int, budget: int, tmp: str) -> dict:
-    from curate.selectors.clustering import fit_centroids, fit_sample_rows
+def run_ours(db: str, k: int, budget: int, memory_limit: str) -> dict:
     from curate.selectors.kmeans import KMeansDiversity
+    from curate.storage.store import Store
 
-    db = os.path.join(tmp, "sel.duckdb")
-    start = time.perf_counter()
-    store = fill_store(db, rows)
-    store_s = time.perf_counter() - start
+    store = Store(db)
+    store.con.execute("CREATE OR REPLACE TEMP VIEW _pool AS SELECT DISTINCT id FROM vectors WHERE run_id = 'bench'")
+    # DuckDB caches table blocks up to its memory limit (default 80% of RAM); with a limit the
+    # selector's memory does not grow with the pool.
+    store.con.execute(f"SET memory_limit = '{memory_limit}'")
     selector = KMeansDiversity(budget=budget, k=k, seed=0)
-    with PhasePeak() as peak:
-        start = time.perf_counter()
-        picked = selector.select(store.con, "bench", "_pool", budget)
-        kmeans_s = time.perf_counter() - start
-    # Inertia of the same centroids (refitted on the same sample: deterministic) on all rows.
-    from curate.selectors.vectors import VectorSource
-
-    centroids = fit_centroids(VectorSource(store.con, "bench", "_pool", "embed").sample(fit_sample_rows(k, None), 0), k, seed=0)
+    start = time.perf_counter()
+    picked = selector.select(store.con, "bench", "_pool", budget)
+    kmeans_s = time.perf_counter() - start
     store.close()
-    return {"kmeans_s": kmeans_s, "store_write_s": store_s, "kmeans_peak_mib": peak.mib, "kmeans_added_mib": peak.added_mib,
-            "selected": len(picked), "clusters_used": len({p[2] for p in picked}), "centroids": centroids}
+    return {"kmeans_s": kmeans_s, "selected": len(picked), "clusters_used": len({p[2] for p in picked}),
+            "centroids": selector.centroids}
 
 
 def run_sklearn(rows: int, k: int, budget: int, full_lloyd: bool) -> dict:
@@ -137,23 +120,20 @@ def run_sklearn(rows: int, k: int, budget: int, full_lloyd: bool) -> dict:
     x = np.empty((rows, DIM), np.float32)
     for start, chunk in clustered_chunks(rows):
         x[start:start + len(chunk)] = chunk
-    with PhasePeak() as peak:
-        start = time.perf_counter()
-        if full_lloyd:
-            model = KMeans(n_clusters=k, n_init=1, max_iter=20, random_state=0).fit(x)
-        else:
-            model = MiniBatchKMeans(n_clusters=k, n_init=1, batch_size=4096, random_state=0).fit(x)
-        labels = model.labels_
-        # The same selection rule on the reference's clusters: B/K random rows per cluster.
-        rng = np.random.default_rng(0)
-        order = np.lexsort((rng.random(rows), labels))
-        first = np.r_[0, np.flatnonzero(np.diff(labels[order])) + 1]
-        position = np.arange(rows) - np.repeat(first, np.diff(np.r_[first, rows]))
-        chosen = order[position < max(1, budget // k)]
-        sklearn_s = time.perf_counter() - start
-    return {"sklearn_s": sklearn_s, "sklearn_peak_mib": peak.mib, "sklearn_added_mib": peak.added_mib,
-            "sklearn_selected": len(chosen), "sklearn_model": type(model).__name__, "x": x,
-            "sklearn_inertia": inertia(x, model.cluster_centers_)}
+    start = time.perf_counter()
+    if full_lloyd:
+        model = KMeans(n_clusters=k, n_init=1, max_iter=20, random_state=0).fit(x)
+    else:
+        model = MiniBatchKMeans(n_clusters=k, n_init=1, batch_size=4096, random_state=0).fit(x)
+    labels = model.labels_
+    # The same selection rule on the reference's clusters: B/K random rows per cluster.
+    rng = np.random.default_rng(0)
+    order = np.lexsort((rng.random(rows), labels))
+    first = np.r_[0, np.flatnonzero(np.diff(labels[order])) + 1]
+    position = np.arange(rows) - np.repeat(first, np.diff(np.r_[first, rows]))
+    chosen = order[position < max(1, budget // k)]
+    return {"sklearn_s": time.perf_counter() - start, "sklearn_selected": len(chosen),
+            "sklearn_model": type(model).__name__, "centroids": model.cluster_centers_}
 
 
 def storage_formats(rows: int, tmp: str) -> dict:
@@ -216,6 +196,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int)
     ap.add_argument("--k", type=int)
     ap.add_argument("--embed-rows", type=int)
+    ap.add_argument("--duckdb-memory", default="1GB", help="DuckDB memory_limit while our selector runs")
     ap.add_argument("--lloyd", action="store_true", help="reference: full KMeans (20 Lloyd iterations) instead of MiniBatchKMeans")
     args = ap.parse_args()
     rows = args.rows or (50_000 if args.quick else 1_000_000)
@@ -225,16 +206,18 @@ def main() -> None:
     embed_rows_s = embed_throughput(embed_rows)  # first: the machine is quietest before the big arrays exist
     print(f"embedding: {embed_rows_s:.0f} rows/s ({embed_rows} Alpaca rows, instruction, MiniLM on CPU, one process)")
     with tempfile.TemporaryDirectory() as tmp:
-        ours = run_ours(rows, k, budget, tmp)
-        print(f"ours:    {ours['kmeans_s']:.1f} s (fit on {min(rows, k * 256):,} sampled rows, stream-assign {rows:,}, "
-              f"select {ours['selected']:,} from {ours['clusters_used']} clusters); peak RSS {ours['kmeans_peak_mib']:,} MiB "
-              f"(+{ours['kmeans_added_mib']:,}); store write {ours['store_write_s']:.1f} s")
-        ref = run_sklearn(rows, k, budget, args.lloyd)
-        ours_inertia = inertia(ref["x"], ours.pop("centroids"))
-        del ref["x"]
-        print(f"sklearn: {ref['sklearn_s']:.1f} s ({ref['sklearn_model']}, all rows in memory); "
-              f"peak RSS {ref['sklearn_peak_mib']:,} MiB (+{ref['sklearn_added_mib']:,})")
-        print(f"inertia on all rows: ours {ours_inertia:.4f}, sklearn {ref['sklearn_inertia']:.4f}")
+        db = os.path.join(tmp, "sel.duckdb")
+        start = time.perf_counter()
+        fill_store(db, rows).close()
+        store_s = time.perf_counter() - start
+        ours, ours_peak = in_fresh_process(run_ours, db, k, budget, args.duckdb_memory)
+        print(f"ours:    {ours['kmeans_s']:.1f} s (fit on {min(rows, k * POINTS_PER_CENTROID):,} sampled rows, "
+              f"stream-assign {rows:,} from DuckDB, select {ours['selected']:,} from {ours['clusters_used']} clusters); "
+              f"process peak RSS {ours_peak:,} MiB (DuckDB memory_limit {args.duckdb_memory}); store write {store_s:.1f} s")
+        ref, ref_peak = in_fresh_process(run_sklearn, rows, k, budget, args.lloyd)
+        print(f"sklearn: {ref['sklearn_s']:.1f} s ({ref['sklearn_model']}, all rows in memory); process peak RSS {ref_peak:,} MiB")
+        ours_inertia, ref_inertia = inertia(rows, ours["centroids"]), inertia(rows, ref["centroids"])
+        print(f"inertia on all rows: ours {ours_inertia:.4f}, sklearn {ref_inertia:.4f}")
         formats = storage_formats(min(rows, 200_000), tmp)
         for kind, f in formats.items():
             print(f"storage {kind:13s} write {f['write_rows_s']:>10,} rows/s  read {f['read_rows_s']:>10,} rows/s  {f['mib']} MiB")
@@ -242,11 +225,11 @@ def main() -> None:
         "bench": "selection", "rows": rows, "k": k, "budget": budget,
         "kmeans_s": round(ours["kmeans_s"], 2), "sklearn_s": round(ref["sklearn_s"], 2),
         "kmeans_ratio": round(ref["sklearn_s"] / ours["kmeans_s"], 2), "sklearn_model": ref["sklearn_model"],
-        "kmeans_inertia": round(ours_inertia, 4), "sklearn_inertia": round(ref["sklearn_inertia"], 4),
-        "kmeans_peak_mib": ours["kmeans_peak_mib"], "sklearn_peak_mib": ref["sklearn_peak_mib"],
-        "store_write_s": round(ours["store_write_s"], 2), "storage": formats,
+        "kmeans_inertia": round(ours_inertia, 4), "sklearn_inertia": round(ref_inertia, 4),
+        "kmeans_peak_mib": ours_peak, "sklearn_peak_mib": ref_peak, "duckdb_memory_limit": args.duckdb_memory,
+        "store_write_s": round(store_s, 2), "storage": formats,
         "embed_rows_s": round(embed_rows_s, 1), "embed_rows": embed_rows,
-        "peak_rss_mib": round(max(ours["kmeans_peak_mib"], ref["sklearn_peak_mib"]), 1),
+        "peak_rss_mib": max(ours_peak, ref_peak),
     }))
 
 

@@ -7,7 +7,7 @@ without replacement, weighted by a stored score (p ∝ exp(s / temperature)) or 
 score weights the draw: on Alpaca embeddings a uniform draw inside clusters covers the pool no
 better than a plain random sample, the central rows do). Optional iterative rounds re-weight
 clusters by a per-cluster signal. Centroids are fitted on a sample of at most
-k × 256 rows; every row is then assigned in one streaming pass over Arrow batches from DuckDB,
+k × 64 rows (`fit_sample`); every row is then assigned in one streaming pass over Arrow batches from DuckDB,
 so only the per-row cluster ids and scores, not the vectors, are ever held for the whole pool.
 """
 
@@ -50,8 +50,8 @@ class KMeansDiversity(Selector):
 
     def select(self, con, run_id, pool, budget_rows):
         source = VectorSource(con, run_id, pool, self.vectors, {"weight": self.weight_by, "signal": self.refine_by})
-        centroids = fit_centroids(source.sample(fit_sample_rows(self.k, self.fit_sample), self.seed),
-                                  self.k, self.niter, seed=self.seed)
+        self.centroids = centroids = fit_centroids(source.sample(fit_sample_rows(self.k, self.fit_sample), self.seed),
+                                                   self.k, self.niter, seed=self.seed)  # kept for inspection
         ids, cluster, distance, columns = assign_pool(source, Assigner(centroids))
         picked = self.choose(cluster, distance, columns.get("weight"), columns.get("signal"), len(centroids), budget_rows)
         weight = columns.get("weight")

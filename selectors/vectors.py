@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from curate.errors import CurateError
 
-BATCH_ROWS = 65_536
+BATCH_ROWS = 16_384  # 24 MiB of 384-d vectors per batch
 
 
 def as_matrix(vecs: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -90,26 +90,32 @@ class VectorSource:
 
     def sample(self, rows: int, seed: int) -> np.ndarray:
         """A deterministic sample of `rows` vectors (all of them if the pool is smaller), drawn by
-        a hash of (seed, id) inside DuckDB: the pool's order of arrival does not matter."""
-        if rows >= self.rows:
-            order, limit = "ORDER BY v.id", ""
-        else:
-            order, limit = "ORDER BY md5($seed || v.id), v.id", f"LIMIT {int(rows)}"
-        query = f"SELECT vec FROM ({self._select(order=order)} {limit})"
+        a hash of (seed, id) inside DuckDB: the pool's order of arrival does not matter. Ids are
+        drawn first and the vectors fetched for them, so no sort ever carries a vector."""
+        where = ""
         params = {"run": self.run_id, "name": self.name}
-        if limit:
+        if rows < self.rows:
+            where = (f"AND v.id IN (SELECT id FROM {self.pool} WHERE id IN (SELECT id FROM vectors WHERE "
+                     f"run_id = $run AND name = $name) ORDER BY md5($seed || id), id LIMIT {int(rows)})")
             params["seed"] = str(seed)
-        table = self.con.sql(query, params=params).to_arrow_table()
-        return as_matrix(table["vec"])
+        query = (f"SELECT v.id, v.vec FROM vectors v JOIN {self.pool} p ON p.id = v.id "
+                 f"WHERE v.run_id = $run AND v.name = $name {where}")
+        parts, ids = [], []
+        for batch in self._stream(query, BATCH_ROWS, params):
+            ids.append(batch.column("id"))
+            parts.append(as_matrix(batch.column("vec")))
+        by_id = pc.sort_indices(pa.chunked_array(ids, pa.string())).to_numpy()
+        return np.concatenate(parts)[by_id]
 
     def ordered(self, order_sql: str, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         """Rows in an order (SQL over v.id and the score columns), streamed: stop reading early."""
         yield from self._stream(self._select(order=f"ORDER BY {order_sql}"), batch_rows)
 
-    def _stream(self, query: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    def _stream(self, query: str, batch_rows: int, params: dict | None = None) -> Iterator[pa.RecordBatch]:
         # The store's connection (temp views such as the pool are per connection); closing the
         # reader, also when the caller stops early, frees the connection for the next query.
-        reader = self.con.sql(query, params={"run": self.run_id, "name": self.name}).to_arrow_reader(batch_rows)
+        params = params or {"run": self.run_id, "name": self.name}
+        reader = self.con.sql(query, params=params).to_arrow_reader(batch_rows)
         try:
             yield from reader
         finally:

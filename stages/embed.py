@@ -77,7 +77,7 @@ class Embed(Stage):
 
     def __init__(self, model: str | None = None, vectors: str = "embed",
                  field: Literal["instruction", "instruction_response", "conversation"] = "instruction",
-                 template: str | None = None, encode_batch_size: int = 32, max_seq_length: int | None = None,
+                 template: str | None = None, encode_batch_size: int | None = None, max_seq_length: int | None = None,
                  device: str | None = None, fp16: bool = True, threads: int | None = None):
         if template is not None:
             try:
@@ -113,7 +113,9 @@ class Embed(Stage):
             dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
             return np.zeros((0, dim()), np.float32)
         by_length = np.argsort([-len(t) for t in texts], kind="stable")
-        vecs = self.model.encode([texts[i] for i in by_length], batch_size=self.encode_batch_size,
+        # A GPU wants far larger mini-batches than a CPU core, where 32 is about the best.
+        batch_size = self.encode_batch_size or (256 if str(self.model.device).startswith("cuda") else 32)
+        vecs = self.model.encode([texts[i] for i in by_length], batch_size=batch_size,
                                  normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
         out = np.empty_like(vecs, dtype=np.float32)
         out[by_length] = vecs

@@ -23,7 +23,8 @@ def _keys_batches(ids, vecs, size=64):
 
 def test_decide_drops_planted_copies_and_names_a_kept_original():
     rng = np.random.default_rng(0)
-    base = rng.normal(size=(600, 64))
+    centres = rng.normal(size=(6, 64)) * 1.5
+    base = centres[rng.integers(0, 6, 600)] + rng.normal(size=(600, 64))  # six topics, no two rows alike
     base /= np.linalg.norm(base, axis=1, keepdims=True)
     copies_of = rng.choice(600, 100, replace=False)
     noise = rng.normal(size=(100, 64)) * 0.02

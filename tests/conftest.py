@@ -48,3 +48,27 @@ def write_jsonl(path: Path, rows: list, extra_lines: list[bytes] = ()) -> Path:
 
 def curate_cmd() -> list[str]:
     return [sys.executable, "-m", "curate.cli"]
+
+
+def run_killing_at_first_commit(cmd: list[str], kill, timeout: float = 300) -> tuple[int, list[int]]:
+    """Run a `curate run ... --progress lines` command; at its first committed shard call
+    kill(driver_pid), which kills something and returns the pids it killed. Returns the run's
+    exit code and those pids; nothing of the run is left behind."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True)
+    killed: list[int] = []
+    try:
+        deadline = time.monotonic() + timeout
+        for line in proc.stderr:
+            if line.startswith("committed shard") and not killed:
+                killed = kill(proc.pid) or [-1]
+            assert time.monotonic() < deadline, "the run neither finished nor failed in time"
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, [k for k in killed if k > 0]

@@ -11,7 +11,7 @@ import duckdb
 
 from curate.pipeline.config import load_config
 from curate.pipeline.runner import run
-from conftest import ROOT, curate_cmd, write_jsonl
+from conftest import ROOT, curate_cmd, run_killing_at_first_commit, write_jsonl
 
 STAGES = [{"filters": {"min_response_words": 5}}, {"exact_dedup": {"on": "instruction"}}, {"near_dedup": {"threshold": 0.8}}]
 TABLES = {
@@ -158,30 +158,22 @@ def test_a_worker_killed_mid_run_loses_nothing(ray_local, tmp_path, alpaca_rows)
     settings = ["--input", str(src), "--set", f"shard_size={shard_size}",
                 "--set", "stages=[{filters: {min_response_words: 5}}, {exact_dedup: {on: instruction}}, {near_dedup: {threshold: 0.8}}]"]
     db = tmp_path / "worker.duckdb"
-    proc = subprocess.Popen([*curate_cmd(), "run", "--db", str(db), "--progress", "lines", *settings],
-                            cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True)
-    killed = []
-    try:
-        deadline = time.monotonic() + 240
-        for line in proc.stderr:
-            if line.startswith("committed shard") and not killed:
-                for _ in range(50):  # catch one while it runs a task, if we can
-                    busy, idle = _ray_workers_of(proc.pid)
-                    if busy:
-                        break
-                    time.sleep(0.1)
-                workers = busy or idle
-                if workers:
-                    os.kill(workers[0], signal.SIGKILL)
-                    killed.append(workers[0])
-            assert time.monotonic() < deadline, "the run neither finished nor failed"
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+
+    def kill_a_worker(driver: int) -> list[int]:
+        for _ in range(50):  # catch one while it runs a task, if we can
+            busy, idle = _ray_workers_of(driver)
+            if busy:
+                break
+            time.sleep(0.1)
+        workers = busy or idle
+        if workers:
+            os.kill(workers[0], signal.SIGKILL)
+        return workers[:1]
+
+    returncode, killed = run_killing_at_first_commit(
+        [*curate_cmd(), "run", "--db", str(db), "--progress", "lines", *settings], kill_a_worker)
     assert killed, "no Ray worker was found to kill"
-    if proc.returncode != 0:  # the same command again
+    if returncode != 0:  # the same command again
         again = subprocess.run([*curate_cmd(), "run", "--db", str(db), "--progress", "off", *settings],
                                cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert again.returncode == 0, again.stderr[-2000:]

@@ -203,7 +203,7 @@ def test_engine_killed_mid_run_resumes_without_paying_twice(tiny_model, tmp_path
     import duckdb
     import psutil
 
-    from conftest import ROOT, curate_cmd, write_jsonl
+    from conftest import ROOT, curate_cmd, run_killing_at_first_commit, write_jsonl
     from test_pipeline import assert_counts_add_up
 
     src = write_jsonl(tmp_path / "seeds.jsonl", [{"instruction": r["instruction"]} for r in alpaca_rows[:12]])
@@ -212,24 +212,19 @@ def test_engine_killed_mid_run_resumes_without_paying_twice(tiny_model, tmp_path
     cmd = [*curate_cmd(), "run", "--input", str(src), "--db", str(db), "--set", "shard_size=4",
            "--set", "ingest.require_response=false",
            "--set", f"stages=[{{respond: {{backend: {backend}, n: 2, max_tokens: 12, batch_size: 4}}}}]"]
-    proc = subprocess.Popen([*cmd, "--progress", "lines"], cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            text=True, start_new_session=True)
-    killed = []
-    try:
-        for line in proc.stderr:
-            if line.startswith("committed shard") and not killed:
-                for child in psutil.Process(proc.pid).children(recursive=True):
-                    try:
-                        if "EngineHost" in " ".join(child.cmdline()):
-                            child.kill()
-                            killed.append(child.pid)
-                    except psutil.Error:
-                        pass
-        proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+
+    def kill_the_engine(driver: int) -> list[int]:
+        engines = []
+        for child in psutil.Process(driver).children(recursive=True):
+            try:
+                if "EngineHost" in " ".join(child.cmdline()):
+                    child.kill()
+                    engines.append(child.pid)
+            except psutil.Error:
+                pass
+        return engines
+
+    _, killed = run_killing_at_first_commit([*cmd, "--progress", "lines"], kill_the_engine)
     assert killed, "the engine actor was not found"
     con = duckdb.connect(str(db), read_only=True)
     first_shards = dict(con.execute("SELECT shard, committed_at FROM shards").fetchall())

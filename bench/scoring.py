@@ -108,7 +108,7 @@ def bench_less(model: str, convs, max_length: int, device: str, dim: int, r: int
     mods = ["q_proj", "k_proj", "v_proj", "o_proj"]
     ours_model, tok, dev = LS.lora_model(model, r, 4 * r, 0.1, mods, device)
     examples = LS.training_examples(tok, convs, max_length)
-    (ckpt,) = LS.warmup(ours_model, examples[:32], pad_id(tok), dev, work, epochs=1, lr=1e-4, batch_size=8)
+    (ckpt,) = LS.warmup(ours_model, examples[:16], pad_id(tok), dev, work, epochs=1, lr=1e-4, batch_size=8)
     state = ckpt.load()
     LS.load_lora(ours_model, state)
     shapes = {n: tuple(p.shape) for n, p in LS.lora_params(ours_model).items()}
@@ -127,7 +127,7 @@ def bench_less(model: str, convs, max_length: int, device: str, dim: int, r: int
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="64 IFD rows and 48 LESS rows on the tiny model")
+    ap.add_argument("--quick", action="store_true", help="32 IFD rows and 16 LESS rows, LoRA r 4")
     ap.add_argument("--model", help="a Hugging Face causal LM folder (default: a tiny random Llama built here)")
     ap.add_argument("--rows", type=int, default=512)
     ap.add_argument("--less-rows", type=int, default=256)
@@ -136,16 +136,17 @@ def main(argv=None):
     ap.add_argument("--lora-r", type=int, default=8)
     ap.add_argument("--device", default=None)
     ap.add_argument("--rounds", type=int, default=4, help="ours and the reference alternate over this many slices")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (default 1: on a shared 2-core machine two threads make both sides' timings erratic)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.rows, args.less_rows = 64, 48
+        args.rows, args.less_rows, args.lora_r = 32, 16, 4
 
     import torch
 
     from curate.stages.score.lm import load_tokenizer, pick_device
 
-    if args.threads:
+    if args.threads and not torch.cuda.is_available():
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:

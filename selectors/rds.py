@@ -98,7 +98,7 @@ class RDSSelector(Selector):
     name = "rds"
 
     def __init__(self, model: str, targets: str, budget: float | int = 0.1, vector: str = "rds", max_length: int = 2048,
-                 max_batch_tokens: int = 16384, max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None):
+                 max_batch_tokens: int | None = None, max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None):
         self.budget = budget
         self.model, self.targets, self.vector, self.max_length = model, targets, vector, max_length
         self.encoder_args = dict(max_length=max_length, max_batch_tokens=max_batch_tokens, max_batch_rows=max_batch_rows,

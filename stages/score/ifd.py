@@ -95,10 +95,10 @@ class IFDScorer:
     """The model and the scoring logic, outside any stage (the bench and tests use it too)."""
 
     def __init__(self, model: str, max_length: int = 512, variant: str = "loss_ratio", direct_prefix: str = "",
-                 max_batch_tokens: int = 8192, max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None):
+                 max_batch_tokens: int | None = None, max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None):
         self.lm, self.tok, self.device = L.load_causal_lm(model, device, dtype)
         self.max_length, self.variant, self.direct_prefix = max_length, variant, direct_prefix
-        self.max_batch_tokens, self.max_batch_rows = max_batch_tokens, max_batch_rows
+        self.max_batch_tokens, self.max_batch_rows = max_batch_tokens or L.default_batch_tokens(self.device), max_batch_rows
 
     def score(self, convs: list[list[dict]]) -> tuple[dict[str, np.ndarray], list[str | None]]:
         """Per score name, one float64 per row (NaN where skipped); and the skip reasons."""
@@ -124,7 +124,7 @@ class IFDScore(Stage):
 
     def __init__(self, model: str, max_length: int = 512, variant: Literal["loss_ratio", "ppl_ratio"] = "loss_ratio",
                  direct_prefix: str = "", on_skip: Literal["drop", "keep"] = "drop", prefix: str = "",
-                 max_batch_tokens: int = 8192, max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None):
+                 max_batch_tokens: int | None = None, max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None):
         self.scorer = IFDScorer(model, max_length, variant, direct_prefix, max_batch_tokens, max_batch_rows, device, dtype)
         self.on_skip, self.prefix = on_skip, prefix
 

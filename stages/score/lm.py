@@ -121,6 +121,13 @@ def length_batches(lengths, max_tokens: int, max_rows: int) -> list[np.ndarray]:
     return batches
 
 
+def default_batch_tokens(device: str) -> int:
+    """Tokens per forward pass: a GPU needs wide batches to fill it; a CPU computes no faster in
+    batches and loses cache locality to them (measured here: 16 rows of 250 tokens take 20%
+    longer in one batch than one by one), so it gets about one row per pass."""
+    return 16384 if str(device).startswith("cuda") else 1024
+
+
 def pad_right(seqs: list[list[int]], pad_id: int, device: str):
     """(B, T) id tensor, right-padded with `pad_id`."""
     import torch

@@ -39,11 +39,12 @@ def weighted_mean_pool(hidden, lengths):
 
 
 class RDSEncoder:
-    def __init__(self, model: str, max_length: int = 2048, max_batch_tokens: int = 16384, max_batch_rows: int = 64,
+    def __init__(self, model: str, max_length: int = 2048, max_batch_tokens: int | None = None, max_batch_rows: int = 64,
                  device: str | None = None, dtype: str | None = None):
         self.lm, self.tok, self.device = L.load_causal_lm(model, device, dtype)
         self.model_name = model
-        self.max_length, self.max_batch_tokens, self.max_batch_rows = max_length, max_batch_tokens, max_batch_rows
+        self.max_length, self.max_batch_rows = max_length, max_batch_rows
+        self.max_batch_tokens = max_batch_tokens or L.default_batch_tokens(self.device)
 
     def encode(self, convs: list[list[dict]]) -> np.ndarray:
         """(N, hidden) float32 unit vectors."""
@@ -68,7 +69,7 @@ class RDSEmbed(Stage):
     resources = Resources(num_cpus=1, actor=True, concurrency=1)  # set num_gpus: 1 to embed on a GPU
     batch_size = 512
 
-    def __init__(self, model: str, max_length: int = 2048, vector: str = "rds", max_batch_tokens: int = 16384,
+    def __init__(self, model: str, max_length: int = 2048, vector: str = "rds", max_batch_tokens: int | None = None,
                  max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None):
         self.encoder = RDSEncoder(model, max_length, max_batch_tokens, max_batch_rows, device, dtype)
         self.vector = vector

@@ -39,6 +39,7 @@ def test_ifd_rds_and_less_through_the_runner(ray_local, tmp_path):
               {"rds_embed": {"model": model, "max_length": 256, "resources": half}}]
     selectors = [
         {"ifd": {"budget": 0.2, "max_ifd": None}},
+        {"ifd": {"budget": 0.5, "name": "ifd_at_most_1"}},
         {"ifd": {"budget": 10, "score": "ic_ifd", "clusters": 2, "max_ifd": None, "name": "ic_ifd_clustered"}},
         {"rds": {"model": model, "targets": str(targets), "budget": 6}},
         {"less": {"model": model, "targets": str(targets), "budget": 6, "warmup_fraction": 0.3, "epochs": 2, "lr": 1e-3,
@@ -46,7 +47,9 @@ def test_ifd_rds_and_less_through_the_runner(ray_local, tmp_path):
     ]
     report = run(load_config(None, input=[str(src)], db=db, shard_size=20, stages=stages, selectors=selectors), progress="off")
     assert report.rows_in == 61 and report.kept == 60 and report.dropped == 1
-    assert {s["name"]: s["rows"] for s in report.selections} == {"ifd": 12, "ic_ifd_clustered": 10, "rds": 6, "less": 6}
+    rows = {s["name"]: s["rows"] for s in report.selections}
+    assert rows.pop("ifd_at_most_1") <= 30
+    assert rows == {"ifd": 12, "ic_ifd_clustered": 10, "rds": 6, "less": 6}
 
     con = duckdb.connect(db, read_only=True)
     q = lambda sql, *p: con.execute(sql, list(p)).fetchall()  # noqa: E731
@@ -61,6 +64,8 @@ def test_ifd_rds_and_less_through_the_runner(ray_local, tmp_path):
     top_ifd = [r[0] for r in q("SELECT score FROM selections WHERE name = 'ifd' ORDER BY rank")]
     assert top_ifd == sorted(top_ifd, reverse=True)
     assert top_ifd[-1] >= q("SELECT max(value) FROM scores WHERE name = 'ifd' AND value < ?", top_ifd[-1])[0][0]
+    (n_le_1,), = q("SELECT count(*) FROM scores WHERE name = 'ifd' AND value <= 1")
+    assert q("SELECT count(*), max(score) <= 1 FROM selections WHERE name = 'ifd_at_most_1'") == [(min(30, n_le_1), True)]
     assert {c for (c,) in q("SELECT DISTINCT cluster FROM selections WHERE name = 'ic_ifd_clustered'")} <= {0, 1}
     feats = q("SELECT epoch, count(*), min(len(vec)) FROM less_features GROUP BY 1 ORDER BY 1")
     assert feats == [(1, 60, 256), (2, 60, 256)]
@@ -68,7 +73,7 @@ def test_ifd_rds_and_less_through_the_runner(ray_local, tmp_path):
 
     # Another target set: only matching runs, on the stored features.
     only_math = write_jsonl(tmp_path / "math.jsonl", [{"messages": word_problem(random.Random(s))} for s in (11, 12, 13)])
-    selectors[3]["less"]["targets"] = str(only_math)
+    selectors[-1]["less"]["targets"] = str(only_math)
     again = run(load_config(None, input=[str(src)], db=db, shard_size=20, stages=stages, selectors=selectors), progress="off")
     assert [s["name"] for s in again.selections] == ["less"]
     con = duckdb.connect(db, read_only=True)

@@ -23,7 +23,7 @@ def run_selectors(store: Store, run_id: str, selectors: list[SelectorConfig]) ->
         con = store.con
         # run_id is a hex fingerprint, safe to inline; views take no parameters.
         con.execute(f"CREATE OR REPLACE TEMP VIEW _pool AS SELECT * FROM samples WHERE run_id = '{run_id}' AND kept")
-        pool = con.execute("SELECT count(*) FROM _pool").fetchone()[0]
+        pool = con.execute("SELECT count(*) FROM _pool").fetchall()[0][0]  # fetchall: a half-read result blocks the next con.sql
         try:
             n = budget_rows(selector.budget, pool)
         except ValueError as e:

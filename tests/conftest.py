@@ -72,3 +72,14 @@ def run_killing_at_first_commit(cmd: list[str], kill, timeout: float = 300) -> t
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     return proc.returncode, [k for k in killed if k > 0]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run faster on one thread, and far faster on a machine other jobs share."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

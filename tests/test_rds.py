@@ -10,12 +10,7 @@ from curate.stages.score.rds import RDSEncoder, conversation_ids
 from tiny_llm import build_tiny_llama
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_batched_rds_vectors_equal_one_at_a_time(tmp_path):

@@ -13,15 +13,7 @@ from test_rds_less_targeted import poem, word_problem
 from tiny_llm import build_tiny_llama
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run faster on one thread, and far faster on a machine other jobs share."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_ifd_rds_and_less_through_the_runner(ray_local, tmp_path):

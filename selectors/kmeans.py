@@ -81,11 +81,12 @@ def assign_pool(source: VectorSource, assign: Assigner, batch_rows: int = BATCH_
     ids, clusters, distances, columns = [], [], [], {c: [] for c in source.score_names}
     for batch in source.batches(batch_rows):
         label, distance = assign(as_matrix(batch.column("vec")))
-        ids.append(batch.column("id"))
+        # Copies: a column imported from DuckDB keeps its whole batch, vectors included, alive.
+        ids.append(pa.concat_arrays([batch.column("id")]))
         clusters.append(label)
         distances.append(distance)
         for c in columns:
-            columns[c].append(batch.column(c))
+            columns[c].append(batch.column(c).to_numpy(zero_copy_only=False).copy())
     if not ids:
         raise CurateError("the pool has no vectors")
     id_array = pa.chunked_array(ids, pa.string()).combine_chunks()
@@ -94,7 +95,7 @@ def assign_pool(source: VectorSource, assign: Assigner, batch_rows: int = BATCH_
     distance = np.concatenate(distances)[by_id]
     out = {}
     for c, parts in columns.items():
-        values = pa.chunked_array(parts, pa.float64()).to_numpy()[by_id]
+        values = np.concatenate(parts).astype(np.float64)[by_id]
         missing = np.isnan(values)
         if missing.all():
             raise CurateError(f"none of the pool's rows has the score '{source.score_names[c]}'")

@@ -81,8 +81,10 @@ class VectorSource:
             joins += (f" LEFT JOIN (SELECT id, any_value(value) AS value FROM scores WHERE run_id = $run "
                       f"AND name = '{_quote(name)}' GROUP BY id) s{i} ON s{i}.id = v.id")
             columns += f', s{i}.value AS "{column}"'
-        return (f"SELECT v.id, v.vec{columns} FROM vectors v JOIN {self.pool} p ON p.id = v.id{joins} "
-                f"WHERE v.run_id = $run AND v.name = $name {order}")
+        # A semi join: DuckDB builds its hash table on the pool's ids and streams the vectors past
+        # it (a plain join may build on the vectors, holding them all).
+        return (f"SELECT v.id, v.vec{columns} FROM vectors v{joins} "
+                f"WHERE v.run_id = $run AND v.name = $name AND v.id IN (SELECT id FROM {self.pool}) {order}")
 
     def batches(self, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         """Every row once, in no particular order: (id, vec, scores...)."""
@@ -98,12 +100,12 @@ class VectorSource:
             where = (f"AND v.id IN (SELECT id FROM {self.pool} WHERE id IN (SELECT id FROM vectors WHERE "
                      f"run_id = $run AND name = $name) ORDER BY md5($seed || id), id LIMIT {int(rows)})")
             params["seed"] = str(seed)
-        query = (f"SELECT v.id, v.vec FROM vectors v JOIN {self.pool} p ON p.id = v.id "
-                 f"WHERE v.run_id = $run AND v.name = $name {where}")
+        query = (f"SELECT v.id, v.vec FROM vectors v WHERE v.run_id = $run AND v.name = $name "
+                 f"AND v.id IN (SELECT id FROM {self.pool}) {where}")
         parts, ids = [], []
         for batch in self._stream(query, BATCH_ROWS, params):
-            ids.append(batch.column("id"))
-            parts.append(as_matrix(batch.column("vec")))
+            ids.append(pa.concat_arrays([batch.column("id")]))  # a copy: the batch's vectors can go
+            parts.append(as_matrix(batch.column("vec")).copy())
         by_id = pc.sort_indices(pa.chunked_array(ids, pa.string())).to_numpy()
         return np.concatenate(parts)[by_id]
 

@@ -43,11 +43,12 @@ class SemDeDup(GlobalStage):
     def decide(self, batches) -> list[tuple[str, str]]:
         ids, parts = [], []
         for batch in batches:
-            ids.append(batch.column("id"))
-            parts.append(rows_of_binary(batch.column("key")))
+            ids.append(pa.concat_arrays([batch.column("id")]))  # a copy: the keys' buffers can go
+            parts.append(rows_of_binary(batch.column("key")).copy())
         if not ids:
             return []
         vecs = normalised(np.concatenate(parts))
+        del parts
         id_list = pa.chunked_array(ids, pa.string()).to_pylist()
         return [(id_list[row], f"semantic_duplicate_of:{id_list[of]}") for row, of in self.duplicates(vecs)]
 

@@ -221,11 +221,3 @@ def test_refuses_to_run_without_isolation_unless_allowed():
     with Sandbox(disable=("bwrap", "unshare"), allow_unsandboxed=True, slots=1) as bare:
         (verdict,) = verify_programs(bare, [("def f():\n    return 1\n", "assert f() == 1")])
         assert verdict.passed and verdict.strength == "none" and bare.tier == "none"
-
-
-def test_trivial_program_overhead_is_well_under_100ms(sandbox):
-    payload = plan_tests("assert f() == 1").payload("def f():\n    return 1\n")
-    walls = sorted(sandbox.run(payload).wall_ms for _ in range(9))
-    # the fastest of nine: what the harness costs when the machine lets it run (on a shared 2-core
-    # machine other work inflates the rest; bench/sandbox.py reports medians)
-    assert walls[0] < 100, walls

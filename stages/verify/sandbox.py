@@ -262,6 +262,9 @@ class Sandbox:
             status = "memory"
         if status == "finished" and rc != 0:
             status = self._classify_exit(rc, streams["stderr"])
+        if status == "finished" and rc != 0 and self.use_unshare and wall_ms >= self.limits.cpu_s * 1000:
+            # Tier C: unshare can report a child that RLIMIT_CPU killed as a plain exit 1.
+            status = "timeout"
         records, forged = _parse_channel(streams["channel"], nonce)
         return ExecResult(status, rc, records, forged, streams["stdout"][-4096:], streams["stderr"][-4096:],
                           wall_ms, self.tier)

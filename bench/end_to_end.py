@@ -61,7 +61,9 @@ def main() -> None:
     stages = [{"filters": {"min_response_words": 3}}, {"exact_dedup": {"on": "instruction"}}, {"near_dedup": {"threshold": 0.8}}]
     selectors = []
     if not args.no_embed:
-        stages.append({"embed": {"field": "instruction"}})
+        # Ray gives an actor one torch thread per logical CPU it holds; the embedding is the
+        # bottleneck here, so it gets the machine's cores.
+        stages.append({"embed": {"field": "instruction", "threads": os.cpu_count() or 1}})
         selectors.append({"kmeans_diversity": {"budget": 0.1, "k": 64 if args.quick else 1024, "name": "diverse"}})
 
     import ray

@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from curate.generators.backends.base import ChatRequest, Sampling
 from curate.generators.prompts_io import fill, template
-from curate.generators.respond import stage_backend
+from curate.generators.respond import on_subset, stage_backend
 from curate.stages.base import Resources, Stage, StageResult
 from curate.storage import schema as S
 
@@ -110,12 +110,7 @@ class EvolInstruct(Stage):
             metas = [json.loads(m) if m else {} for m in batch["meta"].to_pylist()]
             verifiable = [any(k in m for k in self.keep_verifiable) for m in metas]
             if any(verifiable):
-                todo = [i for i, v in enumerate(verifiable) if not v]
-                result = self._evolve(batch.take(pa.array(todo, pa.int64())))
-                parents = pa.array([todo[j] for j in result.generated[S.PARENT].to_pylist()], pa.int64())
-                result.generated = result.generated.set_column(result.generated.column_names.index(S.PARENT), S.PARENT, parents)
-                result.kept = pa.concat_tables([batch.take(pa.array([i for i, v in enumerate(verifiable) if v], pa.int64())), result.kept])
-                return result
+                return on_subset(batch, [not v for v in verifiable], self._evolve)
         return self._evolve(batch)
 
     def _evolve(self, batch: pa.Table) -> StageResult:

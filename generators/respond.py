@@ -21,6 +21,18 @@ TEMPLATE_VERSION = "respond/1"
 INHERIT_NOT = ("raw", "finish_reason", "evolve_finish_reason", "completion_tokens", "prompt_tokens", "sampling")
 
 
+def on_subset(batch: pa.Table, chosen: list[bool], generate) -> StageResult:
+    """Run a generator step on the chosen rows only; the others pass through kept, unchanged."""
+    picked = [i for i, c in enumerate(chosen) if c]
+    result = generate(batch.take(pa.array(picked, pa.int64())))
+    if result.generated is not None:  # parent indices into the whole batch
+        parents = pa.array([picked[j] for j in result.generated[S.PARENT].to_pylist()], pa.int64())
+        result.generated = result.generated.set_column(result.generated.column_names.index(S.PARENT), S.PARENT, parents)
+    others = batch.take(pa.array([i for i, c in enumerate(chosen) if not c], pa.int64()))
+    result.kept = pa.concat_tables([others, result.kept])
+    return result
+
+
 class LazyBackend(Backend):
     """The real backend, found or built on the first cache miss: the run's shared engine actor
     for a vLLM spec when the runner started one (see generators/engines.py), else a backend
@@ -100,13 +112,7 @@ class Respond(Stage):
             convs = batch["messages"].to_pylist()
             answered = [bool(c) and c[-1]["role"] == "assistant" for c in convs]
             if any(answered):
-                todo = [i for i, a in enumerate(answered) if not a]
-                result = self._respond(batch.take(pa.array(todo, pa.int64())))
-                if result.generated is not None:  # parent indices into the whole batch
-                    parents = pa.array([todo[j] for j in result.generated[S.PARENT].to_pylist()], pa.int64())
-                    result.generated = result.generated.set_column(result.generated.column_names.index(S.PARENT), S.PARENT, parents)
-                result.kept = batch.take(pa.array([i for i, a in enumerate(answered) if a], pa.int64()))
-                return result
+                return on_subset(batch, [not a for a in answered], self._respond)
         return self._respond(batch)
 
     def _respond(self, batch: pa.Table) -> StageResult:

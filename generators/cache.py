@@ -17,6 +17,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 
 import duckdb
+import pyarrow as pa
 
 from curate.generators.backends.base import Backend, ChatRequest, Completion, request_key
 
@@ -73,13 +74,27 @@ class LLMCache:
         return {k: json.loads(v) for k, v in rows}
 
     def put_many(self, entries: list[tuple[str, str, dict, list[dict]]]) -> None:
-        """entries: (key, model, request, completions)."""
+        """entries: (key, model, request, completions). One statement over an Arrow table:
+        `executemany` ran the upsert row by row (3.1 s for 1,000 entries against 0.05 s)."""
+        if not entries:
+            return
+        calls: dict[str, int] = {}
+        for key, *_ in entries:  # a key twice in one call was paid twice; the upsert sees it once
+            calls[key] = calls.get(key, 0) + 1
+        last = {key: (key, model, request, completions) for key, model, request, completions in entries}
         now = datetime.now(timezone.utc).replace(tzinfo=None)
+        new = pa.table({
+            "key": pa.array(list(last), pa.string()),
+            "model": pa.array([m for _, m, _, _ in last.values()], pa.string()),
+            "request": pa.array([json.dumps(r, ensure_ascii=False) for _, _, r, _ in last.values()], pa.string()),
+            "completions": pa.array([json.dumps(c, ensure_ascii=False) for _, _, _, c in last.values()], pa.string()),
+            "calls": pa.array([calls[k] for k in last], pa.int32()),
+        })
         with self._connect() as con:
-            con.executemany(
-                "INSERT INTO llm_cache VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT (key) DO UPDATE SET calls = llm_cache.calls + 1",
-                [(k, m, json.dumps(r, ensure_ascii=False), json.dumps(c, ensure_ascii=False), now) for k, m, r, c in entries],
-            )
+            con.register("new_entries", new)
+            con.execute(
+                "INSERT INTO llm_cache SELECT key, model, request::JSON, completions::JSON, ?, calls FROM new_entries "
+                "ON CONFLICT (key) DO UPDATE SET calls = llm_cache.calls + excluded.calls", [now])
 
     def __len__(self) -> int:
         with self._connect() as con:

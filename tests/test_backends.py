@@ -159,3 +159,14 @@ def test_cache_calls_only_misses_and_survives_reopening(server, tmp_path):
     other_seed = ChatRequest([{"role": "user", "content": "a"}], Sampling(max_tokens=8, seed=2))
     again.generate([other_seed])
     assert len(script.seen) == 3  # another seed is another call
+
+
+def test_cache_counts_every_paid_call_per_key(tmp_path):
+    cache = LLMCache(str(tmp_path / "c.llm_cache.duckdb"))
+    entry = lambda key, text: (key, "m", {"messages": [{"role": "user", "content": key}]}, [{"text": text}])  # noqa: E731
+    cache.put_many([entry("a", "first"), entry("b", "b"), entry("a", "second")])  # "a" paid twice in one call
+    cache.put_many([entry("b", "b again")])
+    cache.put_many([])
+    assert cache.get_many(["a", "b", "c"]) == {"a": [{"text": "second"}], "b": [{"text": "b"}]}
+    with cache._connect(read_only=True) as con:
+        assert dict(con.execute("SELECT key, calls FROM llm_cache").fetchall()) == {"a": 2, "b": 2}

@@ -12,8 +12,12 @@ from curate.generators.backends.base import Backend, ChatRequest, Completion
 class VllmBackend(Backend):
     def __init__(self, model: str, dtype: str = "auto", max_model_len: int | None = None,
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9, seed: int = 0,
-                 enforce_eager: bool = False, cpu_kv_cache_gib: int = 1):
+                 enforce_eager: bool = False, cpu_kv_cache_gib: int = 1, engine_process: bool | None = None,
+                 cpu_threads: int | None = None):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kv_cache_gib))
+        self.on_gpu = _has_cuda()
+        if not self.on_gpu and not engine_process:
+            _in_process_cpu_engine(cpu_threads)
         from vllm import LLM
 
         self.model = model
@@ -21,7 +25,6 @@ class VllmBackend(Backend):
                       enforce_eager=enforce_eager)
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
-        self.on_gpu = _has_cuda()
         if self.on_gpu:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = LLM(**kwargs)
@@ -59,6 +62,22 @@ class VllmBackend(Backend):
     def prompt_tokens(self, messages: list[dict]) -> int:
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _in_process_cpu_engine(threads: int | None) -> None:
+    """Run vLLM's CPU engine core in this process (`engine_process: true` keeps vLLM's default).
+
+    By default vLLM starts the engine core in a second process, and on CPU (and in any Ray
+    actor) it must *spawn* it, which imports torch and vLLM all over again: the engine actor
+    took 29 s to start that way against 12 s in process (tiny Llama, 2 cores,
+    bench/generation.py). The second process exists to overlap scheduling with GPU kernels;
+    vLLM turns async scheduling off on CPU, so there is nothing to overlap. In process, vLLM's
+    own thread binding does not run, so torch's thread count is set here (Ray sets
+    OMP_NUM_THREADS=1 in an actor that holds no CPU; one thread generated 25% slower)."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    import torch
+
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
 
 
 def _has_cuda() -> bool:

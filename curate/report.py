@@ -155,6 +155,16 @@ def _llm(con, run_id, db) -> Section:
                sum(TRY_CAST(meta->>'prompt_tokens' AS BIGINT)), sum(TRY_CAST(meta->>'completion_tokens' AS BIGINT))
         FROM samples WHERE run_id = ? AND origin != 'seed' AND meta LIKE '%"generator"%' GROUP BY ALL ORDER BY 1""", [run_id])
     body = _table(["generator", "rows", "prompt tokens", "completion tokens"], tokens) if tokens else _empty("no generated rows in this run")
+    has_engines = _rows(con, "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", ["llm_engines"])[0][0]
+    engines = has_engines and _rows(con, """
+        SELECT attempt, model, round(load_seconds, 1), requests, completion_tokens,
+               round(completion_tokens / nullif(epoch(stream_end_at) - epoch(greatest(ready_at, first_request_at)), 0)),
+               round(100 * busy_seconds / nullif(epoch(stream_end_at) - epoch(greatest(ready_at, first_request_at)), 0), 1),
+               peak_in_flight
+        FROM llm_engines WHERE run_id = ? ORDER BY attempt, model""", [run_id])
+    if engines:
+        body += "<h3>vLLM engines</h3>" + _table(
+            ["attempt", "model", "start s", "requests", "completion tokens", "tokens/s while generating", "% busy", "peak in flight"], engines)
     from curate.generators.cache import cache_path_for
 
     cache = cache_path_for(db)

@@ -17,6 +17,7 @@ import json
 from curate.generators.backends.base import ChatRequest, Completion
 
 NAMESPACE = "curate"
+MAX_CALLERS = 64  # stage calls served at once by one engine actor (threads that wait on the engine loop)
 
 
 def engine_name(spec: dict) -> str:
@@ -38,17 +39,23 @@ def vllm_specs(stage_params: list[dict]) -> list[dict]:
 
 
 class EngineHost:
-    """Ray actor body: holds one engine; requests from every stage arrive here."""
+    """Ray actor body: holds one engine; requests from every stage arrive here. A threaded
+    actor: calls from several stages run at once and their requests share the engine's batch
+    (generators/backends/engine_loop.py)."""
 
     def __init__(self, spec: dict):
+        import threading
+
         self.spec = {k: v for k, v in spec.items() if k != "preload"}
         self.backend = None
+        self._loading = threading.Lock()
 
     def load(self) -> None:
-        if self.backend is None:
-            from curate.generators.backends import make_backend
+        with self._loading:
+            if self.backend is None:
+                from curate.generators.backends import make_backend
 
-            self.backend = make_backend(self.spec)
+                self.backend = make_backend(self.spec)
 
     def generate(self, requests: list[ChatRequest]) -> list[list[Completion]]:
         self.load()
@@ -56,6 +63,10 @@ class EngineHost:
 
     def started(self) -> bool:
         return self.backend is not None
+
+    def stats(self) -> dict | None:
+        """Load time and use of the engine (None if it never started): the runner stores them."""
+        return self.backend.stats() if self.backend is not None else None
 
 
 def start_engines(specs: list[dict], gpus_available: float) -> list:
@@ -70,7 +81,7 @@ def start_engines(specs: list[dict], gpus_available: float) -> list:
         gpus = float(spec.get("tensor_parallel_size", 1)) if gpus_available >= 1 else 0.0
         actor_cls = ray.remote(EngineHost).options(
             name=engine_name(spec), namespace=NAMESPACE, get_if_exists=True,
-            num_cpus=1 if gpus else 0, num_gpus=gpus, max_concurrency=1)
+            num_cpus=1 if gpus else 0, num_gpus=gpus, max_concurrency=MAX_CALLERS)
         actor = actor_cls.remote(spec)
         if spec.get("preload"):
             # Load now, while Ray Data plans and starts the stages; the first batch then finds
@@ -78,6 +89,13 @@ def start_engines(specs: list[dict], gpus_available: float) -> list:
             actor.load.remote()
         actors.append(actor)
     return actors
+
+
+def engine_stats(actors: list) -> list[dict]:
+    """Each started engine's load time and use (generators/backends/engine_loop.py)."""
+    import ray
+
+    return [st for st in ray.get([a.stats.remote() for a in actors], timeout=60) if st is not None]
 
 
 def find_engine(spec: dict):

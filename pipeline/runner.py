@@ -64,7 +64,7 @@ def run(config: RunConfig, progress: str = "auto") -> RunReport:
         writer = ShardWriter(store, run_id, stage_names, {s.shard: s.path for s in shards}, bar.shard_committed)
         try:
             if todo:
-                _stream(config, todo, plans, store, writer, run_id)
+                _stream(config, todo, plans, store, writer, run_id, attempt)
             bar.close()
             run_global_steps(store, run_id, plans, bar)
             selections = run_selectors(store, run_id, config.selectors)
@@ -94,17 +94,19 @@ def run_global_steps(store: Store, run_id: str, plans: list[StagePlan], bar: Pro
         position += 1
 
 
-def _stream(config, todo, plans, store, writer, run_id) -> None:
+def _stream(config, todo, plans, store, writer, run_id, attempt) -> None:
     import ray
 
-    from curate.generators.engines import start_engines, vllm_specs
+    from curate.generators.engines import engine_stats, start_engines, vllm_specs
 
     with ray_session(config):
         _check_actor_resources(plans)
+        # First, so the engines load while Ray Data plans and starts the stages.
         engines = start_engines(vllm_specs([p.params for p in plans]), ray.cluster_resources().get("GPU", 0))
         try:
             for batch in build_dataset(todo, plans).iter_batches(batch_format="pyarrow", batch_size=None):
                 writer.add(batch)
+            store.record_engines(run_id, attempt, engine_stats(engines), time.time())
         finally:
             for engine in engines:
                 ray.kill(engine)

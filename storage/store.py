@@ -86,6 +86,15 @@ CREATE TABLE IF NOT EXISTS selection_info (
     pool BIGINT, rows BIGINT, seconds DOUBLE, created_at TIMESTAMP,
     PRIMARY KEY (run_id, name)
 );
+-- Each vLLM engine a run attempt started: how long it took to load and how busy it was.
+CREATE TABLE IF NOT EXISTS llm_engines (
+    run_id VARCHAR, attempt INTEGER, model VARCHAR,
+    load_seconds DOUBLE,        -- engine start, imports included
+    ready_at TIMESTAMP, first_request_at TIMESTAMP, last_output_at TIMESTAMP, stream_end_at TIMESTAMP,
+    calls BIGINT, requests BIGINT, prompt_tokens BIGINT, completion_tokens BIGINT,
+    steps BIGINT, busy_seconds DOUBLE,  -- time inside engine steps
+    peak_in_flight BIGINT       -- most requests generating at once, over all stages
+);
 -- The kept samples of the latest run (the one most recently started or resumed).
 CREATE OR REPLACE VIEW curated AS
     SELECT * EXCLUDE (kept) FROM samples
@@ -183,6 +192,17 @@ class Store:
 
     def end_run(self, run_id: str, status: str) -> None:
         self.con.execute("UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?", [status, _now(), run_id])
+
+    def record_engines(self, run_id: str, attempt: int, stats: list[dict], stream_end_at: float) -> None:
+        def ts(seconds):
+            return None if seconds is None else datetime.fromtimestamp(seconds, timezone.utc).replace(tzinfo=None)
+
+        for st in stats:
+            self.con.execute(
+                "INSERT INTO llm_engines VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [run_id, attempt, st["model"], st["load_seconds"], ts(st["ready_at"]), ts(st["first_request_at"]),
+                 ts(st["last_output_at"]), ts(stream_end_at), st["calls"], st["requests"], st["prompt_tokens"],
+                 st["completion_tokens"], st["steps"], st["busy_seconds"], st["peak_in_flight"]])
 
     def committed_shards(self, run_id: str) -> set[str]:
         return {r[0] for r in self.con.execute("SELECT shard FROM shards WHERE run_id = ?", [run_id]).fetchall()}

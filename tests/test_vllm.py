@@ -60,6 +60,34 @@ def test_vllm_engine_in_a_ray_actor_through_the_cache(ray_local, tiny_model, tmp
     ray.kill(host)
 
 
+def test_calls_from_several_stages_share_the_engine_batch(ray_local, tiny_model):
+    """The engine actor serves concurrent calls together: their requests run in the same engine
+    steps (up to 120 in flight, not 40 at a time), and each caller gets its own results in order."""
+    import ray
+
+    from curate.generators.engines import engine_stats, start_engines
+
+    (host,) = start_engines([{**ENGINE, "model": tiny_model}], gpus_available=0)
+
+    def batch(tag):  # prompt lengths grow along the batch, so the order of results shows
+        return [ChatRequest([{"role": "user", "content": f"{tag} poem" + " word" * i}], Sampling(max_tokens=8, n=1 + i % 2))
+                for i in range(40)]
+
+    # The three calls wait on the engine's load together, then reach its loop at once.
+    pending = {tag: host.generate.remote(batch(tag)) for tag in ("evol", "respond", "selfinstruct")}
+    results = {tag: ray.get(ref, timeout=300) for tag, ref in pending.items()}
+    for tag, out in results.items():
+        assert [len(r) for r in out] == [1 + i % 2 for i in range(40)]
+        lengths = [r[0].prompt_tokens for r in out]
+        assert lengths == sorted(lengths) and len(set(lengths)) == 40
+        assert all(0 < c.completion_tokens <= 8 for r in out for c in r)
+    (stats,) = engine_stats([host])
+    assert stats["calls"] == 3 and stats["requests"] == 120
+    assert stats["peak_in_flight"] > 40  # the calls overlapped inside the engine
+    assert stats["completion_tokens"] == sum(c.completion_tokens for out in results.values() for r in out for c in r)
+    ray.kill(host)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -188,12 +216,21 @@ def test_synthesis_config_through_one_shared_engine(ray_local, tiny_model, tmp_p
         assert origin[id_] == "seed" and hops <= 6
     reasons = {r[0] for r in con.execute("SELECT reason FROM drops WHERE stage LIKE 'evol%'").fetchall()}
     assert reasons <= {"unparseable", "copied_scaffold", "no_information_gain", "refusal_response", "empty_response"}
+    engines = con.execute("SELECT model, requests, completion_tokens, busy_seconds, load_seconds FROM llm_engines "
+                          "WHERE run_id = ?", [report.run_id]).fetchall()
+    assert len(engines) == 1 and engines[0][0] == tiny_model  # five stages, one engine
+    with LLMCache(cache_path_for(db))._connect(read_only=True) as cc:  # prompts over the context never reach the engine
+        sent = cc.execute("SELECT count(*) FROM llm_cache WHERE completions->>'$[0].finish_reason' != 'prompt_too_long'").fetchone()[0]
+    assert engines[0][1] == sent and engines[0][2] > 0 and 0 < engines[0][3] and engines[0][4] > 0
     con.close()
     # The database deleted, the cache kept: the same rows again, and no call reaches the model.
     os.remove(db)
     rerun = run(load_config(str(ROOT / "jobs" / "configs" / "synthesis.yaml"), overrides), progress="off")
     assert rerun.generated == report.generated and rerun.kept == report.kept
     assert len(LLMCache(cache_path_for(db))) == calls
+    con = duckdb.connect(db, read_only=True)
+    assert con.execute("SELECT count(*) FROM llm_engines").fetchone()[0] == 0  # all from the cache: no engine started
+    con.close()
 
 
 def test_engine_killed_mid_run_resumes_without_paying_twice(tiny_model, tmp_path, alpaca_rows):

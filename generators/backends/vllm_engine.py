@@ -1,12 +1,16 @@
-"""vLLM's offline engine (`vllm.LLM`): every request of a batch goes to one `LLM.chat` call, so
-the engine's continuous batching stays full. Chat templates come from the model's tokenizer.
-Runs on a GPU when the actor has one, on vLLM's CPU backend otherwise."""
+"""vLLM's offline engine (`vllm.LLM`). `generate` may be called from many threads at once: an
+engine loop (engine_loop.py) puts every caller's requests into the one running batch. Chat
+templates come from the model's tokenizer. Runs on a GPU when the process has one, on vLLM's
+CPU backend otherwise."""
 
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import asdict
 
 from curate.generators.backends.base import Backend, ChatRequest, Completion
+from curate.generators.backends.engine_loop import EngineLoop
 
 
 class VllmBackend(Backend):
@@ -14,6 +18,7 @@ class VllmBackend(Backend):
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9, seed: int = 0,
                  enforce_eager: bool = False, cpu_kv_cache_gib: int = 1, engine_process: bool | None = None,
                  cpu_threads: int | None = None):
+        start = time.perf_counter()  # the engine start, imports included
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kv_cache_gib))
         self.on_gpu = _has_cuda()
         if not self.on_gpu and not engine_process:
@@ -28,9 +33,12 @@ class VllmBackend(Backend):
         if self.on_gpu:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = LLM(**kwargs)
+        self.load_seconds = time.perf_counter() - start
+        self.ready_at = time.time()
         self.tokenizer = self.llm.get_tokenizer()
         config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
         self.max_model_len = getattr(config, "max_model_len", None) or max_model_len
+        self.loop = EngineLoop(self.llm)
 
     def generate(self, requests: list[ChatRequest]) -> list[list[Completion]]:
         from vllm import SamplingParams
@@ -48,7 +56,7 @@ class VllmBackend(Backend):
                                      max_tokens=min(requests[i].sampling.max_tokens, (self.max_model_len or 10**9) - lengths[i]),
                                      n=requests[i].sampling.n, seed=self.request_seed(requests[i].sampling.seed),
                                      stop=list(requests[i].sampling.stop) or None) for i in fits]
-            outputs = self.llm.chat([requests[i].messages for i in fits], params, use_tqdm=False)
+            outputs = self.loop.chat([requests[i].messages for i in fits], params)
             for i, o in zip(fits, outputs):
                 results[i] = [Completion(c.text, c.finish_reason, len(o.prompt_token_ids or []), len(c.token_ids))
                               for c in o.outputs]
@@ -60,8 +68,12 @@ class VllmBackend(Backend):
         return seed if self.on_gpu else None
 
     def prompt_tokens(self, messages: list[dict]) -> int:
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        with self.loop.tokenizer_lock:
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def stats(self) -> dict:
+        return {"model": self.model, "load_seconds": self.load_seconds, "ready_at": self.ready_at, **asdict(self.loop.stats)}
 
 
 def _in_process_cpu_engine(threads: int | None) -> None:

@@ -1,0 +1,143 @@
+"""One thread steps a vLLM engine; any number of caller threads add work to it.
+
+`LLM.chat` runs the engine until *its* requests are done, so two stages sharing an engine took
+turns, and each stage's batch ran alone: the engine held 64 sequences when it could hold 256 (a
+CPU engine's `max_num_seqs`; 1,024 on an H100). Here every caller's requests join the running
+batch at the next step (continuous batching across callers): a Self-Instruct batch, an Evol
+round and a Respond batch generate together. Only the loop thread touches the engine.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class _Job:
+    messages: list[list[dict]]
+    params: list
+    outputs: list = field(default_factory=list)
+    remaining: int = 0
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.done.set()
+
+
+@dataclass
+class EngineStats:
+    calls: int = 0
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    steps: int = 0
+    busy_seconds: float = 0.0  # time inside engine steps
+    first_request_at: float | None = None  # time.time()
+    last_output_at: float | None = None
+    peak_in_flight: int = 0  # most requests in the engine at once, over all callers
+
+
+class EngineLoop:
+    def __init__(self, llm):
+        self.llm = llm
+        self.stats = EngineStats()
+        # vLLM renders prompts with the model's tokenizer in this loop; a fast tokenizer used by
+        # two threads at once can fail ("Already borrowed"), so other users of it take this lock.
+        self.tokenizer_lock = threading.Lock()
+        self._inbox: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._fatal: BaseException | None = None
+        import torch
+
+        self._torch_threads = torch.get_num_threads()  # as the engine was built with
+        self._thread = threading.Thread(target=self._run, name="vllm-engine-loop", daemon=True)
+        self._thread.start()
+
+    def chat(self, messages: list[list[dict]], params: list) -> list:
+        """The engine's RequestOutputs for these conversations, in order; blocks this caller only."""
+        if not messages:
+            return []
+        job = _Job(messages, params, outputs=[None] * len(messages))
+        self._inbox.put(job)
+        while not job.done.wait(timeout=5):
+            if not self._thread.is_alive():  # a bug in the loop must not leave callers waiting forever
+                raise RuntimeError(f"the vLLM engine loop stopped: {self._fatal!r}")
+        if job.error is not None:
+            raise job.error
+        return job.outputs
+
+    def _run(self) -> None:
+        import torch
+
+        # OpenMP settings are per thread: a CPU engine stepped from a thread with another count
+        # fails vLLM's attention check ("thread_num == thread_num (1 vs. 2)"). torch._C's own
+        # setter, since vLLM's CPU worker replaces torch.set_num_threads with a no-op.
+        torch._C.set_num_threads(self._torch_threads)
+        try:
+            self._serve()
+        except BaseException as e:
+            self._fatal = e
+            raise
+
+    def _serve(self) -> None:
+        engine = self.llm.llm_engine
+        pending: dict[str, tuple[_Job, int]] = {}
+        while True:
+            self._admit(pending, wait=not pending)
+            if not pending:
+                continue
+            start = time.perf_counter()
+            try:
+                outputs = engine.step()
+            except BaseException as e:  # the engine is broken: every waiting caller gets the error
+                for job in {id(j): j for j, _ in pending.values()}.values():
+                    job.fail(e)
+                pending.clear()
+                continue
+            self.stats.steps += 1
+            self.stats.busy_seconds += time.perf_counter() - start
+            for out in outputs:
+                if not out.finished:
+                    continue
+                job, i = pending.pop(out.request_id)
+                job.outputs[i] = out
+                self.stats.prompt_tokens += len(out.prompt_token_ids or [])
+                self.stats.completion_tokens += sum(len(c.token_ids) for c in out.outputs)
+                job.remaining -= 1
+                if job.remaining == 0:
+                    self.stats.last_output_at = time.time()
+                    job.done.set()
+
+    def _admit(self, pending: dict, wait: bool) -> None:
+        """Move queued jobs into the engine; block for one when the engine is idle."""
+        jobs: list[_Job] = []
+        try:
+            jobs.append(self._inbox.get(block=wait))
+            while True:
+                jobs.append(self._inbox.get_nowait())
+        except queue.Empty:
+            pass
+        for job in jobs:
+            try:
+                with self.tokenizer_lock:
+                    ids = self.llm.enqueue_chat(job.messages, job.params, use_tqdm=False)
+            except BaseException as e:  # a bad request fails its caller, not the others
+                job.fail(e)
+                continue
+            if self.stats.first_request_at is None:
+                self.stats.first_request_at = time.time()
+            self.stats.calls += 1
+            self.stats.requests += len(ids)
+            job.remaining = len(ids)
+            pending.update({_external_id(rid): (job, i) for i, rid in enumerate(ids)})
+        self.stats.peak_in_flight = max(self.stats.peak_in_flight, len(pending))
+
+
+def _external_id(request_id: str) -> str:
+    """The id outputs carry. `enqueue_chat` returns vLLM's internal id, the LLM's counter value
+    plus "-" and 8 random characters; outputs carry the counter value alone."""
+    return request_id.split("-", 1)[0]

@@ -86,7 +86,10 @@ def stage_backend(spec: dict, cache: str | None) -> Backend:
 
 class Respond(Stage):
     name = "respond"
-    resources = Resources(num_cpus=0.1, actor=True, concurrency=1)  # waits on its engine; the engine holds the GPU or its own threads
+    # Two actors: while one shard's last sequences finish, the next shard's requests are already
+    # queued in the engine (4,000 prompts, 128 tokens: generating ratio 0.70 -> 0.78). They wait
+    # on the engine, which holds the GPU or its own threads, so each asks little CPU.
+    resources = Resources(num_cpus=0.05, actor=True, concurrency=2)
     batch_size = 1024  # requests in flight: a CPU engine runs 256 sequences at once, an H100 1,024 (a shard is 1,000 rows)
 
     def __init__(self, backend: dict, n: int = 1, temperature: float = 0.7, top_p: float = 1.0,

@@ -100,10 +100,11 @@ def _stream(config, todo, plans, store, writer, run_id, attempt) -> None:
     from curate.generators.engines import engine_stats, start_engines, vllm_specs
 
     with ray_session(config):
-        _check_actor_resources(plans)
-        # First, so the engines load while Ray Data plans and starts the stages.
+        # First, even before Ray Data is imported, so the engines load while it plans and starts the stages.
         engines = start_engines(vllm_specs([p.params for p in plans]), ray.cluster_resources().get("GPU", 0))
         try:
+            _quiet_ray_data()
+            _check_actor_resources(plans)
             for batch in build_dataset(todo, plans).iter_batches(batch_format="pyarrow", batch_size=None):
                 writer.add(batch)
             store.record_engines(run_id, attempt, engine_stats(engines), time.time())
@@ -135,16 +136,19 @@ def _check_actor_resources(plans: list[StagePlan]) -> None:
                 f"resources.{attr} or concurrency")
 
 
+def _quiet_ray_data() -> None:
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
 @contextmanager
 def ray_session(config: RunConfig):
     """Use the Ray already initialised, or join `ray.address`/$RAY_ADDRESS (a cluster, `ray job
     submit`), or start an embedded local Ray (never joining a stale cluster from /tmp/ray)."""
     import ray
 
-    import ray.data
-
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
     if ray.is_initialized():
         yield
         return

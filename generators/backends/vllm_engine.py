@@ -21,8 +21,9 @@ class VllmBackend(Backend):
         start = time.perf_counter()  # the engine start, imports included
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kv_cache_gib))
         self.on_gpu = _has_cuda()
+        torch_threads = None
         if not self.on_gpu and not engine_process:
-            _in_process_cpu_engine(cpu_threads)
+            torch_threads = _in_process_cpu_engine(cpu_threads)
         from vllm import LLM
 
         self.model = model
@@ -32,13 +33,13 @@ class VllmBackend(Backend):
             kwargs["max_model_len"] = max_model_len
         if self.on_gpu:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-        self.llm = LLM(**kwargs)
+        self.loop = EngineLoop(lambda: LLM(**kwargs), torch_threads)  # builds the engine in its thread
+        self.llm = self.loop.llm
         self.load_seconds = time.perf_counter() - start
         self.ready_at = time.time()
         self.tokenizer = self.llm.get_tokenizer()
         config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
         self.max_model_len = getattr(config, "max_model_len", None) or max_model_len
-        self.loop = EngineLoop(self.llm)
 
     def generate(self, requests: list[ChatRequest]) -> list[list[Completion]]:
         from vllm import SamplingParams
@@ -76,7 +77,7 @@ class VllmBackend(Backend):
         return {"model": self.model, "load_seconds": self.load_seconds, "ready_at": self.ready_at, **asdict(self.loop.stats)}
 
 
-def _in_process_cpu_engine(threads: int | None) -> None:
+def _in_process_cpu_engine(threads: int | None) -> int:
     """Run vLLM's CPU engine core in this process (`engine_process: true` keeps vLLM's default).
 
     By default vLLM starts the engine core in a second process, and on CPU (and in any Ray
@@ -84,12 +85,11 @@ def _in_process_cpu_engine(threads: int | None) -> None:
     took 29 s to start that way against 12 s in process (tiny Llama, 2 cores,
     bench/generation.py). The second process exists to overlap scheduling with GPU kernels;
     vLLM turns async scheduling off on CPU, so there is nothing to overlap. In process, vLLM's
-    own thread binding does not run, so torch's thread count is set here (Ray sets
-    OMP_NUM_THREADS=1 in an actor that holds no CPU; one thread generated 25% slower)."""
+    own thread binding does not run, so the engine loop sets torch's thread count to the
+    returned number (Ray sets OMP_NUM_THREADS=1 in an actor that holds no CPU; one thread
+    generated 25% slower)."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    import torch
-
-    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+    return threads or len(os.sched_getaffinity(0))
 
 
 def _has_cuda() -> bool:

@@ -60,10 +60,22 @@ def bare_worker(args) -> None:
 
     llm = LLM(model=args.model, dtype=args.dtype, max_model_len=args.max_model_len, enforce_eager=args.enforce_eager, seed=0)
     params = [SamplingParams(temperature=0.8, top_p=1.0, max_tokens=args.max_tokens) for _ in prompts]
+    engine, steps = llm.llm_engine, {"n": 0, "s": 0.0}
+    step = engine.step
+
+    def timed_step():  # the same measure as the pipeline's engine loop (busy seconds, steps)
+        t = time.perf_counter()
+        try:
+            return step()
+        finally:
+            steps["n"] += 1
+            steps["s"] += time.perf_counter() - t
+
+    engine.step = timed_step
     ready = time.perf_counter()
     outputs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params, use_tqdm=False)
     end = time.perf_counter()
-    print(RESULT + json.dumps({"seconds": end - start, "generating_s": end - ready,
+    print(RESULT + json.dumps({"seconds": end - start, "generating_s": end - ready, "steps": steps["n"], "busy_s": steps["s"],
                                "tokens": sum(len(c.token_ids) for o in outputs for c in o.outputs)}))
 
 
@@ -92,10 +104,10 @@ def pipeline(model: str, prompts: list[str], args, tmp: str) -> dict:
     tokens = con.execute("SELECT sum((meta->>'completion_tokens')::BIGINT) FROM samples WHERE origin = 'response'").fetchone()[0]
     # Generating: from the moment the engine was loaded and had work to the last row stored.
     engine = con.execute("SELECT load_seconds, epoch(stream_end_at) - epoch(greatest(ready_at, first_request_at)), "
-                         "busy_seconds, peak_in_flight FROM llm_engines").fetchone()
+                         "busy_seconds, peak_in_flight, steps FROM llm_engines").fetchone()
     con.close()
     return {"seconds": elapsed, "tokens": int(tokens or 0), "load_s": engine[0], "generating_s": engine[1],
-            "busy_s": engine[2], "peak_in_flight": engine[3]}
+            "busy_s": engine[2], "peak_in_flight": engine[3], "steps": engine[4]}
 
 
 def main() -> None:
@@ -133,14 +145,15 @@ def main() -> None:
             runs["engine in process"] = bare(model, prompts_file, args, in_process=True)
         for name, r in runs.items():
             print(f"bare vLLM, {name}: {r['tokens']} tokens in {r['seconds']:.1f} s = {r['tokens'] / r['seconds']:,.0f} tok/s "
-                  f"end to end; generating {r['generating_s']:.1f} s = {r['tokens'] / r['generating_s']:,.0f} tok/s")
+                  f"end to end; generating {r['generating_s']:.1f} s = {r['tokens'] / r['generating_s']:,.0f} tok/s "
+              f"({r['steps']} engine steps, {r['busy_s']:.1f} s)")
         best = max(runs.values(), key=lambda r: r["tokens"] / r["seconds"])
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
         pipe = pipeline(model, prompts, args, tmp)
         ray.shutdown()
     print(f"pipeline: {pipe['tokens']} tokens in {pipe['seconds']:.1f} s = {pipe['tokens'] / pipe['seconds']:,.0f} tok/s end to end "
           f"(Ray, engine start {pipe['load_s']:.1f} s, shards, DuckDB included); generating {pipe['generating_s']:.1f} s = "
-          f"{pipe['tokens'] / pipe['generating_s']:,.0f} tok/s (engine busy {pipe['busy_s']:.1f} s, "
+          f"{pipe['tokens'] / pipe['generating_s']:,.0f} tok/s ({pipe['steps']} engine steps, {pipe['busy_s']:.1f} s; "
           f"up to {pipe['peak_in_flight']} requests in flight)")
     tok_s = pipe["tokens"] / pipe["seconds"]
     bare_tok_s = best["tokens"] / best["seconds"]

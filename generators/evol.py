@@ -80,8 +80,10 @@ def _norm(text: str) -> str:
 
 class EvolInstruct(Stage):
     name = "evol_instruct"
-    resources = Resources(num_cpus=0.1, actor=True, concurrency=1)  # waits on its engine; the engine holds the GPU or its own threads
-    batch_size = 256  # requests per engine call: small calls leave the engine part empty
+    # As Respond: whole shards per engine call, two actors so one shard's calls are queued in
+    # the engine while the other's last sequences finish. Each batch is evolved on its own.
+    resources = Resources(num_cpus=0.05, actor=True, concurrency=2)
+    batch_size = None
 
     def __init__(self, backend: dict, operations: list[str] = list(OPERATIONS), generation: int = 1,
                  temperature: float = 1.0, top_p: float = 0.95, max_tokens: int = 2048, response_max_tokens: int = 2048,

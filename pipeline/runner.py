@@ -139,7 +139,13 @@ def _check_actor_resources(plans: list[StagePlan]) -> None:
 def _quiet_ray_data() -> None:
     import ray.data
 
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    # Actor steps reserve a nominal byte of memory to stay unfused (pipeline/dag.py); Ray Data's
+    # high-memory detector would then advise every run to reserve the memory its actors use.
+    detectors = getattr(context, "issue_detectors_config", None)
+    if detectors is not None and hasattr(detectors, "high_memory_detector_config"):
+        detectors.high_memory_detector_config.detection_time_interval_s = -1  # -1: off
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 

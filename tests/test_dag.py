@@ -22,3 +22,18 @@ def test_task_stages_are_not_fused_into_an_actor_stage(ray_local, tmp_path, alpa
     actor_ops = [op for op in operators if "StageActor" in op]
     assert actor_ops and all("run_stage_task" not in op and "ReadShard" not in op for op in actor_ops), operators
     assert any("run_stage_task" in op for op in operators), operators
+
+
+def test_a_run_with_an_actor_stage_gives_no_memory_advice(ray_local, tmp_path, alpaca_rows, capfd):
+    """Actor steps reserve a nominal byte of memory (to stay unfused); Ray Data's high-memory
+    detector must not tell the user to reserve more because of it."""
+    from conftest import write_jsonl
+    from curate.pipeline.runner import run
+
+    src = write_jsonl(tmp_path / "in.jsonl", alpaca_rows[:60])
+    config = load_config(None, input=[str(src)], db=str(tmp_path / "x.duckdb"), shard_size=20,
+                         stages=[{"filters": {}}, {"near_dedup": {"resources": {"actor": True}}}])
+    report = run(config, progress="off")
+    assert report.rows_in == 60
+    out, err = capfd.readouterr()  # Ray Data logs through its own handlers, to the terminal
+    assert "logical memory" not in out + err and "memory=" not in out + err, err[-2000:]

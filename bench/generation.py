@@ -192,5 +192,6 @@ def one_round(model: str, prompts_file: str, prompts: list[str], args, work: str
             "generating_ratio": (pipe["tokens"] / pipe["generating_s"]) / (best["tokens"] / best["generating_s"]),
             "pipeline_start_s": pipe["load_s"], "bare_start_s": best["seconds"] - best["generating_s"]}
 
+
 if __name__ == "__main__":
     main()

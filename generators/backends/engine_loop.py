@@ -56,9 +56,6 @@ class EngineLoop:
         returns once the engine is built, raising what `build` raised. `torch_threads` sets the
         loop thread's OpenMP thread count (a CPU engine); None leaves torch's default."""
         self.stats = EngineStats()
-        # Callers render and tokenize their prompts in their own threads (the loop only adds them);
-        # a fast tokenizer encoding in two threads at once can fail ("Already borrowed").
-        self.tokenizer_lock = threading.Lock()
         self._inbox: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._fatal: BaseException | None = None
         self._torch_threads = torch_threads

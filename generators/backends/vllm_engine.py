@@ -6,6 +6,7 @@ CPU backend otherwise."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import asdict
 
@@ -38,6 +39,9 @@ class VllmBackend(Backend):
         self.load_seconds = time.perf_counter() - start
         self.ready_at = time.time()
         self.tokenizer = self.llm.get_tokenizer()
+        # Callers render and tokenize in their own threads (the engine loop only adds token ids);
+        # a fast tokenizer encoding in two threads at once can fail ("Already borrowed").
+        self._tokenizer_lock = threading.Lock()
         config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
         self.max_model_len = getattr(config, "max_model_len", None) or max_model_len
 
@@ -72,7 +76,7 @@ class VllmBackend(Backend):
     def prompt_token_ids(self, conversations: list[list[dict]]) -> list[list[int]]:
         """Each conversation rendered with the model's chat template and tokenized, as vLLM's
         own chat path does (template text, then no special tokens added)."""
-        with self.loop.tokenizer_lock:
+        with self._tokenizer_lock:
             texts = [self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in conversations]
             return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 

@@ -5,6 +5,7 @@ and through one bare `vllm.LLM.chat` call, in one run.
     python bench/generation.py --quick                 # 200 prompts x 32 tokens: mostly the engine start
     python bench/generation.py --repeat 3              # three rounds, medians (this machine's timings swing +-20%)
     python bench/generation.py --model PATH --prompts 2000 --max-tokens 256    # a real model (GPU)
+    python bench/generation.py --shape llama-3.2-1b --prompts 2000 --max-tokens 256   # its shape, random weights
 
 Both timings include the engine start (the pipeline's engine actor preloads it while the
 stream starts), so the ratio measures what the pipeline adds end to end. Bare vLLM runs twice:
@@ -41,14 +42,21 @@ def device() -> str:
 RESULT = "bare-result: "  # vLLM writes its own lines to stdout too
 
 
-def bare(model: str, prompts_file: str, args, in_process: bool) -> dict:
+def bare(model: str, prompts_file: str, args, in_process: bool, work: str) -> dict:
     """One bare run in a fresh Python process (a second engine in the same process would find
-    vLLM imported and warm), timed inside it from before `import vllm` to the last output."""
+    vLLM imported and warm), timed inside it from before `import vllm` to the last output.
+    vLLM's own log goes to `--log` (default: a file in the run's temp folder), shown on failure."""
     cmd = [sys.executable, __file__, "--bare", "in_process" if in_process else "defaults", "--model", model,
            "--prompts-file", prompts_file, "--max-tokens", str(args.max_tokens), "--max-model-len", str(args.max_model_len),
-           "--dtype", args.dtype]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads([line for line in out.splitlines() if line.startswith(RESULT)][-1][len(RESULT):])
+           "--dtype", args.dtype, "--enforce-eager" if args.enforce_eager else "--no-enforce-eager"]
+    log = args.log or os.path.join(work, "bare-vllm.log")
+    with open(log, "a") as err:
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+        err.write(done.stdout)
+    if done.returncode:
+        raise SystemExit(f"bare vLLM failed (exit {done.returncode}); the end of its log ({log}):\n"
+                         + Path(log).read_text()[-4000:])
+    return json.loads([line for line in done.stdout.splitlines() if line.startswith(RESULT)][-1][len(RESULT):])
 
 
 def bare_worker(args) -> None:
@@ -118,14 +126,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--model", help="a local model folder (default: a tiny random Llama built here)")
+    ap.add_argument("--shape", help="build a random Llama of this published shape instead (tests/tiny_llm.py SHAPES)")
     ap.add_argument("--prompts", type=int)
     ap.add_argument("--max-tokens", type=int, help="tokens per response (default 128, --quick 32)")
     ap.add_argument("--max-model-len", type=int, default=512)
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--enforce-eager", action="store_true", default=True)
+    ap.add_argument("--dtype", help="default: float32 on CPU, bfloat16 on a GPU")
+    ap.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction,
+                    help="default: eager on CPU, CUDA graphs (vLLM's default) on a GPU")
     ap.add_argument("--batch-size", type=int, help="rows per respond call (default: the stage's own)")
     ap.add_argument("--concurrency", type=int, help="respond actors (default: the stage's own)")
     ap.add_argument("--shard-size", type=int, default=1000, help="rows per shard (the config default)")
+    ap.add_argument("--log", help="append the bare vLLM runs' own log here (default: a temp file, shown on failure)")
     ap.add_argument("--repeat", type=int, default=1, help="rounds (bare then pipeline each); the JSON line gives medians")
     ap.add_argument("--bare", choices=["defaults", "in_process"], help=argparse.SUPPRESS)
     ap.add_argument("--prompts-file", help=argparse.SUPPRESS)
@@ -136,14 +147,25 @@ def main() -> None:
     # start, which both sides pay once, does not decide the ratio; --quick is mostly the start.
     n = args.prompts or (200 if args.quick else 4000)
     args.max_tokens = args.max_tokens or (32 if args.quick else 128)
+    on_gpu = device() != "cpu"
+    args.dtype = args.dtype or ("bfloat16" if on_gpu else "float32")
+    args.enforce_eager = (not on_gpu) if args.enforce_eager is None else args.enforce_eager
 
     from bench._common import shared_data
-    from tiny_llm import build_tiny_llama
+    from tiny_llm import build_random_llama, build_tiny_llama
 
     rows = json.loads((shared_data() / "alpaca_ifd_5pct.json").read_text())
     prompts = [rows[i % len(rows)]["instruction"] + ("" if i < len(rows) else f" ({i})") for i in range(n)]
     with tempfile.TemporaryDirectory(prefix="curate-gen-") as tmp:
-        model = args.model or str(build_tiny_llama(Path(tmp) / "tiny"))
+        if args.model:
+            model = args.model
+        elif args.shape:
+            words = [w for r in rows for w in (r["instruction"] + " " + r.get("output", "")).split()]
+            t = time.perf_counter()
+            model = str(build_random_llama(Path(tmp) / args.shape, args.shape, words))
+            print(f"built a random {args.shape} in {time.perf_counter() - t:.0f} s")
+        else:
+            model = str(build_tiny_llama(Path(tmp) / "tiny"))
         prompts_file = os.path.join(tmp, "prompts.json")
         Path(prompts_file).write_text(json.dumps(prompts))
         rounds = []
@@ -160,7 +182,8 @@ def main() -> None:
                "engine_start_s": {"pipeline": round(median["pipeline_start_s"], 1), "bare": round(median["bare_start_s"], 1)}}
     if args.repeat > 1:  # medians above; each round's pair here (bare and pipeline run back to back)
         figures["rounds"] = [{"ratio": round(r["ratio"], 3), "generating_ratio": round(r["generating_ratio"], 3)} for r in rounds]
-    print(json.dumps({**figures, "device": device(), "model": args.model or "tiny-random-llama", "max_tokens": args.max_tokens}))
+    print(json.dumps({**figures, "device": device(), "model": args.model or (f"random-{args.shape}" if args.shape else "tiny-random-llama"),
+                      "max_tokens": args.max_tokens, "dtype": args.dtype, "enforce_eager": args.enforce_eager}))
 
 
 def one_round(model: str, prompts_file: str, prompts: list[str], args, work: str) -> dict:
@@ -170,9 +193,9 @@ def one_round(model: str, prompts_file: str, prompts: list[str], args, work: str
     runs = {}
     on_cpu = device() == "cpu"
     if not (on_cpu and args.quick):  # on CPU the spawned engine core is the slower bare setup (~30 s more)
-        runs["defaults"] = bare(model, prompts_file, args, in_process=False)
+        runs["defaults"] = bare(model, prompts_file, args, in_process=False, work=work)
     if on_cpu:
-        runs["engine in process"] = bare(model, prompts_file, args, in_process=True)
+        runs["engine in process"] = bare(model, prompts_file, args, in_process=True, work=work)
     for name, r in runs.items():
         print(f"bare vLLM, {name}: {r['tokens']} tokens in {r['seconds']:.1f} s = {r['tokens'] / r['seconds']:,.0f} tok/s "
               f"end to end; generating {r['generating_s']:.1f} s = {r['tokens'] / r['generating_s']:,.0f} tok/s "

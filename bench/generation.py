@@ -3,7 +3,7 @@ and through one bare `vllm.LLM.chat` call, in one run.
 
     python bench/generation.py                         # tiny random Llama built here, 4,000 prompts x 128 tokens
     python bench/generation.py --quick                 # 200 prompts x 32 tokens: mostly the engine start
-    python bench/generation.py --repeat 3              # three rounds, medians (this machine's timings swing +-20%)
+    python bench/generation.py --repeat 4              # four rounds, medians; the order alternates (timings here swing +-20%)
     python bench/generation.py --model PATH --prompts 2000 --max-tokens 256    # a real model (GPU)
     python bench/generation.py --shape llama-3.2-1b --prompts 2000 --max-tokens 256   # its shape, random weights
 
@@ -137,7 +137,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, help="respond actors (default: the stage's own)")
     ap.add_argument("--shard-size", type=int, default=1000, help="rows per shard (the config default)")
     ap.add_argument("--log", help="append the bare vLLM runs' own log here (default: a temp file, shown on failure)")
-    ap.add_argument("--repeat", type=int, default=1, help="rounds (bare then pipeline each); the JSON line gives medians")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds (bare then pipeline, then the other way round); the JSON line gives medians")
     ap.add_argument("--bare", choices=["defaults", "in_process"], help=argparse.SUPPRESS)
     ap.add_argument("--prompts-file", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -174,7 +174,7 @@ def main() -> None:
                 print(f"round {i + 1} of {args.repeat}")
             work = os.path.join(tmp, f"round{i}")
             os.makedirs(work)
-            rounds.append(one_round(model, prompts_file, prompts, args, work))
+            rounds.append(one_round(model, prompts_file, prompts, args, work, pipeline_first=i % 2 == 1))
     median = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
     figures = {"bench": "generation", "rows": n, "pipeline_tok_s": round(median["pipeline_tok_s"], 1),
                "bare_tok_s": round(median["bare_tok_s"], 1), "ratio": round(median["ratio"], 3),
@@ -186,30 +186,39 @@ def main() -> None:
                       "max_tokens": args.max_tokens, "dtype": args.dtype, "enforce_eager": args.enforce_eager}))
 
 
-def one_round(model: str, prompts_file: str, prompts: list[str], args, work: str) -> dict:
-    """Bare vLLM, then the pipeline, on the same prompts; prints both and returns the figures."""
+def one_round(model: str, prompts_file: str, prompts: list[str], args, work: str, pipeline_first: bool = False) -> dict:
+    """Bare vLLM and the pipeline on the same prompts, one after the other (`pipeline_first`
+    swaps the order: --repeat alternates it, so a drift in the machine's speed falls on both
+    sides); prints both and returns the figures."""
     import ray
 
-    runs = {}
+    runs, pipe = {}, {}
     on_cpu = device() == "cpu"
-    if not (on_cpu and args.quick):  # on CPU the spawned engine core is the slower bare setup (~30 s more)
-        runs["defaults"] = bare(model, prompts_file, args, in_process=False, work=work)
-    if on_cpu:
-        runs["engine in process"] = bare(model, prompts_file, args, in_process=True, work=work)
-    for name, r in runs.items():
-        print(f"bare vLLM, {name}: {r['tokens']} tokens in {r['seconds']:.1f} s = {r['tokens'] / r['seconds']:,.0f} tok/s "
-              f"end to end; generating {r['generating_s']:.1f} s = {r['tokens'] / r['generating_s']:,.0f} tok/s "
-              f"({r['steps']} engine steps, {r['busy_s']:.1f} s)")
+
+    def run_bare() -> None:
+        if not (on_cpu and args.quick):  # on CPU the spawned engine core is the slower bare setup (~30 s more)
+            runs["defaults"] = bare(model, prompts_file, args, in_process=False, work=work)
+        if on_cpu:
+            runs["engine in process"] = bare(model, prompts_file, args, in_process=True, work=work)
+        for name, r in runs.items():
+            print(f"bare vLLM, {name}: {r['tokens']} tokens in {r['seconds']:.1f} s = {r['tokens'] / r['seconds']:,.0f} tok/s "
+                  f"end to end; generating {r['generating_s']:.1f} s = {r['tokens'] / r['generating_s']:,.0f} tok/s "
+                  f"({r['steps']} engine steps, {r['busy_s']:.1f} s)")
+
+    def run_pipeline() -> None:
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        try:
+            pipe.update(pipeline(model, prompts, args, work))
+        finally:
+            ray.shutdown()
+        print(f"pipeline: {pipe['tokens']} tokens in {pipe['seconds']:.1f} s = {pipe['tokens'] / pipe['seconds']:,.0f} tok/s end to end "
+              f"(Ray, engine start {pipe['load_s']:.1f} s, shards, DuckDB included); generating {pipe['generating_s']:.1f} s = "
+              f"{pipe['tokens'] / pipe['generating_s']:,.0f} tok/s ({pipe['steps']} engine steps, {pipe['busy_s']:.1f} s; "
+              f"up to {pipe['peak_in_flight']} requests in flight)")
+
+    for step in ((run_pipeline, run_bare) if pipeline_first else (run_bare, run_pipeline)):
+        step()
     best = max(runs.values(), key=lambda r: r["tokens"] / r["seconds"])
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
-    try:
-        pipe = pipeline(model, prompts, args, work)
-    finally:
-        ray.shutdown()
-    print(f"pipeline: {pipe['tokens']} tokens in {pipe['seconds']:.1f} s = {pipe['tokens'] / pipe['seconds']:,.0f} tok/s end to end "
-          f"(Ray, engine start {pipe['load_s']:.1f} s, shards, DuckDB included); generating {pipe['generating_s']:.1f} s = "
-          f"{pipe['tokens'] / pipe['generating_s']:,.0f} tok/s ({pipe['steps']} engine steps, {pipe['busy_s']:.1f} s; "
-          f"up to {pipe['peak_in_flight']} requests in flight)")
     tok_s, bare_tok_s = pipe["tokens"] / pipe["seconds"], best["tokens"] / best["seconds"]
     return {"pipeline_tok_s": tok_s, "bare_tok_s": bare_tok_s, "ratio": tok_s / bare_tok_s,
             "generating_ratio": (pipe["tokens"] / pipe["generating_s"]) / (best["tokens"] / best["generating_s"]),

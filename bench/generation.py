@@ -50,13 +50,17 @@ def bare(model: str, prompts_file: str, args, in_process: bool, work: str) -> di
            "--prompts-file", prompts_file, "--max-tokens", str(args.max_tokens), "--max-model-len", str(args.max_model_len),
            "--dtype", args.dtype, "--enforce-eager" if args.enforce_eager else "--no-enforce-eager"]
     log = args.log or os.path.join(work, "bare-vllm.log")
-    with open(log, "a") as err:
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
-        err.write(done.stdout)
-    if done.returncode:
-        raise SystemExit(f"bare vLLM failed (exit {done.returncode}); the end of its log ({log}):\n"
-                         + Path(log).read_text()[-4000:])
-    return json.loads([line for line in done.stdout.splitlines() if line.startswith(RESULT)][-1][len(RESULT):])
+    # Both streams to the file, not pipes: a process the run leaves behind (a compile worker,
+    # an engine core) that holds a pipe open would keep the reader waiting after the run ends.
+    with open(log, "a") as out:
+        start = out.tell()
+        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
+    with open(log) as f:
+        f.seek(start)
+        text = f.read()
+    if code:
+        raise SystemExit(f"bare vLLM failed (exit {code}); the end of its log ({log}):\n{text[-4000:]}")
+    return json.loads([line for line in text.splitlines() if line.startswith(RESULT)][-1][len(RESULT):])
 
 
 def bare_worker(args) -> None:
@@ -88,7 +92,7 @@ def bare_worker(args) -> None:
     outputs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params, use_tqdm=False)
     end = time.perf_counter()
     print(RESULT + json.dumps({"seconds": end - start, "generating_s": end - ready, "steps": steps["n"], "busy_s": steps["s"],
-                               "tokens": sum(len(c.token_ids) for o in outputs for c in o.outputs)}))
+                               "tokens": sum(len(c.token_ids) for o in outputs for c in o.outputs)}), flush=True)
 
 
 def pipeline(model: str, prompts: list[str], args, tmp: str) -> dict:

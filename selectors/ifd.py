@@ -14,27 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from curate.selectors.base import Selector
-
-
-def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 25) -> np.ndarray:
-    """Cluster labels by Lloyd's algorithm from a k-means++ start (NumPy; pools for IFD
-    selection are scored rows, far smaller than embedding pools)."""
-    rng = np.random.default_rng(seed)
-    k = min(k, len(x))
-    centers = [x[rng.integers(len(x))]]
-    dist = ((x - centers[0]) ** 2).sum(1)
-    for _ in range(1, k):
-        p = dist / dist.sum() if dist.sum() > 0 else None
-        centers.append(x[rng.choice(len(x), p=p)])
-        dist = np.minimum(dist, ((x - centers[-1]) ** 2).sum(1))
-    c = np.stack(centers)
-    for _ in range(iters):
-        labels = (-2 * x @ c.T + (c ** 2).sum(1)).argmin(1)
-        moved = np.stack([x[labels == j].mean(0) if (labels == j).any() else c[j] for j in range(k)])
-        if np.allclose(moved, c):
-            break
-        c = moved
-    return (-2 * x @ c.T + (c ** 2).sum(1)).argmin(1)
+from curate.selectors.clustering import Assigner, fit_centroids
 
 
 def proportional_quotas(sizes: np.ndarray, budget: int) -> np.ndarray:
@@ -78,7 +58,8 @@ class IFDSelector(Selector):
         position = {id_: i for i, id_ in enumerate(table["id"].to_pylist())}
         vecs = table["vec"].combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
         eligible = [(id_, s) for id_, s in rows if id_ in position]
-        labels = kmeans(vecs[[position[id_] for id_, _ in eligible]], self.clusters, self.seed)
+        x = vecs[[position[id_] for id_, _ in eligible]]
+        labels, _ = Assigner(fit_centroids(x, self.clusters, seed=self.seed))(x)  # faiss, as the other selectors
         quotas = proportional_quotas(np.bincount(labels, minlength=labels.max() + 1), min(budget_rows, len(eligible)))
         taken = np.zeros_like(quotas)
         picked = []

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from curate.selectors.ifd import kmeans, proportional_quotas
+from curate.selectors.ifd import IFDSelector, proportional_quotas
 from curate.selectors.rds import list_scores, merge_top, round_robin
 from curate.stages.score.rds import RDSEncoder, conversation_ids
 from tiny_llm import build_tiny_llama
@@ -56,9 +56,27 @@ def test_merge_top_streams_chunks():
         assert set(idx[q]) == set(np.argsort(-sims[q])[:5])
 
 
-def test_cluster_quotas_and_kmeans():
+def test_ifd_within_clusters_splits_the_budget_by_cluster_size_and_takes_each_clusters_best():
+    import duckdb
+
     assert proportional_quotas(np.array([50, 30, 20]), 10).tolist() == [5, 3, 2]
     assert proportional_quotas(np.array([1, 1, 1]), 2).sum() == 2
-    x = np.concatenate([np.random.default_rng(0).normal(c, 0.1, (20, 2)) for c in (0, 5)])
-    labels = kmeans(x, 2, seed=0)
-    assert len(set(labels[:20])) == 1 and len(set(labels[20:])) == 1 and labels[0] != labels[-1]
+    rng = np.random.default_rng(0)
+    vecs = np.concatenate([rng.normal(c, 0.1, (n, 4)) for c, n in ((0, 30), (5, 10))]).astype(np.float32)
+    ids = [f"r{i}" for i in range(40)]
+    con = duckdb.connect()
+    con.execute("CREATE TABLE vectors (run_id VARCHAR, name VARCHAR, id VARCHAR, vec FLOAT[])")
+    con.executemany("INSERT INTO vectors VALUES ('run', 'rds', ?, ?)", [(i, v.tolist()) for i, v in zip(ids, vecs)])
+    scores = rng.permutation(40).astype(float)
+    rows = sorted(zip(ids, scores), key=lambda r: -r[1])  # best first, as `select` passes them
+    picked = IFDSelector(clusters=2, vector="rds")._within_clusters(con, "run", rows, 8)
+    by_cluster = {}
+    for id_, _, label in picked:
+        by_cluster.setdefault(label, []).append(int(id_[1:]))
+    assert sorted(len(v) for v in by_cluster.values()) == [2, 6]  # 30:10 rows -> 6:2 of 8
+    for members in by_cluster.values():
+        planted = 0 if members[0] < 30 else 1  # the clusters found are the planted ones
+        assert all((m < 30) == (planted == 0) for m in members)
+        in_cluster = [i for i in range(40) if (i < 30) == (planted == 0)]
+        best = sorted(in_cluster, key=lambda i: -scores[i])[:len(members)]
+        assert sorted(members) == sorted(best)

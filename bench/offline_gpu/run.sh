@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Runs bench/generation.py on a GPU machine that has CUDA PyTorch but no vLLM and no package
 # registry, from the parts bundle.py wrote. From the repository root there:
-#   bash bench/offline_gpu/run.sh stage .gpu/part1     # one call per part: keep each outside the checkout
+#   bash bench/offline_gpu/run.sh stage .gpu1/part1    # one call per part: keep each outside the checkout
+#   bash bench/offline_gpu/run.sh stage .gpu1/alpaca_ifd_5pct.json   # the prompts' source, staged the same way
 #   bash bench/offline_gpu/run.sh bench --shape llama-3.2-1b --prompts 2000 --max-tokens 256
 # `bench` unpacks the staged parts once, makes the checkout importable as `curate` without
 # installing it, and passes its arguments to bench/generation.py, whose bare-vLLM log goes to
-# $OUT/vllm.log (or /tmp/vllm.log). CURATE_SHARED_DATA: a folder holding alpaca_ifd_5pct.json.
+# $OUT/vllm.log (or /tmp/vllm.log). The prompts come from the staged alpaca_ifd_5pct.json unless
+# CURATE_SHARED_DATA names another folder holding it.
 set -u
 PARTS=/tmp/curate-parts SITE=/tmp/gpusite SHIM=/tmp/curate-shim
 case "${1:-}" in
@@ -24,9 +26,10 @@ bench)
     for d in pipeline stages selectors generators storage; do ln -s "$PWD/$d" $SHIM/curate/$d; done
     echo "unpacked in $(( $(date +%s) - t0 )) s"
     # FlashInfer is not carried: vLLM's sampler would import it unless told not to.
+    export CURATE_SHARED_DATA=${CURATE_SHARED_DATA:-$PARTS}
     export PYTHONPATH=$SHIM:$SITE HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false VLLM_USE_FLASHINFER_SAMPLER=0
     python3 -c "import torch, vllm, ray, duckdb, curate.pipeline.runner; print('torch', torch.__version__, 'vllm', vllm.__version__, 'ray', ray.__version__, torch.cuda.get_device_name())" || exit 4
     python3 bench/generation.py --log "${OUT:-/tmp}/vllm.log" "$@" ;;
 *)
-    sed -n 2,9p "$0"; exit 2 ;;
+    sed -n 2,10p "$0"; exit 2 ;;
 esac

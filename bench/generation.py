@@ -33,10 +33,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
+def has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()  # asks the driver; no CUDA context in this process during the runs
+
+
 def device() -> str:
     import torch
 
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return torch.cuda.get_device_name(0) if has_gpu() else "cpu"
 
 
 RESULT = "bare-result: "  # vLLM writes its own lines to stdout too
@@ -151,7 +157,7 @@ def main() -> None:
     # start, which both sides pay once, does not decide the ratio; --quick is mostly the start.
     n = args.prompts or (200 if args.quick else 4000)
     args.max_tokens = args.max_tokens or (32 if args.quick else 128)
-    on_gpu = device() != "cpu"
+    args.on_gpu = on_gpu = has_gpu()
     args.dtype = args.dtype or ("bfloat16" if on_gpu else "float32")
     args.enforce_eager = (not on_gpu) if args.enforce_eager is None else args.enforce_eager
 
@@ -197,7 +203,7 @@ def one_round(model: str, prompts_file: str, prompts: list[str], args, work: str
     import ray
 
     runs, pipe = {}, {}
-    on_cpu = device() == "cpu"
+    on_cpu = not args.on_gpu
 
     def run_bare() -> None:
         if not (on_cpu and args.quick):  # on CPU the spawned engine core is the slower bare setup (~30 s more)

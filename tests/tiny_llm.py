@@ -79,4 +79,7 @@ def build_random_llama(out: Path, shape: str, words: list[str], seed: int = 0, m
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # random init of ~1B weights: seconds on a GPU
         model = LlamaForCausalLM(config)
     model.to(torch.bfloat16).save_pretrained(out)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the caller's engine wants the GPU's memory next
     return out

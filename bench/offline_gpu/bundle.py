@@ -99,8 +99,11 @@ def main() -> None:
         site = scratch / "gpusite"
         pip("install", "--no-index", "--no-deps", "--no-compile", *PLATFORM, "--target", str(site),
             *map(str, (scratch / "w").glob("*.whl")))
-        for path in TRIM:
-            shutil.rmtree(site / path, ignore_errors=True) if (site / path).is_dir() else (site / path).unlink(missing_ok=True)
+        for path in map(site.joinpath, TRIM):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
         tarball = scratch / "gpusite.tar.xz"
         subprocess.run(f"tar -cf - -C {scratch} gpusite | xz -T0 -6 > {tarball}", shell=True, check=True)
         part, size = 0, args.part_mib << 20

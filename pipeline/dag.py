@@ -258,8 +258,12 @@ def _add_step(ds, plan: StagePlan):
         # step's, and Ray Data fuses only steps with equal args: fused, the task steps before an
         # actor would run one batch at a time inside its one process (on the 100k-row bench,
         # ingest, filters and dedup keys ran serially inside the embedding actor).
-        return ds.map_batches(StageActor, fn_constructor_kwargs={"plan": plan}, concurrency=res.concurrency or 1,
-                              memory=1, **common)
+        from ray.data import ActorPoolStrategy
+
+        return ds.map_batches(StageActor, fn_constructor_kwargs={"plan": plan},
+                              compute=ActorPoolStrategy(size=res.concurrency or 1), memory=1, **common)
     if res.concurrency:
-        common["concurrency"] = res.concurrency
+        from ray.data import TaskPoolStrategy
+
+        common["compute"] = TaskPoolStrategy(size=res.concurrency)
     return ds.map_batches(run_stage_task, fn_kwargs={"plan": plan}, **common)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -47,11 +48,24 @@ class LLMCache:
     def __init__(self, path: str, lock_wait_s: float = 60.0):
         self.path = path
         self.lock_wait_s = lock_wait_s
+        self._in_process = threading.Lock()  # two batches of one actor: one upsert at a time (no write conflict)
         with self._connect() as con:
             con.execute(DDL)
 
+    def __getstate__(self):
+        return {**self.__dict__, "_in_process": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _in_process=threading.Lock())
+
     @contextmanager
     def _connect(self, read_only: bool = False):
+        with self._in_process:
+            with self._open(read_only) as con:
+                yield con
+
+    @contextmanager
+    def _open(self, read_only: bool):
         deadline = time.monotonic() + self.lock_wait_s
         while True:
             try:

@@ -80,9 +80,9 @@ def _norm(text: str) -> str:
 
 class EvolInstruct(Stage):
     name = "evol_instruct"
-    # As Respond: whole shards per engine call, two actors so one shard's calls are queued in
-    # the engine while the other's last sequences finish. Each batch is evolved on its own.
-    resources = Resources(num_cpus=0.05, actor=True, concurrency=2)
+    # As Respond: whole shards per engine call, two at a time in one actor, so one shard's calls
+    # are queued in the engine while the other's last sequences finish. Each batch is evolved on its own.
+    resources = Resources(num_cpus=0.05, actor=True, concurrency=1, calls_per_actor=2)
     batch_size = None
 
     def __init__(self, backend: dict, operations: list[str] = list(OPERATIONS), generation: int = 1,

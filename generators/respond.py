@@ -10,6 +10,7 @@ empty is dropped (`empty_response`) with the raw outputs in its reason.
 from __future__ import annotations
 
 import json
+import threading
 
 import pyarrow as pa
 
@@ -42,18 +43,26 @@ class LazyBackend(Backend):
         self.spec = spec
         self.model = spec["model"]
         self._backend = None
+        self._building = threading.Lock()  # an actor may run two batches at once: build one backend
+
+    def __getstate__(self):
+        return {**self.__dict__, "_building": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _building=threading.Lock())
 
     def generate(self, requests):
-        if self._backend is None:
-            from curate.generators.engines import find_engine
+        with self._building:
+            if self._backend is None:
+                from curate.generators.engines import find_engine
 
-            engine = find_engine(self.spec) if self.spec.get("kind", "vllm") == "vllm" else None
-            if engine is not None:
-                self._backend = RemoteEngine(engine, self.model)
-            else:
-                from curate.generators.backends import make_backend
+                engine = find_engine(self.spec) if self.spec.get("kind", "vllm") == "vllm" else None
+                if engine is not None:
+                    self._backend = RemoteEngine(engine, self.model)
+                else:
+                    from curate.generators.backends import make_backend
 
-                self._backend = make_backend(self.spec)
+                    self._backend = make_backend(self.spec)
         return self._backend.generate(requests)
 
 
@@ -86,10 +95,12 @@ def stage_backend(spec: dict, cache: str | None) -> Backend:
 
 class Respond(Stage):
     name = "respond"
-    # Two actors: while one shard's last sequences finish, the next shard's requests are already
-    # queued in the engine (4,000 prompts, 128 tokens: generating ratio 0.70 -> 0.78). They wait
-    # on the engine, which holds the GPU or its own threads, so each asks little CPU.
-    resources = Resources(num_cpus=0.05, actor=True, concurrency=2)
+    # Two shards at a time: while one shard's last sequences finish, the next shard's requests
+    # are already queued in the engine (4,000 prompts, 128 tokens: generating ratio 0.70 -> 0.78).
+    # Both in one actor, whose calls mostly wait on the engine: on a 2-core CPU every process
+    # beside the engine slows its steps, and one actor instead of two took the end-to-end ratio
+    # from 0.86/0.75 to 0.88/0.85 (bench/generation.py --repeat 2).
+    resources = Resources(num_cpus=0.05, actor=True, concurrency=1, calls_per_actor=2)
     # Whole shards, one engine call each. A batch size above the shard size made Ray Data bundle
     # two shards into one actor's task, whose two calls then ran one after the other while the
     # second actor idled (2,000 prompts: 1,024 requests in flight at most, 515 engine steps

@@ -50,6 +50,7 @@ class ResourcesConfig(Strict):
     num_gpus: float | None = Field(None, ge=0)
     concurrency: int | None = Field(None, ge=1)
     actor: bool | None = None
+    calls_per_actor: int | None = Field(None, ge=1)
 
 
 class StageConfig(Strict):

@@ -261,7 +261,8 @@ def _add_step(ds, plan: StagePlan):
         from ray.data import ActorPoolStrategy
 
         return ds.map_batches(StageActor, fn_constructor_kwargs={"plan": plan},
-                              compute=ActorPoolStrategy(size=res.concurrency or 1), memory=1, **common)
+                              compute=ActorPoolStrategy(size=res.concurrency or 1, max_concurrent_calls_per_actor=res.calls_per_actor,
+                                                          enable_true_multi_threading=res.calls_per_actor > 1), memory=1, **common)
     if res.concurrency:
         from ray.data import TaskPoolStrategy
 

@@ -23,6 +23,9 @@ class Resources:
     concurrency: int | None = None
     # An actor stage keeps its state (a model, a sandbox pool) across batches.
     actor: bool = False
+    # An actor stage whose batches mostly wait (on an LLM engine) can take several at once in
+    # one process: each process beside a CPU engine costs it (see generators/respond.py).
+    calls_per_actor: int = 1
 
 
 @dataclass

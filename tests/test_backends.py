@@ -170,3 +170,28 @@ def test_cache_counts_every_paid_call_per_key(tmp_path):
     assert cache.get_many(["a", "b", "c"]) == {"a": [{"text": "second"}], "b": [{"text": "b"}]}
     with cache._connect(read_only=True) as con:
         assert dict(con.execute("SELECT key, calls FROM llm_cache").fetchall()) == {"a": 2, "b": 2}
+
+
+def test_cache_takes_upserts_from_threads_of_one_process(tmp_path):
+    """Two batches of one respond actor write the same keys at once (a prompt in both shards):
+    no write conflict, and every paid call is counted."""
+    cache = LLMCache(str(tmp_path / "t.llm_cache.duckdb"))
+    entries = [(f"k{i}", "m", {"messages": []}, [{"text": str(i)}]) for i in range(10)]
+    errors = []
+
+    def write():
+        try:
+            for _ in range(15):
+                cache.put_many(entries)
+                assert len(cache.get_many([k for k, *_ in entries])) == 10
+        except Exception as e:  # noqa: BLE001 - collected for the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=write) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with cache._connect(read_only=True) as con:
+        assert con.execute("SELECT min(calls), max(calls), count(*) FROM llm_cache").fetchone() == (60, 60, 10)

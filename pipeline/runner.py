@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 from curate.errors import CurateError
 from curate.pipeline.config import RunConfig, config_to_dict
 from curate.pipeline.dag import StagePlan, build_dataset, stage_plans
-from curate.pipeline.registry import stage_class
+from curate.pipeline.registry import selector_class, stage_class
 from curate.pipeline.progress import Progress
 from curate.pipeline.select import run_selectors
 from curate.stages.readers import input_fingerprint, plan_shards, resolve_inputs
@@ -67,7 +67,8 @@ def run(config: RunConfig, progress: str = "auto") -> RunReport:
                 _stream(config, todo, plans, store, writer, run_id, attempt)
             bar.close()
             run_global_steps(store, run_id, plans, bar)
-            selections = run_selectors(store, run_id, config.selectors)
+            with ray_session(config) if _selectors_use_ray(config) else nullcontext():
+                selections = run_selectors(store, run_id, config.selectors)
         except BaseException:
             bar.close()
             store.end_run(run_id, "failed")
@@ -76,6 +77,10 @@ def run(config: RunConfig, progress: str = "auto") -> RunReport:
         totals = store.totals(run_id)
     report = RunReport(run_id, config.db, attempt, len(shards), len(shards) - len(todo), **totals, selections=selections)
     return _check_counts(report)
+
+
+def _selectors_use_ray(config: RunConfig) -> bool:
+    return any(selector_class(sc.key).uses_ray(sc.params) for sc in config.selectors)
 
 
 def run_global_steps(store: Store, run_id: str, plans: list[StagePlan], bar: Progress) -> None:

@@ -18,6 +18,12 @@ class Selector:
         results of the pool's rows are in the `scores`, `vectors` and `verdicts` tables."""
         raise NotImplementedError  # pragma: no cover - interface
 
+    @classmethod
+    def uses_ray(cls, params: dict) -> bool:
+        """Whether the selector, so configured, runs work in Ray actors (the runner then keeps a
+        Ray session open for the selectors)."""
+        return False
+
 
 def budget_rows(budget: float | int, pool_size: int) -> int:
     """A budget is a row count (an int ≥ 1) or a fraction of the pool (a float in (0, 1])."""

@@ -9,6 +9,9 @@
 Steps 1 and 2 are keyed by a fingerprint of everything that shapes the features (model, LoRA,
 warmup, projection, length), so a rerun with another target set or budget costs only step 3,
 and an interrupted feature pass resumes with the rows it had not stored.
+
+The model work happens in a LessWorker (less_worker.py): here, or in a Ray actor holding the
+selector's `resources` (a GPU); this module reads rows and writes tables, the driver's part.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ class LessSelector(Selector):
                  lora_r: int = 128, lora_alpha: float = 512, lora_dropout: float = 0.1,
                  lora_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"), max_length: int = 2048,
                  dim: int = 8192, seed: int = 0, workdir: str | None = None, feature_batch_rows: int = 1024,
-                 max_batch_tokens: int | None = None, max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None):
+                 max_batch_tokens: int | None = None, max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None,
+                 resources: dict | None = None):
         if not 0 < warmup_fraction <= 1:
             raise ValueError(f"warmup_fraction must lie in (0, 1], got {warmup_fraction}")
         self.budget = budget
@@ -55,32 +59,36 @@ class LessSelector(Selector):
         self.key = hashlib.sha256(json.dumps(self.shape, sort_keys=True).encode()).hexdigest()[:16]
         self.workdir, self.feature_batch_rows = workdir, feature_batch_rows
         self.max_batch_tokens, self.max_batch_rows, self.device, self.dtype = max_batch_tokens, max_batch_rows, device, dtype
+        unknown = set(resources or {}) - {"num_cpus", "num_gpus"}
+        if unknown:
+            raise ValueError(f"resources takes num_cpus and num_gpus, got {sorted(unknown)}")
+        # With resources, the model runs in a Ray actor that holds them (a GPU node); without, here.
+        self.resources = resources
         self.timings: dict[str, float] = {}
+
+    @classmethod
+    def uses_ray(cls, params: dict) -> bool:
+        return bool(params.get("resources"))
 
     # ------------------------------------------------------------------ steps
 
     def select(self, con, run_id, pool, budget_rows):
-        from curate.stages.score import less as LS
+        from curate.selectors.less_worker import LessWorker, RemoteLessWorker
         from curate.stages.score.targets import load_targets
 
         targets = load_targets(self.targets)
         con.execute(TABLES).fetchall()  # also closes a result the caller left half-read, which con.sql would refuse
-        s = self.shape
-        model, tok, device = LS.lora_model(s["model"], s["lora_r"], s["lora_alpha"], s["lora_dropout"], s["lora_modules"],
-                                           self.device, self.dtype, seed=s["seed"])
-        checkpoints = self._checkpoints(con, run_id) or self._warm_up(con, run_id, pool, model, tok, device)
-        states = [c.load() for c in checkpoints]
-        shapes = {n: tuple(p.shape) for n, p in LS.lora_params(model).items()}
-        features = LS.GradientFeatures(model, tok, device, LS.RademacherProjector(shapes, s["dim"], s["seed"], device),
-                                       self.max_batch_tokens, self.max_batch_rows)
-        self._store_pool_features(con, run_id, pool, tok, features, checkpoints, states, model)
-
-        started = time.perf_counter()
-        examples = LS.training_examples(tok, targets.convs, s["max_length"])
-        target_feats = []
-        for state in states:
-            LS.load_lora(model, state)
-            target_feats.append(features(examples, None))
+        args = (self.shape, self.device, self.dtype, self.max_batch_tokens, self.max_batch_rows)
+        worker = RemoteLessWorker(self.resources, *args) if self.resources else LessWorker(*args)
+        try:
+            checkpoints = self._checkpoints(con, run_id) or self._warm_up(con, run_id, pool, worker)
+            worker.use_checkpoints([c.path for c in checkpoints])
+            self._store_pool_features(con, run_id, pool, worker, checkpoints)
+            started = time.perf_counter()
+            target_feats = worker.target_features(targets.convs)
+        finally:
+            if self.resources:
+                worker.close()
         ids, scores = self._match(con, run_id, pool, checkpoints, target_feats, targets.task_index())
         self.timings["match_s"] = time.perf_counter() - started
         order = np.argsort(-scores, kind="stable")[:budget_rows]
@@ -95,9 +103,8 @@ class LessSelector(Selector):
             return []
         return [Checkpoint(*r) for r in rows]
 
-    def _warm_up(self, con, run_id, pool, model, tok, device):
-        from curate.stages.score import less as LS
-        from curate.stages.score.lm import pad_id
+    def _warm_up(self, con, run_id, pool, worker):
+        from curate.stages.score.less import Checkpoint
 
         s = self.shape
         n_pool = con.execute(f"SELECT count(*) FROM {pool}").fetchall()[0][0]
@@ -105,9 +112,7 @@ class LessSelector(Selector):
         convs = con.sql(f"SELECT messages FROM {pool} ORDER BY md5(? || ':' || id) LIMIT ?",
                         params=[str(s["seed"]), n_warm]).to_arrow_table()["messages"].to_pylist()
         started = time.perf_counter()
-        checkpoints = LS.warmup(model, LS.training_examples(tok, convs, s["max_length"]), pad_id(tok), device,
-                                self._workdir(con, run_id), s["epochs"], s["lr"], s["batch_size"], s["warmup_ratio"],
-                                self.max_batch_tokens or 4096, s["seed"])
+        checkpoints = [Checkpoint(*c) for c in worker.warm_up(convs, str(self._workdir(con, run_id)))]
         self.timings["warmup_s"] = time.perf_counter() - started
         con.execute("DELETE FROM less_checkpoints WHERE run_id = ? AND key = ?", [run_id, self.key])
         con.execute("DELETE FROM less_features WHERE run_id = ? AND key = ?", [run_id, self.key])
@@ -122,11 +127,9 @@ class LessSelector(Selector):
         base = Path(f"{db}.less") if db else Path(tempfile.mkdtemp(prefix="curate-less-"))
         return base / f"{run_id}-{self.key}"
 
-    def _store_pool_features(self, con, run_id, pool, tok, features, checkpoints, states, model):
+    def _store_pool_features(self, con, run_id, pool, worker, checkpoints):
         """Features for every pool row that has none yet, a batch of rows at a time, each batch
         stored for all checkpoints in one transaction."""
-        from curate.stages.score import less as LS
-
         last = checkpoints[-1].epoch
         missing = con.sql(f"""
             SELECT id FROM {pool} p WHERE NOT EXISTS (
@@ -137,11 +140,9 @@ class LessSelector(Selector):
             con.register("_less_chunk", pa.table({"id": missing[start : start + self.feature_batch_rows]}))
             rows = con.sql(f"SELECT p.id, p.messages FROM {pool} p JOIN _less_chunk c USING (id) ORDER BY p.id").to_arrow_table()
             con.unregister("_less_chunk")
-            examples = LS.training_examples(tok, rows["messages"].to_pylist(), self.shape["max_length"])
+            per_checkpoint = worker.pool_features(rows["messages"].to_pylist())
             parts = []
-            for ckpt, state in zip(checkpoints, states):
-                LS.load_lora(model, state)
-                feats = features(examples, state)
+            for ckpt, feats in zip(checkpoints, per_checkpoint):
                 parts.append(pa.table({
                     "epoch": pa.array([ckpt.epoch] * rows.num_rows, pa.int32()),
                     "id": rows["id"],

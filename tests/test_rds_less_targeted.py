@@ -87,3 +87,21 @@ def test_less_targets_the_word_problems(mixed_pool):
     assert len({p[0] for p in picked}) == 12
     assert share_of_math(picked, kind_of) >= 10, picked
     print(sel.timings)
+
+
+def test_less_in_a_ray_actor_selects_as_in_process(mixed_pool, ray_local):
+    """`resources` moves the model work into a Ray actor (a GPU node on a cluster); the
+    selector still reads and stores in its own process, and the selection is the same."""
+    con, _, targets, model, tmp = mixed_pool
+    kwargs = dict(budget=12, warmup_fraction=0.25, epochs=2, lr=1e-3, batch_size=8, lora_r=8, lora_alpha=32,
+                  max_length=128, dim=512, max_batch_tokens=2048, feature_batch_rows=50)
+    here = LessSelector(model, targets, workdir=str(tmp / "less_here"), **kwargs).select(con, "here", "pool", 12)
+    remote = LessSelector(model, targets, workdir=str(tmp / "less_actor"), resources={"num_cpus": 1}, **kwargs)
+    assert LessSelector.uses_ray({"resources": {"num_cpus": 1}}) and not LessSelector.uses_ray({})
+    there = remote.select(con, "there", "pool", 12)
+    assert [p[0] for p in there] == [p[0] for p in here]
+    assert max(abs(a[1] - b[1]) for a, b in zip(here, there)) < 1e-4
+    stored = dict(con.execute("SELECT run_id, count(*) FROM less_features WHERE run_id IN ('here', 'there') GROUP BY 1").fetchall())
+    assert stored == {"here": 240, "there": 240}  # 120 rows x 2 checkpoints, in batches of 50
+    with pytest.raises(ValueError, match="resources takes"):
+        LessSelector(model, targets, resources={"gpus": 1})

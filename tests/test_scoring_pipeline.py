@@ -66,6 +66,7 @@ def test_ifd_rds_and_less_through_the_runner(ray_local, tmp_path):
     # Another target set: only matching runs, on the stored features.
     only_math = write_jsonl(tmp_path / "math.jsonl", [{"messages": word_problem(random.Random(s))} for s in (11, 12, 13)])
     selectors[-1]["less"]["targets"] = str(only_math)
+    selectors[-1]["less"]["resources"] = {"num_cpus": 1}  # the model in a Ray actor this time; the features stay stored
     again = run(load_config(None, input=[str(src)], db=db, shard_size=20, stages=stages, selectors=selectors), progress="off")
     assert [s["name"] for s in again.selections] == ["less"]
     con = duckdb.connect(db, read_only=True)

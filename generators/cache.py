@@ -52,12 +52,6 @@ class LLMCache:
         with self._connect() as con:
             con.execute(DDL)
 
-    def __getstate__(self):
-        return {**self.__dict__, "_in_process": None}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state, _in_process=threading.Lock())
-
     @contextmanager
     def _connect(self, read_only: bool = False):
         with self._in_process:

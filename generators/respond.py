@@ -45,12 +45,6 @@ class LazyBackend(Backend):
         self._backend = None
         self._building = threading.Lock()  # an actor may run two batches at once: build one backend
 
-    def __getstate__(self):
-        return {**self.__dict__, "_building": None}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state, _building=threading.Lock())
-
     def generate(self, requests):
         with self._building:
             if self._backend is None:

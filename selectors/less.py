@@ -82,7 +82,7 @@ class LessSelector(Selector):
         worker = RemoteLessWorker(self.resources, *args) if self.resources else LessWorker(*args)
         try:
             checkpoints = self._checkpoints(con, run_id) or self._warm_up(con, run_id, pool, worker)
-            worker.use_checkpoints([c.path for c in checkpoints])
+            worker.use_checkpoints(checkpoints)
             self._store_pool_features(con, run_id, pool, worker, checkpoints)
             started = time.perf_counter()
             target_feats = worker.target_features(targets.convs)
@@ -104,15 +104,13 @@ class LessSelector(Selector):
         return [Checkpoint(*r) for r in rows]
 
     def _warm_up(self, con, run_id, pool, worker):
-        from curate.stages.score.less import Checkpoint
-
         s = self.shape
         n_pool = con.execute(f"SELECT count(*) FROM {pool}").fetchall()[0][0]
         n_warm = max(1, round(s["warmup_fraction"] * n_pool))
         convs = con.sql(f"SELECT messages FROM {pool} ORDER BY md5(? || ':' || id) LIMIT ?",
                         params=[str(s["seed"]), n_warm]).to_arrow_table()["messages"].to_pylist()
         started = time.perf_counter()
-        checkpoints = [Checkpoint(*c) for c in worker.warm_up(convs, str(self._workdir(con, run_id)))]
+        checkpoints = worker.warm_up(convs, str(self._workdir(con, run_id)))
         self.timings["warmup_s"] = time.perf_counter() - started
         con.execute("DELETE FROM less_checkpoints WHERE run_id = ? AND key = ?", [run_id, self.key])
         con.execute("DELETE FROM less_features WHERE run_id = ? AND key = ?", [run_id, self.key])

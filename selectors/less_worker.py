@@ -26,21 +26,18 @@ class LessWorker:
         self.features = LS.GradientFeatures(self.model, self.tok, self.device, projector, max_batch_tokens, max_batch_rows)
         self.states: list[dict] = []
 
-    def warm_up(self, convs: list[list[dict]], workdir: str) -> list[tuple[int, float, str]]:
-        """Train the LoRA on the warm-up rows; (epoch, mean LR, checkpoint path) per epoch."""
+    def warm_up(self, convs: list[list[dict]], workdir: str) -> list:
+        """Train the LoRA on the warm-up rows; one saved Checkpoint per epoch."""
         from curate.stages.score import less as LS
         from curate.stages.score.lm import pad_id
 
         s = self.shape
-        checkpoints = LS.warmup(self.model, LS.training_examples(self.tok, convs, s["max_length"]), pad_id(self.tok),
-                                self.device, Path(workdir), s["epochs"], s["lr"], s["batch_size"], s["warmup_ratio"],
-                                self.max_batch_tokens or 4096, s["seed"])
-        return [(c.epoch, c.mean_lr, c.path) for c in checkpoints]
+        return LS.warmup(self.model, LS.training_examples(self.tok, convs, s["max_length"]), pad_id(self.tok),
+                         self.device, Path(workdir), s["epochs"], s["lr"], s["batch_size"], s["warmup_ratio"],
+                         self.max_batch_tokens or 4096, s["seed"])
 
-    def use_checkpoints(self, paths: list[str]) -> None:
-        from curate.stages.score.less import Checkpoint
-
-        self.states = [Checkpoint(0, 0.0, p).load() for p in paths]
+    def use_checkpoints(self, checkpoints: list) -> None:
+        self.states = [c.load() for c in checkpoints]
 
     def pool_features(self, convs: list[list[dict]]) -> list[np.ndarray]:
         """Adam-aware projected gradient features: one (rows, dim) array per checkpoint."""

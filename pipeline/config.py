@@ -8,6 +8,7 @@ import inspect
 import json
 import os
 import re
+import sys
 from typing import Any, Literal
 
 import yaml
@@ -88,6 +89,9 @@ class RunConfig(Strict):
     input: list[str] = ["demo"]
     db: str = "curated.duckdb"
     shard_size: int = Field(1000, ge=1)
+    # Where each phase hands its survivors to the next (Parquet per shard); default `<db>.phases`.
+    # On a cluster: storage every node reads.
+    work_dir: str | None = None
     ingest: IngestConfig = IngestConfig()
     stages: list[StageConfig] = []
     selectors: list[SelectorConfig] = []
@@ -158,8 +162,13 @@ def _parse_component(index: int, item, lookup, reserved: tuple[str, ...]) -> tup
 
 def _parse_stage(index: int, item) -> StageConfig:
     key, params, extra = _parse_component(index, item, stage_class, ("resources", "batch_size", "name"))
-    return StageConfig(key=key, name=extra.get("name", key), params=params,
-                       resources=extra.get("resources") or {}, batch_size=extra.get("batch_size"))
+    config = StageConfig(key=key, name=extra.get("name", key), params=params,
+                         resources=extra.get("resources") or {}, batch_size=extra.get("batch_size"))
+    if getattr(stage_class(key), "pool", None) and ((config.resources.concurrency or 1) > 1 or config.resources.actor is False):
+        raise StageConfigError(f"{index}.{key}.resources", (
+            f"{key} works on whole shards (each shard's rows are its pool), which one actor gathers: it takes "
+            "no concurrency above 1 and no actor: false; use calls_per_actor to run several shards at once"))
+    return config
 
 
 def _parse_selector(index: int, item) -> SelectorConfig:
@@ -219,10 +228,15 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, **v
     if data.get("vars"):
         data = {k: (v if k == "vars" else _substitute(v, data["vars"])) for k, v in data.items()}
     try:
-        return RunConfig(**data)
+        config = RunConfig(**data)
     except ValidationError as e:
         where = f"{path}: " if path else ""
         raise CurateError(f"config error: {where}{format_errors(e)}") from None
+    from curate.pipeline.dependencies import order_warnings
+
+    for warning in order_warnings(config.stages):  # advice, not an error: the run goes on
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    return config
 
 
 def _substitute(value, variables: dict):

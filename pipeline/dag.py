@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
+from collections import defaultdict
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -47,7 +49,16 @@ class StagePlan:
         return cls(**self.params)
 
 
-def stage_plans(config: RunConfig) -> list[StagePlan]:
+def stage_plans(config: RunConfig, run_id: str | None = None) -> list[StagePlan]:
+    """The configured stages as plans. With `run_id`, each vLLM backend spec names the run
+    (`engine_scope`: the run id, this host and the database's path, since one config run into
+    two databases has one run id), so the engine actors the runner starts for this run, and
+    that its stages find by name, are this run's alone (generators/engines.py)."""
+    scope = None
+    if run_id is not None:
+        import socket
+
+        scope = f"{run_id} {socket.gethostname()}:{os.path.abspath(config.db)}"
     plans = [_plan("ingest", "ingest", config.ingest.model_dump(), Ingest, None, None)]
     seen = {"ingest"}
     for sc in config.stages:
@@ -61,6 +72,10 @@ def stage_plans(config: RunConfig) -> list[StagePlan]:
             from curate.generators.cache import cache_path_for
 
             params["cache"] = os.path.abspath(cache_path_for(config.db))
+        if scope is not None and isinstance(params.get("backend"), dict):
+            from curate.generators.engines import scoped
+
+            params["backend"] = scoped(params["backend"], scope)
         plans.append(_plan(name, sc.key, params, stage_class(sc.key), sc, sc.batch_size))
     return plans
 
@@ -69,6 +84,8 @@ def _plan(name, key, params, cls, sc: StageConfig | None, batch_size) -> StagePl
     res = cls.resources
     if sc is not None:
         res = replace(res, **{k: v for k, v in sc.resources.model_dump().items() if v is not None})
+    if getattr(cls, "pool", None):  # one actor gathers each shard (config validation rejects other settings)
+        res = replace(res, actor=True, concurrency=1)
     return StagePlan(name, key, params, res, batch_size if batch_size is not None else cls.batch_size)
 
 
@@ -78,7 +95,10 @@ _STAGE_CACHE: dict[str, Stage] = {}
 
 
 def read_shard_table(spec: ShardSpec) -> pa.Table:
-    """Ray read task body: one shard → raw records, with the bookkeeping columns."""
+    """Ray read task body: one shard → raw records (or, in a later phase, the survivors of the
+    phase before), with the bookkeeping columns."""
+    if spec.format == HANDOFF:
+        return read_handoff_table(spec)
     records = read_shard(spec)
     n = len(records)
     return pa.table({
@@ -96,11 +116,38 @@ def read_shard_table(spec: ShardSpec) -> pa.Table:
     })
 
 
+HANDOFF = "handoff"  # ShardSpec.format of a later phase's input: one shard's survivors as Parquet
+
+
+def read_handoff_table(spec: ShardSpec) -> pa.Table:
+    """The survivors of one shard, as the phase before left them, with fresh bookkeeping: each
+    row weighs 1 of the shard's survivors. `_born` is null: the row is already in `samples`."""
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(spec.path).sort_by([("row", "ascending"), ("id", "ascending")])
+    n = rows.num_rows
+    columns = {name: rows[name] for name in S.SAMPLE_COLUMNS}
+    columns.update({
+        S.SHARD: pa.array([spec.shard] * n, pa.string()),
+        S.SHARD_ROWS: pa.array([n] * n, pa.int64()),
+        S.ROW: rows["row"].cast(pa.int64()),
+        S.RAW: pa.nulls(n, pa.string()),
+        S.STATUS: pa.array([S.KEPT] * n, pa.string()),
+        S.STAGE: pa.nulls(n, pa.string()),
+        S.REASON: pa.nulls(n, pa.string()),
+        S.WEIGHT: pa.array([1.0] * n, pa.float64()),
+        S.BORN: pa.nulls(n, pa.string()),
+    })
+    return pa.table(columns).cast(pa.schema([*S.SAMPLE_SCHEMA, *(pa.field(c, columns[c].type) for c in list(columns)[len(S.SAMPLE_COLUMNS):])]))
+
+
 def run_stage_task(batch: pa.Table, plan: StagePlan) -> pa.Table:
     key = plan.cache_key()
     stage = _STAGE_CACHE.get(key)
     if stage is None:
         stage = _STAGE_CACHE[key] = plan.build()
+    if getattr(stage, "pool", None):
+        raise RuntimeError(f"stage {plan.name} works on whole shards and must run in one actor, not as tasks")
     return apply_stage(stage, plan.name, batch)
 
 
@@ -108,9 +155,67 @@ class StageActor:
     def __init__(self, plan: StagePlan):
         self.plan = plan
         self.stage = plan.build()
+        pool = getattr(self.stage, "pool", None)
+        if pool not in (None, "shard"):
+            raise ValueError(f"stage {plan.name}: unknown pool {pool!r} (known: 'shard')")
+        self.shards = ShardBuffer() if pool == "shard" else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return apply_stage(self.stage, self.plan.name, batch)
+        if self.shards is None:
+            return apply_stage(self.stage, self.plan.name, batch)
+        done = self.shards.add(batch)
+        if not done:  # no shard complete yet: an empty batch of the shape this step emits
+            return apply_stage(self.stage, self.plan.name, batch.slice(0, 0))
+        out = [apply_stage(self.stage, self.plan.name, shard) for shard in done]
+        return out[0] if len(out) == 1 else pa.concat_tables(out, promote_options="permissive")
+
+
+POOL_ORDER = (S.ROW, "id", "meta", S.WEIGHT)  # (_row, id) orders a shard; meta and weight break ties between copies
+
+
+class ShardBuffer:
+    """The rows of each shard that reached a `pool = "shard"` stage, held until the shard is
+    complete, so the stage sees every live row of a shard at once, in a fixed order, however
+    Ray Data batched them and whichever shards a run (or a resumed run) streams.
+
+    A shard is complete when the summed `_weight` of its rows here, live and passed-through
+    alike, equals `_shard_rows`: rows a stage drops travel on, and a generator splits a row's
+    weight among its children, so every shard reaches every stage with its full weight (the
+    writer counts it out the same way). Thread-safe: an actor may take several calls at once.
+    """
+
+    def __init__(self):
+        self.parts: dict[str, list[pa.Table]] = defaultdict(list)
+        self.arrived: dict[str, float] = defaultdict(float)
+        self.lock = threading.Lock()
+
+    def add(self, batch: pa.Table) -> list[pa.Table]:
+        """Take a batch; return the shards it completes, each sorted by `POOL_ORDER`."""
+        if batch.num_rows == 0:
+            return []
+        done = []
+        shard_col = batch[S.SHARD]
+        with self.lock:
+            for shard in pc.unique(shard_col).to_pylist():
+                part = batch.filter(pc.equal(shard_col, shard))
+                self.parts[shard].append(part)
+                self.arrived[shard] += pc.sum(part[S.WEIGHT]).as_py()
+                expected = part[S.SHARD_ROWS][0].as_py()
+                if abs(self.arrived[shard] - expected) < 1e-6:
+                    del self.arrived[shard]
+                    done.append(self.parts.pop(shard))
+                elif self.arrived[shard] > expected + 1e-6:
+                    raise RuntimeError(f"shard {shard}: rows of weight {self.arrived[shard]} reached a pool stage, {expected} were read")
+        return [pool_order(pa.concat_tables(parts, promote_options="permissive")) for parts in done]
+
+    def pending(self) -> list[str]:
+        with self.lock:
+            return sorted(self.parts)
+
+
+def pool_order(table: pa.Table) -> pa.Table:
+    keys = [(c, "ascending") for c in POOL_ORDER if c in table.column_names]
+    return table.take(pc.sort_indices(table, sort_keys=keys, null_placement="at_end")) if keys else table
 
 
 LIVE_INDEX = "_i"  # position of a row in the stage's input batch, so a generator's parents can be found in its output

@@ -14,8 +14,11 @@ class Progress:
     """mode: `table` (a live table, for terminals), `lines` (a line per committed shard),
     `auto` (table on a terminal, else a line every few seconds) or `off`."""
 
-    def __init__(self, stages: list[str], total_shards: int, skipped_shards: int, mode: str = "auto"):
-        self.stages = [*stages, "store"]
+    def __init__(self, steps: list[str], total_shards: int, skipped_shards: int, mode: str = "auto", phase: int | None = None):
+        """`steps`: the funnel step names of the phase shown (pipeline/phases.py); `phase`: its
+        number, shown when the run has more than one."""
+        self.stages = list(steps)
+        self.label = "" if phase is None else f" (phase {phase})"
         self.total = total_shards
         self.done = skipped_shards
         self.rows = {s: [0, 0, 0, 0, 0.0] for s in self.stages}  # in, kept, dropped, quarantined, busy s
@@ -34,7 +37,7 @@ class Progress:
     def shard_committed(self, shard: str, stats: list[tuple]) -> None:
         self.done += 1
         for _, _, _, stage, rows_in, kept, dropped, quarantined, _expanded, _generated, seconds in stats:
-            acc = self.rows[stage]
+            acc = self.rows.setdefault(stage, [0, 0, 0, 0, 0.0])
             acc[0] += rows_in
             acc[1] += kept
             acc[2] += dropped
@@ -43,7 +46,7 @@ class Progress:
         if self.live:
             self.live.update(self.table())
         elif self.mode == "lines":
-            print(f"committed shard {shard} | {self.line()}", file=sys.stderr, flush=True)
+            print(f"committed shard {shard}{self.label} | {self.line()}", file=sys.stderr, flush=True)
         elif self.mode == "throttled":
             now = time.monotonic()
             if now - self.last_line >= 2.0 or self.done == self.total:
@@ -56,7 +59,7 @@ class Progress:
 
     def line(self) -> str:
         elapsed = max(1e-9, time.monotonic() - self.start)
-        parts = [f"shards {self.done}/{self.total}"]
+        parts = [f"shards {self.done}/{self.total}{self.label}"]
         for s in self.stages:
             rin = self.rows[s][0]
             parts.append(f"{s}: {rin} in, {self.rows[s][1]} kept, {rin / elapsed:,.0f} rows/s")
@@ -64,7 +67,7 @@ class Progress:
 
     def table(self) -> Table:
         elapsed = max(1e-9, time.monotonic() - self.start)
-        t = Table(title=f"curate: shards {self.done}/{self.total}, {elapsed:,.1f} s", title_justify="left")
+        t = Table(title=f"curate{self.label}: shards {self.done}/{self.total}, {elapsed:,.1f} s", title_justify="left")
         for col in ("stage", "rows in", "kept", "dropped", "quarantined", "rows/s", "busy s"):
             t.add_column(col, justify="left" if col == "stage" else "right")
         for s in self.stages:

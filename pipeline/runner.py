@@ -1,20 +1,24 @@
-"""The runner: plan shards, skip committed ones, stream the rest through Ray, commit to DuckDB."""
+"""The runner: plan shards and phases, skip what is committed, stream the rest through Ray phase by
+phase (each ending at a barrier of global stages), commit to DuckDB, then run the selectors."""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 from curate.errors import CurateError
 from curate.pipeline.config import RunConfig, config_to_dict
-from curate.pipeline.dag import StagePlan, build_dataset, stage_plans
+from curate.pipeline.dag import HANDOFF, StagePlan, build_dataset, stage_plans
+from curate.pipeline.phases import Phase, handoff_dir, split_phases
 from curate.pipeline.registry import selector_class, stage_class
 from curate.pipeline.progress import Progress
 from curate.pipeline.select import run_selectors
-from curate.stages.readers import input_fingerprint, plan_shards, resolve_inputs
+from curate.stages.readers import ShardSpec, input_fingerprint, plan_shards, resolve_inputs
 from curate.storage.store import Store
 from curate.storage.writer import ShardWriter
 
@@ -46,36 +50,39 @@ class RunReport:
 
 
 def run(config: RunConfig, progress: str = "auto") -> RunReport:
+    """Run `config` phase by phase (pipeline/phases.py), then its selectors; a rerun of the same
+    config resumes: finished phases, committed shards and finished global steps are skipped."""
     inputs = resolve_inputs(config.input)
+    fingerprint = input_fingerprint(inputs)
+    run_id = config.fingerprint(fingerprint)
     plans = stage_plans(config)
     if not (config.ray.address or os.environ.get("RAY_ADDRESS")):  # on a cluster the workers' machines may differ
         for plan in plans:
             if plan.key != "ingest":
                 stage_class(plan.key).preflight(plan.params)
-    stage_names = [p.name for p in plans]
-    fingerprint = input_fingerprint(inputs)
-    run_id = config.fingerprint(fingerprint)
+    phases = split_phases(plans)
     shards = plan_shards(inputs, config.shard_size)
     with Store(config.db) as store:
         attempt = store.begin_run(run_id, config.name, config_to_dict(config), fingerprint)
-        done = store.committed_shards(run_id)
-        todo = [s for s in shards if s.shard not in done]
-        bar = Progress(stage_names, len(shards), len(shards) - len(todo), mode=progress)
-        writer = ShardWriter(store, run_id, stage_names, {s.shard: s.path for s in shards}, bar.shard_committed)
+        skipped = len(store.committed_shards(run_id, 0))
         try:
-            if todo:
-                _stream(config, todo, plans, store, writer, run_id, attempt)
-            bar.close()
-            run_global_steps(store, run_id, plans, bar)
-            with ray_session(config) if _selectors_use_ray(config) else nullcontext():
+            with RayEnvironment(config, plans, store, run_id, attempt) as env:
+                for phase in phases:
+                    _run_phase(config, phase, shards, store, run_id, env, progress, multi=len(phases) > 1)
+                if _selectors_use_ray(config):
+                    env.start(engines=False)
                 selections = run_selectors(store, run_id, config.selectors)
-        except BaseException:
-            bar.close()
-            store.end_run(run_id, "failed")
+        except KeyboardInterrupt:
+            store.end_run(run_id, "interrupted", "interrupted by the user (Ctrl-C / SIGINT)")
+            print("interrupted: rerun the same command to resume", file=sys.stderr, flush=True)
+            raise
+        except BaseException as e:
+            store.end_run(run_id, "failed", f"{type(e).__name__}: {e}"[:4000])
             raise
         store.end_run(run_id, "finished")
         totals = store.totals(run_id)
-    report = RunReport(run_id, config.db, attempt, len(shards), len(shards) - len(todo), **totals, selections=selections)
+    shutil.rmtree(handoff_dir(config.db, run_id, 0, config.work_dir).rsplit(os.sep, 1)[0], ignore_errors=True)
+    report = RunReport(run_id, config.db, attempt, len(shards), skipped, **totals, selections=selections)
     return _check_counts(report)
 
 
@@ -83,45 +90,108 @@ def _selectors_use_ray(config: RunConfig) -> bool:
     return any(selector_class(sc.key).uses_ray(sc.params) for sc in config.selectors)
 
 
-def run_global_steps(store: Store, run_id: str, plans: list[StagePlan], bar: Progress) -> None:
-    """The second half of each GlobalStage, in config order, after the stream."""
-    position = len(plans) + 1  # after the stream stages and `store`
-    for plan in plans:
-        if not plan.is_global:
+def _run_phase(config: RunConfig, phase: Phase, shards: list[ShardSpec], store: Store, run_id: str,
+               env: RayEnvironment, progress: str, multi: bool) -> None:
+    """Stream the phase's uncommitted shards, then decide its global stages (the barrier).
+    Phase 0 reads the input; phase k > 0 the survivors of phase k - 1, handed over as Parquet."""
+    if phase.barrier and all(store.global_step_done(run_id, p.name) for p in phase.barrier):
+        return  # finished by an earlier attempt
+    done = store.committed_shards(run_id, phase.index)
+    todo = [s for s in shards if s.shard not in done]
+    if phase.index == 0:
+        specs, paths = todo, {s.shard: s.path for s in shards}
+    else:
+        folder = handoff_dir(config.db, run_id, phase.index, config.work_dir)
+        files = store.write_handoff(run_id, [s.shard for s in todo], folder) if todo else {}
+        specs = [ShardSpec(shard, path, HANDOFF, source="") for shard, (path, _) in files.items()]
+        paths = {s.shard: files[s.shard][0] if s.shard in files else folder for s in shards}
+    bar = Progress([step.name for step in phase.steps], len(shards), len(done), mode=progress,
+                   phase=phase.index if multi else None)
+    writer = ShardWriter(store, run_id, phase.steps, paths, bar.shard_committed, phase.index)
+    try:
+        if phase.index > 0:  # shards left with no survivor: nothing to stream
+            for spec in todo:
+                if spec.shard not in {s.shard for s in specs}:
+                    writer.add_empty_shard(spec.shard)
+        if specs:
+            env.start()
+            _stream(specs, phase.stream, writer)
+            env.stream_ended()
+        committed = store.committed_shards(run_id, phase.index)
+        for spec in todo:  # shards that produced no rows at all (blank files)
+            if spec.shard not in committed:
+                writer.add_empty_shard(spec.shard)
+    finally:
+        bar.close()
+    _run_barrier(store, run_id, phase, bar)
+
+
+def _run_barrier(store: Store, run_id: str, phase: Phase, bar: Progress) -> None:
+    """The decisions of the phase's global stages, in config order, each in one transaction."""
+    positions = {step.name: step.position for step in phase.steps if step.kind == "global"}
+    for plan in phase.barrier:
+        if store.global_step_done(run_id, plan.name):
             continue
-        if not store.global_step_done(run_id, plan.name):
-            stage = plan.build()
-            start = time.perf_counter()
-            drops = stage.decide(store.keys_reader(run_id, plan.name, stage.order))
-            seconds = time.perf_counter() - start
-            dropped = store.commit_global_step(run_id, plan.name, position, drops, seconds)
-            bar.global_step(plan.name, dropped, seconds)
-        position += 1
+        stage = plan.build()
+        start = time.perf_counter()
+        drops = stage.decide_in(store, run_id, plan.name)
+        seconds = time.perf_counter() - start
+        dropped = store.commit_global_step(run_id, plan.name, positions[plan.name], drops, seconds)
+        bar.global_step(plan.name, dropped, seconds)
 
 
-def _stream(config, todo, plans, store, writer, run_id, attempt) -> None:
-    import ray
-
-    from curate.generators.engines import engine_stats, start_engines, vllm_specs
-
-    with ray_session(config):
-        # First, even before Ray Data is imported, so the engines load while it plans and starts the stages.
-        engines = start_engines(vllm_specs([p.params for p in plans]), ray.cluster_resources().get("GPU", 0))
-        try:
-            _quiet_ray_data()
-            _check_actor_resources(plans)
-            for batch in build_dataset(todo, plans).iter_batches(batch_format="pyarrow", batch_size=None):
-                writer.add(batch)
-            store.record_engines(run_id, attempt, engine_stats(engines), time.time())
-        finally:
-            for engine in engines:
-                ray.kill(engine)
+def _stream(specs: list[ShardSpec], plans: list[StagePlan], writer: ShardWriter) -> None:
+    _quiet_ray_data()
+    _check_actor_resources(plans)
+    for batch in build_dataset(specs, plans).iter_batches(batch_format="pyarrow", batch_size=None):
+        writer.add(batch)
     if writer.unfinished():
         raise RuntimeError(f"the stream ended with shards incomplete: {writer.unfinished()[:5]}")
-    committed = store.committed_shards(run_id)
-    for spec in todo:  # shards that produced no rows at all (blank files)
-        if spec.shard not in committed:
-            writer.add_empty_shard(spec.shard)
+
+
+class RayEnvironment:
+    """Ray and the run's vLLM engines, started on first need (a rerun with nothing left to
+    stream starts neither) and kept for every phase, so engines load once per run."""
+
+    def __init__(self, config: RunConfig, plans: list[StagePlan], store: Store, run_id: str, attempt: int):
+        self.config, self.plans, self.store, self.run_id, self.attempt = config, plans, store, run_id, attempt
+        self.stack = ExitStack()
+        self.ray_started = False
+        self.engines: list | None = None
+        self.stream_end = None
+
+    def __enter__(self) -> RayEnvironment:
+        return self
+
+    def start(self, engines: bool = True) -> None:
+        import ray
+
+        if not self.ray_started:
+            self.stack.enter_context(ray_session(self.config))
+            self.ray_started = True
+        if engines and self.engines is None:
+            from curate.generators.engines import start_engines, vllm_specs
+
+            # Before Ray Data plans the stages, so the engines load while the stream starts.
+            self.engines = start_engines(vllm_specs([p.params for p in self.plans]), ray.cluster_resources().get("GPU", 0))
+
+    def stream_ended(self) -> None:
+        self.stream_end = time.time()
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.engines:
+                import ray
+
+                from curate.generators.engines import engine_stats
+
+                try:
+                    self.store.record_engines(self.run_id, self.attempt, engine_stats(self.engines), self.stream_end or time.time())
+                finally:
+                    for engine in self.engines:
+                        ray.kill(engine)
+        finally:
+            self.stack.close()
 
 
 def _check_actor_resources(plans: list[StagePlan]) -> None:

@@ -47,6 +47,12 @@ class Stage:
     name: ClassVar[str] = "stage"
     resources: ClassVar[Resources] = Resources()
     batch_size: ClassVar[int | None] = 1024
+    # "shard": the stage sees whole shards, one call per shard, its live rows sorted by (`_row`,
+    # `id`), however Ray Data batched them (pipeline/dag.py ShardBuffer): for stages whose rows
+    # depend on each other (an in-context pool), so results do not depend on batching, on the
+    # order shards arrive, or on which shards a resumed run streams. Such a stage runs in one
+    # actor (`concurrency` 1); with `calls_per_actor` > 1 its `__call__` must be thread-safe.
+    pool: ClassVar[str | None] = None
 
     def __call__(self, batch: pa.Table) -> StageResult:  # pragma: no cover - interface
         raise NotImplementedError
@@ -86,3 +92,9 @@ class GlobalStage(Stage):
 
     def decide(self, batches) -> list[tuple[str, str]]:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def decide_in(self, store, run_id: str, stage_name: str) -> list[tuple[str, str]]:
+        """The barrier: the runner calls this once the stream of this stage's phase has been
+        committed. Default: `decide` over the keys the stream stored. A stage whose decision
+        reads other tables (SemDeDup reads `vectors`) overrides this."""
+        return self.decide(store.keys_reader(run_id, stage_name, self.order))

@@ -25,12 +25,13 @@ CREATE TABLE IF NOT EXISTS runs (
     name VARCHAR,
     config JSON,
     inputs JSON,
-    status VARCHAR,            -- running | finished | failed
+    status VARCHAR,            -- running | finished | failed | interrupted
     attempts INTEGER,
     started_at TIMESTAMP,
     last_attempt_at TIMESTAMP,
     finished_at TIMESTAMP
 );
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS error VARCHAR;  -- why the last attempt failed
 CREATE TABLE IF NOT EXISTS samples (
     run_id VARCHAR NOT NULL,
     {S.sample_columns_ddl()},
@@ -38,6 +39,7 @@ CREATE TABLE IF NOT EXISTS samples (
     shard VARCHAR,
     PRIMARY KEY (run_id, id)
 );
+ALTER TABLE samples ADD COLUMN IF NOT EXISTS "row" BIGINT;  -- position in its source file (a generated row: its first parent's)
 CREATE TABLE IF NOT EXISTS drops (
     run_id VARCHAR, stage VARCHAR, id VARCHAR, reason VARCHAR,
     shard VARCHAR, source VARCHAR, "row" BIGINT
@@ -46,9 +48,10 @@ CREATE TABLE IF NOT EXISTS quarantine (
     run_id VARCHAR, stage VARCHAR, source VARCHAR, "row" BIGINT,
     raw VARCHAR, error VARCHAR, shard VARCHAR
 );
-CREATE TABLE IF NOT EXISTS shards (
+CREATE TABLE IF NOT EXISTS shards (         -- commit markers: one per (run, phase, shard)
     run_id VARCHAR, shard VARCHAR, path VARCHAR, rows_in BIGINT, committed_at TIMESTAMP,
-    PRIMARY KEY (run_id, shard)
+    phase INTEGER DEFAULT 0,    -- 0: read from the input; k > 0: the survivors of phase k - 1
+    PRIMARY KEY (run_id, phase, shard)
 );
 CREATE TABLE IF NOT EXISTS stage_stats (
     run_id VARCHAR, shard VARCHAR, position INTEGER, stage VARCHAR,
@@ -113,7 +116,7 @@ CREATE OR REPLACE VIEW stage_totals AS
     FROM stage_stats GROUP BY ALL ORDER BY run_id, position;
 CREATE OR REPLACE VIEW run_totals AS
     SELECT r.run_id, r.name, r.status, r.attempts, r.started_at, r.finished_at,
-        coalesce((SELECT sum(rows_in) FROM shards s WHERE s.run_id = r.run_id), 0)::BIGINT AS rows_in,
+        coalesce((SELECT sum(rows_in) FROM shards s WHERE s.run_id = r.run_id AND s.phase = 0), 0)::BIGINT AS rows_in,
         coalesce((SELECT count(*) FROM samples s WHERE s.run_id = r.run_id AND s.kept), 0) AS kept,
         coalesce((SELECT count(*) FROM drops d WHERE d.run_id = r.run_id), 0) AS dropped,
         coalesce((SELECT count(*) FROM quarantine q WHERE q.run_id = r.run_id), 0) AS quarantined,
@@ -148,6 +151,7 @@ class Store:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.con = connect(path, read_only=read_only)
         if not read_only:
+            _migrate_shards(self.con)
             self.con.execute(DDL)
             self.con.execute("SET checkpoint_threshold = '1GB'")
 
@@ -179,19 +183,21 @@ class Store:
         row = self.con.execute("SELECT attempts FROM runs WHERE run_id = ?", [run_id]).fetchone()
         if row is None:
             self.con.execute(
-                "INSERT INTO runs VALUES (?, ?, ?, ?, 'running', 1, ?, ?, NULL)",
+                "INSERT INTO runs (run_id, name, config, inputs, status, attempts, started_at, last_attempt_at) "
+                "VALUES (?, ?, ?, ?, 'running', 1, ?, ?)",
                 [run_id, name, json.dumps(config), json.dumps(inputs), now, now],
             )
             return 1
         self.con.execute(
-            "UPDATE runs SET attempts = attempts + 1, status = 'running', finished_at = NULL, "
+            "UPDATE runs SET attempts = attempts + 1, status = 'running', finished_at = NULL, error = NULL, "
             "last_attempt_at = ?, config = ? WHERE run_id = ?",
             [now, json.dumps(config), run_id],
         )
         return row[0] + 1
 
-    def end_run(self, run_id: str, status: str) -> None:
-        self.con.execute("UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?", [status, _now(), run_id])
+    def end_run(self, run_id: str, status: str, error: str | None = None) -> None:
+        self.con.execute("UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE run_id = ?",
+                         [status, _now(), error, run_id])
 
     def record_engines(self, run_id: str, attempt: int, stats: list[dict], stream_end_at: float) -> None:
         def ts(seconds):
@@ -204,8 +210,30 @@ class Store:
                  ts(st["last_output_at"]), ts(stream_end_at), st["calls"], st["requests"], st["prompt_tokens"],
                  st["completion_tokens"], st["steps"], st["busy_seconds"], st["peak_in_flight"]])
 
-    def committed_shards(self, run_id: str) -> set[str]:
-        return {r[0] for r in self.con.execute("SELECT shard FROM shards WHERE run_id = ?", [run_id]).fetchall()}
+    def committed_shards(self, run_id: str, phase: int = 0) -> set[str]:
+        return {r[0] for r in self.con.execute("SELECT shard FROM shards WHERE run_id = ? AND phase = ?",
+                                               [run_id, phase]).fetchall()}
+
+    def write_handoff(self, run_id: str, shards: list[str], folder: str) -> dict[str, tuple[str, int]]:
+        """The kept rows of each shard → `<folder>/<shard>.parquet` (the next phase's input);
+        returns {shard: (path, rows)}; shards with no kept row get no file. Each file is written
+        under a temporary name and renamed, so a crash never leaves half a file."""
+        os.makedirs(folder, exist_ok=True)
+        counts = dict(self.con.execute(
+            "SELECT shard, count(*) FROM samples WHERE run_id = ? AND kept GROUP BY shard", [run_id]).fetchall())
+        cols = ", ".join(f'"{c}"' for c in [*S.SAMPLE_COLUMNS, "row"])
+        out = {}
+        for shard in shards:
+            if not counts.get(shard):
+                continue
+            path = os.path.join(folder, f"{shard}.parquet")
+            tmp = f"{path}.tmp-{os.getpid()}"
+            self.con.execute(f"""COPY (SELECT {cols} FROM samples WHERE run_id = $run AND shard = $shard AND kept
+                                       ORDER BY "row", id) TO '{_sql_str(tmp)}' (FORMAT parquet)""",
+                             {"run": run_id, "shard": shard})
+            os.replace(tmp, path)
+            out[shard] = (path, counts[shard])
+        return out
 
     def totals(self, run_id: str) -> dict:
         cols = ["rows_in", "kept", "dropped", "quarantined", "expanded", "generated"]
@@ -245,50 +273,71 @@ class Store:
 
     # ------------------------------------------------------------------ shard commits
 
-    def commit_shard(self, run_id: str, shard: str, path: str, rows_in: int, table: pa.Table, stages: list[str]) -> list[tuple]:
-        """Land one finished shard (all its rows, whatever their status) in one transaction.
+    def commit_shard(self, run_id: str, shard: str, path: str, rows_in: int, table: pa.Table, steps: list,
+                     phase: int = 0) -> list[tuple]:
+        """Land one finished shard of a phase (all its rows, whatever their status) in one
+        transaction, with its (run, phase, shard) marker.
 
-        Returns the stage_stats rows it recorded (none if the shard was already committed). Identical samples (same id) kept twice in a run
-        are stored once; the repeat becomes a drop at stage `store`, so counts still add up.
+        `steps` is the phase's part of the funnel (pipeline/phases.py `Step`s). Returns the
+        stage_stats rows it recorded (none if the shard was already committed). Identical
+        samples (same id) kept twice in a run are stored once; the repeat becomes a drop at the
+        `store` step, so counts still add up. In a later phase, rows with a null `_born` are
+        survivors of the phase before, already in `samples`: a drop there marks them not kept.
         """
-        with self.transaction() as con:
-            if con.execute("SELECT 1 FROM shards WHERE run_id = ? AND shard = ?", [run_id, shard]).fetchone():
-                return []
-            con.register("_batch", table)  # an Arrow scan: no copy
-            try:
-                return self._insert_rows(run_id, shard, path, rows_in, stages)
-            finally:
-                con.unregister("_batch")
+        import pyarrow.compute as pc
 
-    def _insert_rows(self, run_id: str, shard: str, path: str, rows_in: int, stages: list[str]) -> list[tuple]:
+        with self.transaction() as con:
+            if con.execute("SELECT 1 FROM shards WHERE run_id = ? AND phase = ? AND shard = ?",
+                           [run_id, phase, shard]).fetchone():
+                return []
+            carried = pc.is_null(table[S.BORN]) if phase > 0 and table.num_rows else None
+            con.register("_batch", table)  # an Arrow scan: no copy
+            con.register("_new", table if carried is None else table.filter(pc.invert(carried)))
+            con.register("_carried", table.slice(0, 0) if carried is None else table.filter(carried))
+            try:
+                return self._insert_rows(run_id, shard, path, rows_in, steps, phase)
+            finally:
+                for name in ("_batch", "_new", "_carried"):
+                    con.unregister(name)
+
+    def _insert_rows(self, run_id: str, shard: str, path: str, rows_in: int, steps: list, phase: int) -> list[tuple]:
         con = self.con
         p = {"run": run_id, "shard": shard}
         cols = ", ".join(f'"{c}"' for c in S.SAMPLE_COLUMNS)
         status, row, stage, reason = (f'"{c}"' for c in (S.STATUS, S.ROW, S.STAGE, S.REASON))
         kept, dropped, quarantined, expanded = (f"'{v}'" for v in (S.KEPT, S.DROPPED, S.QUARANTINED, S.EXPANDED))
-        # Kept rows whose id was already kept in this run (earlier shard, or earlier in this one).
+        # Survivors of the phase before that this phase dropped, expanded or quarantined.
+        con.execute(f"""
+            UPDATE samples SET kept = false
+            WHERE run_id = $run AND kept AND id IN (SELECT id FROM _carried WHERE {status} != {kept})
+        """, {"run": run_id})
+        con.execute(f"""
+            UPDATE samples SET meta = c.meta FROM _carried c
+            WHERE samples.run_id = $run AND samples.id = c.id AND c.{status} = {kept} AND samples.meta IS DISTINCT FROM c.meta
+        """, {"run": run_id})
+        # New kept rows whose id was already kept in this run (earlier shard, or earlier in this one).
+        store_drops = "SELECT count(*) FROM drops WHERE run_id = $run AND shard = $shard AND stage = 'store'"
+        before = con.execute(store_drops, p).fetchone()[0]
         con.execute(f"""
             INSERT INTO drops
             SELECT $run, 'store', k.id, 'duplicate_of:' || k.id, $shard, k.source, k.{row}
             FROM (SELECT *, row_number() OVER (PARTITION BY id ORDER BY {row}) AS nth
-                  FROM _batch WHERE {status} = {kept}) k
+                  FROM _new WHERE {status} = {kept}) k
             WHERE k.nth > 1 OR EXISTS (SELECT 1 FROM samples s WHERE s.run_id = $run AND s.id = k.id AND s.kept)
         """, p)
-        store_dups = con.execute(
-            "SELECT count(*) FROM drops WHERE run_id = $run AND shard = $shard AND stage = 'store'", p
-        ).fetchone()[0]
+        store_dups = con.execute(store_drops, p).fetchone()[0] - before
         # A sample first seen dropped, now kept, becomes kept.
         con.execute(f"""
             UPDATE samples SET kept = true
-            WHERE run_id = $run AND NOT kept AND id IN (SELECT id FROM _batch WHERE {status} = {kept})
+            WHERE run_id = $run AND NOT kept AND id IN (SELECT id FROM _new WHERE {status} = {kept})
         """, {"run": run_id})
         con.execute(f"""
-            INSERT INTO samples
-            SELECT $run, {cols}, kept, $shard
+            INSERT INTO samples (run_id, {cols}, kept, shard, "row")
+            SELECT $run, {cols}, kept, $shard, {row}
             FROM (
                 SELECT *, row_number() OVER (PARTITION BY id ORDER BY {status} = {kept} DESC, {row}) AS nth,
                        bool_or({status} = {kept}) OVER (PARTITION BY id) AS kept
-                FROM _batch WHERE {status} IN ({kept}, {dropped}, {expanded})
+                FROM _new WHERE {status} IN ({kept}, {dropped}, {expanded})
             ) b
             WHERE nth = 1 AND NOT EXISTS (SELECT 1 FROM samples s WHERE s.run_id = $run AND s.id = b.id)
         """, p)
@@ -311,28 +360,38 @@ class Store:
                 ORDER BY id, {row}
             """, {**p, "stage": key_col[len(S.KEY_PREFIX):]})
         self._insert_row_results(batch_cols, p)
+        stats = self._stage_stats(run_id, shard, rows_in, steps, store_dups, batch_cols)
+        con.executemany("INSERT INTO stage_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", stats)
+        con.execute("INSERT INTO shards (run_id, shard, path, rows_in, committed_at, phase) VALUES ($run, $shard, $path, $rows, $now, $phase)",
+                    {**p, "path": path, "rows": rows_in, "now": _now(), "phase": phase})
+        return stats
+
+    def _stage_stats(self, run_id: str, shard: str, rows_in: int, steps: list, store_dups: int, batch_cols: set[str]) -> list[tuple]:
+        """One stage_stats row per funnel step of the phase. A global stage's key half drops
+        nothing: its row here holds only its stream time; its counts come with its decision."""
+        con = self.con
+        status, stage = f'"{S.STATUS}"', f'"{S.STAGE}"'
         gone = {r[0]: r[1:] for r in con.execute(f"""
-            SELECT {stage}, count(*) FILTER ({status} = {dropped}), count(*) FILTER ({status} = {quarantined}),
-                   count(*) FILTER ({status} = {expanded})
-            FROM _batch WHERE {status} != {kept} GROUP BY 1
+            SELECT {stage}, count(*) FILTER ({status} = '{S.DROPPED}'), count(*) FILTER ({status} = '{S.QUARANTINED}'),
+                   count(*) FILTER ({status} = '{S.EXPANDED}')
+            FROM _batch WHERE {status} != '{S.KEPT}' GROUP BY 1
         """).fetchall()}
-        gone["store"] = (store_dups, 0, 0)
         born = dict(con.execute(f'SELECT "{S.BORN}", count(*) FROM _batch WHERE "{S.BORN}" IS NOT NULL GROUP BY 1').fetchall()) \
             if S.BORN in batch_cols else {}
         stats, alive = [], rows_in
-        for pos, name in enumerate([*stages, "store"]):
-            n_drop, n_quar, n_exp = gone.get(name, (0, 0, 0))
-            n_gen = born.get(name, 0)
-            cost_col = f"{S.COST_PREFIX}{name}"
+        for step in steps:
+            cost_col = f"{S.COST_PREFIX}{step.name}"
             seconds = 0.0
-            if cost_col in batch_cols:
+            if step.kind != "store" and cost_col in batch_cols:
                 seconds = con.execute(f'SELECT coalesce(sum("{cost_col}"), 0) FROM _batch').fetchone()[0]
+            if step.kind == "global":
+                stats.append((run_id, shard, step.position, step.name, 0, 0, 0, 0, 0, 0, seconds))
+                continue
+            n_drop, n_quar, n_exp = (store_dups, 0, 0) if step.kind == "store" else gone.get(step.name, (0, 0, 0))
+            n_gen = born.get(step.name, 0) if step.kind == "stream" else 0
             out = alive - n_drop - n_quar - n_exp + n_gen
-            stats.append((run_id, shard, pos, name, alive, out, n_drop, n_quar, n_exp, n_gen, seconds))
+            stats.append((run_id, shard, step.position, step.name, alive, out, n_drop, n_quar, n_exp, n_gen, seconds))
             alive = out
-        con.executemany("INSERT INTO stage_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", stats)
-        con.execute("INSERT INTO shards VALUES ($run, $shard, $path, $rows, $now)",
-                    {**p, "path": path, "rows": rows_in, "now": _now()})
         return stats
 
     def _insert_row_results(self, batch_cols: set[str], p: dict) -> None:
@@ -366,8 +425,8 @@ class Store:
                 FROM (SELECT id, unnest("{S.VERDICTS}") AS v FROM (
                     SELECT DISTINCT ON (id) id, "{S.VERDICTS}" FROM _batch b
                     WHERE {scored} AND "{S.VERDICTS}" IS NOT NULL
-                      AND NOT EXISTS (SELECT 1 FROM verdicts d WHERE d.run_id = $run AND d.id = b.id)
-                    ORDER BY id, {row}))
+                    ORDER BY id, {row})) n
+                WHERE NOT EXISTS (SELECT 1 FROM verdicts d WHERE d.run_id = $run AND d.id = n.id AND d.verifier = n.v.verifier)
             """, {"run": p["run"]})
 
     # ------------------------------------------------------------------ global steps
@@ -377,7 +436,7 @@ class Store:
 
     def keys_reader(self, run_id: str, stage: str, order: str, batch_rows: int = 65_536) -> pa.RecordBatchReader:
         """Keys of a global stage for the rows of the run still kept, in `order`."""
-        order_by = {"key": 'k.key, k.shard, k."row"', "position": 'k.shard, k."row"'}[order]
+        order_by = {"key": 'k.key, k.shard, k."row", k.id', "position": 'k.shard, k."row", k.id'}[order]
         return self.con.cursor().sql(f"""
             SELECT k.id, k.shard, k."row", k.key FROM row_keys k
             JOIN samples s ON s.run_id = k.run_id AND s.id = k.id AND s.kept
@@ -396,8 +455,7 @@ class Store:
             kept_before = con.execute("SELECT count(*) FROM samples WHERE run_id = $run AND kept", {"run": run_id}).fetchone()[0]
             con.execute("""
                 INSERT INTO drops
-                SELECT $run, $stage, d.id, d.reason, s.shard, s.source,
-                       (SELECT min(k."row") FROM row_keys k WHERE k.run_id = $run AND k.stage = $stage AND k.id = d.id)
+                SELECT $run, $stage, d.id, d.reason, s.shard, s.source, s."row"
                 FROM (SELECT DISTINCT ON (id) * FROM _gdrops) d
                 JOIN samples s ON s.run_id = $run AND s.id = d.id AND s.kept
             """, p)
@@ -419,6 +477,22 @@ class Store:
             return rel.to_arrow_table()
         except duckdb.Error as e:
             raise CurateError(f"SQL error: {str(e).splitlines()[0]}") from None
+
+
+def _sql_str(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def _migrate_shards(con: duckdb.DuckDBPyConnection) -> None:
+    """Databases made before phases keyed `shards` by (run, shard): rebuild it with `phase`."""
+    cols = {r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'shards'").fetchall()}
+    if cols and "phase" not in cols:
+        con.execute("ALTER TABLE shards RENAME TO shards_before_phases")
+        con.execute("""CREATE TABLE shards (run_id VARCHAR, shard VARCHAR, path VARCHAR, rows_in BIGINT,
+                       committed_at TIMESTAMP, phase INTEGER DEFAULT 0, PRIMARY KEY (run_id, phase, shard))""")
+        con.execute("INSERT INTO shards SELECT run_id, shard, path, rows_in, committed_at, 0 FROM shards_before_phases")
+        con.execute("DROP TABLE shards_before_phases")
 
 
 def _now() -> datetime:

@@ -13,10 +13,11 @@ from curate.storage.store import Store
 
 
 class ShardWriter:
-    def __init__(self, store: Store, run_id: str, stages: list[str], paths: dict[str, str], on_commit=None):
+    def __init__(self, store: Store, run_id: str, steps: list, paths: dict[str, str], on_commit=None, phase: int = 0):
         self.store = store
         self.run_id = run_id
-        self.stages = stages
+        self.steps = steps  # the phase's funnel steps (pipeline/phases.py)
+        self.phase = phase
         self.paths = paths  # shard → source path
         self.on_commit = on_commit
         self.pending: dict[str, list[pa.Table]] = defaultdict(list)
@@ -39,12 +40,14 @@ class ShardWriter:
 
     def add_empty_shard(self, shard: str) -> None:
         """A shard that held no rows (a file of blank lines) is still marked done."""
-        self.store.commit_shard(self.run_id, shard, self.paths[shard], 0, _empty_rows(), self.stages)
+        stats = self.store.commit_shard(self.run_id, shard, self.paths[shard], 0, _empty_rows(), self.steps, self.phase)
+        if self.on_commit:
+            self.on_commit(shard, stats)
 
     def _commit(self, shard: str, rows_in: int) -> None:
         table = pa.concat_tables(self.pending.pop(shard), promote_options="permissive")
         del self.arrived[shard]
-        stats = self.store.commit_shard(self.run_id, shard, self.paths[shard], rows_in, table, self.stages)
+        stats = self.store.commit_shard(self.run_id, shard, self.paths[shard], rows_in, table, self.steps, self.phase)
         self.committed += 1
         if self.on_commit:
             self.on_commit(shard, stats)

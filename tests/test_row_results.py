@@ -3,6 +3,7 @@
 import pyarrow as pa
 
 from curate.storage import schema as S
+from curate.pipeline.phases import Step
 from curate.storage.store import Store
 
 
@@ -37,7 +38,7 @@ def test_scores_vectors_and_verdicts_land_once_per_sample(tmp_path):
                            [{"verifier": "code", "passed": False, "strength": "assert", "detail": "assertion"}], [], []])
     t = S.add_verdicts(t, [[{"verifier": "math", "passed": True, "strength": "exact", "detail": "1"}], [], [], []])
     with Store(str(tmp_path / "x.duckdb")) as store:
-        store.commit_shard("r", "s0", "t.jsonl", 4, t, ["verify"])
+        store.commit_shard("r", "s0", "t.jsonl", 4, t, [Step(0, "verify", "stream"), Step(1, "store", "store")])
         scores = store.con.execute("SELECT id, name, value FROM scores ORDER BY id").fetchall()
         assert scores == [("a", "ifd", 0.5), ("b", "ifd", 0.9)]
         vecs = store.con.execute("SELECT name, id, model, vec FROM vectors").fetchall()

@@ -88,6 +88,35 @@ def test_calls_from_several_stages_share_the_engine_batch(ray_local, tiny_model)
     ray.kill(host)
 
 
+def test_two_runs_of_one_model_have_their_own_engines(ray_local, tiny_model, tmp_path):
+    """Two runs of the same model in one Ray session: the plans name each run's engine apart, both
+    engines serve their run's stages at once, and the end of one run leaves the other's working."""
+    import ray
+
+    from curate.generators.engines import engine_stats, start_engines, vllm_specs
+    from curate.generators.respond import stage_backend
+    from curate.pipeline.config import load_config
+    from curate.pipeline.dag import stage_plans
+
+    cfg = load_config(None, db=str(tmp_path / "x.duckdb"), ingest={"require_response": False},
+                      stages=[{"respond": {"backend": {**ENGINE, "model": tiny_model}}}])
+    plans = {run: stage_plans(cfg, run_id=run) for run in ("run-a", "run-b")}
+    engines = {run: start_engines(vllm_specs([p.params for p in ps]), gpus_available=0)[0] for run, ps in plans.items()}
+    stages = {run: stage_backend(ps[1].params["backend"], None) for run, ps in plans.items()}  # as the respond stage finds it
+    try:
+        for run, backend in stages.items():
+            assert [len(r) for r in backend.generate(requests(2))] == [1, 1]
+        stats = {run: engine_stats([engine]) for run, engine in engines.items()}
+        assert all(len(st) == 1 and st[0]["requests"] == 2 for st in stats.values())  # each run's calls reached its own engine
+        ray.kill(engines["run-a"])  # run a ends
+        out = stages["run-b"].generate(requests(3))
+        assert [len(r) for r in out] == [1, 1, 1] and all(r[0].completion_tokens > 0 for r in out)
+        assert engine_stats([engines["run-b"]])[0]["requests"] == 5
+    finally:
+        for engine in engines.values():
+            ray.kill(engine)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

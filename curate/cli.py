@@ -30,7 +30,11 @@ def run(
     from curate.pipeline.runner import run as run_pipeline
 
     cfg = load_config(config, set_, input=list(input) if input else None, db=db)
-    report = run_pipeline(cfg, progress=progress)
+    try:
+        report = run_pipeline(cfg, progress=progress)
+    except KeyboardInterrupt:  # typer would exit 130 without a word
+        typer.echo("interrupted: rerun the same command to resume", err=True)
+        raise typer.Exit(130) from None
     typer.echo(report.summary())
     if export and cfg.export:
         from curate.storage.export import export as do_export
@@ -95,7 +99,7 @@ def runs(
     with Store(db, read_only=True) as store:
         table = store.sql(
             "SELECT run_id, name, status, attempts, rows_in, kept, dropped, quarantined, generated, expanded, "
-            "started_at, finished_at FROM run_totals"
+            "started_at, finished_at, error FROM run_totals"
         )
     print_table(table, format, limit=1000)
 
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.echo("interrupted; rerun the same command to resume", err=True)
+        typer.echo("interrupted", err=True)
         sys.exit(130)
     except Exception as e:  # a bug or a failing stage: one line, the traceback on request
         if os.environ.get("CURATE_DEBUG"):

@@ -58,14 +58,21 @@ def _latest_run(con) -> str:
 def _summary(con, run_id) -> Section:
     rows = _rows(con, "SELECT name, status, attempts, started_at, finished_at, rows_in, kept, dropped, quarantined, expanded, generated "
                       "FROM run_totals WHERE run_id = ?", [run_id])
-    return Section("summary", "Run", _table(["name", "status", "attempts", "started", "finished", "rows in", "kept", "dropped",
-                                              "quarantined", "expanded", "generated"], rows))
+    body = _table(["name", "status", "attempts", "started", "finished", "rows in", "kept", "dropped",
+                   "quarantined", "expanded", "generated"], rows)
+    error = con.execute("SELECT error FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    if error and error[0]:
+        body = f"<p><b>The last attempt stopped:</b> {html.escape(error[0])}</p>" + body
+    return Section("summary", "Run", body)
 
 
 def _funnel(con, run_id) -> Section:
     rows = _rows(con, "SELECT stage, rows_in, generated, kept, dropped, quarantined, expanded FROM stage_totals "
                       "WHERE run_id = ? ORDER BY position", [run_id])
     body = _table(["stage", "rows in", "generated", "kept", "dropped", "quarantined", "expanded"], rows)
+    body += ("<p>Top to bottom in config order: each step reads what the step before it kept. A global stage "
+             "(dedup) decides once its phase has streamed every row, and the stages after it see only the survivors; "
+             "<code>store</code> drops rows whose id was already kept.</p>")
     if rows:
         body = _plot_bars([r[0] for r in rows], {"kept": [r[3] for r in rows], "dropped": [r[4] for r in rows],
                                                  "quarantined": [r[5] for r in rows]}, "rows", stacked=True) + body

@@ -215,7 +215,7 @@ class ShardBuffer:
 
 def pool_order(table: pa.Table) -> pa.Table:
     keys = [(c, "ascending") for c in POOL_ORDER if c in table.column_names]
-    return table.take(pc.sort_indices(table, sort_keys=keys, null_placement="at_end")) if keys else table
+    return table.take(pc.sort_indices(table, sort_keys=keys)) if keys else table  # nulls last
 
 
 LIVE_INDEX = "_i"  # position of a row in the stage's input batch, so a generator's parents can be found in its output
@@ -355,9 +355,20 @@ def ShardDatasource(shards: list[ShardSpec]):  # noqa: N802 - a class, built laz
 
 def _add_step(ds, plan: StagePlan):
     res = plan.resources
-    common = dict(batch_format="pyarrow", batch_size=plan.batch_size, num_cpus=res.num_cpus)
+    # batch_size=None: each task (or actor call) takes one block, which is one shard (one read
+    # task per shard, and a step's output for a shard stays in its block). Given an int, Ray Data
+    # bundles blocks until it holds that many rows before it starts a task, so a stage whose
+    # batch size exceeded the shard size made every shard wait for the others: filters
+    # (2,048) after respond on 8-row shards took all 12 shards in one task at the end of the
+    # stream, and every shard committed in the last 0.5 s of 65 s. The stage's batch size still
+    # bounds each call: the step slices a larger shard itself (SlicingStageActor, run_stage_task_in_slices).
+    common = dict(batch_format="pyarrow", batch_size=None, num_cpus=res.num_cpus)
+    map_batches = ds.map_batches
     if res.num_gpus:
         common["num_gpus"] = res.num_gpus
+        # Ray Data's public map_batches refuses batch_size=None with GPUs (a hint about GPU
+        # memory, which the slices bound here); its own map_groups uses the unchecked variant.
+        map_batches = getattr(ds, "map_batches_internal", None) or ds._map_batches_without_batch_size_validation
     if res.actor or res.num_gpus:
         # A nominal 1-byte memory reservation makes this step's remote args differ from a task
         # step's, and Ray Data fuses only steps with equal args: fused, the task steps before an
@@ -365,11 +376,36 @@ def _add_step(ds, plan: StagePlan):
         # ingest, filters and dedup keys ran serially inside the embedding actor).
         from ray.data import ActorPoolStrategy
 
-        return ds.map_batches(StageActor, fn_constructor_kwargs={"plan": plan},
-                              compute=ActorPoolStrategy(size=res.concurrency or 1, max_concurrent_calls_per_actor=res.calls_per_actor,
-                                                          enable_true_multi_threading=res.calls_per_actor > 1), memory=1, **common)
+        return map_batches(SlicingStageActor, fn_constructor_kwargs={"plan": plan},
+                           compute=ActorPoolStrategy(size=res.concurrency or 1, max_concurrent_calls_per_actor=res.calls_per_actor,
+                                                       enable_true_multi_threading=res.calls_per_actor > 1), memory=1, **common)
     if res.concurrency:
         from ray.data import TaskPoolStrategy
 
         common["compute"] = TaskPoolStrategy(size=res.concurrency)
-    return ds.map_batches(run_stage_task, fn_kwargs={"plan": plan}, **common)
+    return map_batches(run_stage_task_in_slices, fn_kwargs={"plan": plan}, **common)
+
+
+def _slices(batch: pa.Table, size: int | None) -> list[pa.Table]:
+    """One shard's block in consecutive slices of at most `size` rows (the stage's batch size)."""
+    if not size or batch.num_rows <= size:
+        return [batch]
+    return [batch.slice(start, size) for start in range(0, batch.num_rows, size)]
+
+
+def _joined(parts: list[pa.Table]) -> pa.Table:
+    return parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="permissive")
+
+
+def run_stage_task_in_slices(batch: pa.Table, plan: StagePlan) -> pa.Table:
+    """A task step's body: one shard, in calls of at most the stage's batch size."""
+    return _joined([run_stage_task(part, plan) for part in _slices(batch, plan.batch_size)])
+
+
+class SlicingStageActor(StageActor):
+    """An actor step's body: one shard, in calls of at most the stage's batch size. It returns
+    one table rather than yielding slices, so a single-threaded actor's stage runs only on the
+    thread Ray Data keeps for it."""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return _joined([super(SlicingStageActor, self).__call__(part) for part in _slices(batch, self.plan.batch_size)])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -74,16 +73,25 @@ def run(config: RunConfig, progress: str = "auto") -> RunReport:
                 selections = run_selectors(store, run_id, config.selectors)
         except KeyboardInterrupt:
             store.end_run(run_id, "interrupted", "interrupted by the user (Ctrl-C / SIGINT)")
-            print("interrupted: rerun the same command to resume", file=sys.stderr, flush=True)
             raise
         except BaseException as e:
             store.end_run(run_id, "failed", f"{type(e).__name__}: {e}"[:4000])
             raise
         store.end_run(run_id, "finished")
         totals = store.totals(run_id)
-    shutil.rmtree(handoff_dir(config.db, run_id, 0, config.work_dir).rsplit(os.sep, 1)[0], ignore_errors=True)
+    _remove_handoff(config, run_id)
     report = RunReport(run_id, config.db, attempt, len(shards), skipped, **totals, selections=selections)
     return _check_counts(report)
+
+
+def _remove_handoff(config: RunConfig, run_id: str) -> None:
+    """A finished run needs its hand-off files no more (they only serve a resume)."""
+    run_dir = os.path.dirname(handoff_dir(config.db, run_id, 0, config.work_dir))
+    shutil.rmtree(run_dir, ignore_errors=True)
+    try:
+        os.rmdir(os.path.dirname(run_dir))  # `<db>.phases`, once no other run's files are left
+    except OSError:
+        pass
 
 
 def _selectors_use_ray(config: RunConfig) -> bool:
@@ -216,6 +224,10 @@ def _quiet_ray_data() -> None:
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
+    # Shards reach the writer, and commit, as they finish: in input order, a finished shard
+    # would wait for every shard before it (the writer needs no order; the global steps read
+    # rows in input order from the store).
+    context.execution_options.preserve_order = False
     # Actor steps reserve a nominal byte of memory to stay unfused (pipeline/dag.py); Ray Data's
     # high-memory detector would then advise every run to reserve the memory its actors use.
     detectors = getattr(context, "issue_detectors_config", None)

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from curate.selectors.clustering import Assigner, fit_centroids, fit_sample_rows
 from curate.selectors.greedy import ADMITTED, GreedyCosine, normalised
-from curate.selectors.vectors import VectorSource, as_matrix
+from curate.selectors.vectors import BATCH_ROWS, VectorSource, as_matrix
 from curate.stages.base import GlobalStage, Resources, StageResult
 
 CHUNK_BYTES = 64 << 20  # vectors held at once in the within-cluster pass (43,690 rows at 384-d float32)
@@ -92,7 +92,7 @@ class SemDeDup(GlobalStage):
         reader = con.sql(f"""
             SELECT v.id, v.vec FROM vectors v WHERE v.run_id = $run AND v.name = $name
               AND v.id IN (SELECT id FROM _walk WHERE seq >= {int(lo)} AND seq < {int(hi)})
-        """, params={"run": run_id, "name": self.vectors}).to_arrow_reader(16_384)
+        """, params={"run": run_id, "name": self.vectors}).to_arrow_reader(BATCH_ROWS)
         with reader:
             for batch in reader:
                 vecs[pc.index_in(batch.column("id"), value_set=ids).to_numpy()] = normalised(as_matrix(batch.column("vec")))

@@ -115,7 +115,7 @@ CREATE OR REPLACE VIEW stage_totals AS
            sum(expanded)::BIGINT AS expanded, sum(generated)::BIGINT AS generated, sum(seconds) AS seconds
     FROM stage_stats GROUP BY ALL ORDER BY run_id, position;
 CREATE OR REPLACE VIEW run_totals AS
-    SELECT r.run_id, r.name, r.status, r.attempts, r.started_at, r.finished_at,
+    SELECT r.run_id, r.name, r.status, r.attempts, r.started_at, r.finished_at, r.error,
         coalesce((SELECT sum(rows_in) FROM shards s WHERE s.run_id = r.run_id AND s.phase = 0), 0)::BIGINT AS rows_in,
         coalesce((SELECT count(*) FROM samples s WHERE s.run_id = r.run_id AND s.kept), 0) AS kept,
         coalesce((SELECT count(*) FROM drops d WHERE d.run_id = r.run_id), 0) AS dropped,

@@ -54,16 +54,25 @@ def run_killing_at_first_commit(cmd: list[str], kill, timeout: float = 300) -> t
     """Run a `curate run ... --progress lines` command; at its first committed shard call
     kill(driver_pid), which kills something and returns the pids it killed. Returns the run's
     exit code and those pids; nothing of the run is left behind."""
+    return run_killing_at(cmd, lambda line: line.startswith("committed shard"), kill, timeout)[:2]
+
+
+def run_killing_at(cmd: list[str], when, kill, timeout: float = 300) -> tuple[int, list[int], str]:
+    """Run a `curate run ... --progress lines` command; at the first line of its stderr for
+    which when(line) holds, call kill(driver_pid), which kills something and returns the pids it
+    killed. Returns the run's exit code, those pids and its stderr."""
     import signal
     import subprocess
     import time
 
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True)
     killed: list[int] = []
+    err: list[str] = []
     try:
         deadline = time.monotonic() + timeout
         for line in proc.stderr:
-            if line.startswith("committed shard") and not killed:
+            err.append(line)
+            if not killed and when(line):
                 killed = kill(proc.pid) or [-1]
             assert time.monotonic() < deadline, "the run neither finished nor failed in time"
         proc.wait(timeout=120)
@@ -71,7 +80,7 @@ def run_killing_at_first_commit(cmd: list[str], kill, timeout: float = 300) -> t
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    return proc.returncode, [k for k in killed if k > 0]
+    return proc.returncode, [k for k in killed if k > 0], "".join(err)
 
 
 @pytest.fixture(scope="module")

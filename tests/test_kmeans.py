@@ -147,6 +147,7 @@ def test_embed_semdedup_select_and_export(ray_local, tmp_path, alpaca_rows):
     kept = {r[0] for r in con.execute("SELECT id FROM curated").fetchall()}
     assert len(copy_ids & set(drops)) >= 9 and len(drops) <= 12 and report.kept == 250 - len(drops)
     assert all(reason.startswith("semantic_duplicate_of:") and reason.split(":")[1] in kept for reason in drops.values())
+    assert con.execute("SELECT count(*) FROM row_keys WHERE stage = 'semdedup'").fetchone()[0] == 0  # it reads `vectors`
     model, dims, count = con.execute("SELECT any_value(model), min(len(vec)), count(*) FROM vectors WHERE name = 'embed'").fetchone()
     assert (model, dims, count) == ("sentence-transformers/all-MiniLM-L6-v2", 384, 250)
     norms = con.execute("SELECT min(list_dot_product(vec, vec)), max(list_dot_product(vec, vec)) FROM vectors").fetchone()

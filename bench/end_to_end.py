@@ -1,10 +1,13 @@
 """The CPU part of the pipeline (ingest, filters, exact and near dedup, embeddings, k-means
-selection) on a pool built from the Alpaca data, with the naive script beside it for the part
-it can do (one process: parse every row, normalise, insert into DuckDB once; no shards, no
-resume, no dedup, no embeddings).
+selection) on a pool built from the Alpaca data, against the same stages run by hand in
+sequence: the dedup (filters, exact and near dedup, through curate), then a bare
+`SentenceTransformer.encode` of the survivors (same model, threads and batch size), then faiss
+k-means over their vectors. With phases, the pipeline's embed stage sees only the survivors too,
+so the two should take about as long. Also the naive one-process parse-and-insert script for
+the part it can do.
 
     python bench/end_to_end.py --quick      # 3,000 rows, under a minute
-    python bench/end_to_end.py              # 100,000 rows (embedding dominates: ~300 rows/s on 2 cores)
+    python bench/end_to_end.py              # 100,000 rows
     python bench/end_to_end.py --no-embed --rows 200000    # the stages without a model
 
 Prints figures, the last line one JSON object (keys per ../shared/BENCHMARKS.md).
@@ -50,6 +53,31 @@ def reference(path: Path, db: str) -> int:
     return n
 
 
+def by_hand_sequence(pool: Path, db: str, shard_size: int, dedup_stages: list[dict], embed_threads: int, k: int) -> dict:
+    """The same stages run one after the other by hand: the dedup through curate, then a bare
+    encode of the survivors' instructions, then faiss k-means on their vectors. Seconds each."""
+    import numpy as np
+
+    from curate.selectors.clustering import fit_centroids
+    from curate.stages.embed import default_model_path, load_model
+
+    start = time.perf_counter()
+    report = run(load_config(None, input=[str(pool)], db=db, shard_size=shard_size, stages=dedup_stages), progress="off")
+    dedup_s = time.perf_counter() - start
+    con = duckdb.connect(db, read_only=True)
+    texts = [r[0] for r in con.execute("SELECT messages[1].content FROM curated WHERE run_id = ?", [report.run_id]).fetchall()]
+    con.close()
+    start = time.perf_counter()  # the model load counts, as it does in the pipeline's actor
+    model = load_model(default_model_path(), None, True, None, embed_threads)  # the embed stage's settings
+    vecs = model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    embed_s = time.perf_counter() - start
+    start = time.perf_counter()
+    fit_centroids(np.ascontiguousarray(vecs, np.float32), min(k, max(1, len(vecs) // 4)))
+    kmeans_s = time.perf_counter() - start
+    return {"dedup_s": round(dedup_s, 2), "survivors": len(texts), "embed_s": round(embed_s, 2),
+            "kmeans_s": round(kmeans_s, 2), "total_s": round(dedup_s + embed_s + kmeans_s, 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -78,12 +106,19 @@ def main() -> None:
             report = run(config, progress="off")
             total_s = time.perf_counter() - start
         con = duckdb.connect(config.db, read_only=True)
-        stage_rows_s = {stage: round(rows_in / secs, 1) if secs else None for stage, rows_in, secs in
-                        con.execute("SELECT stage, rows_in, seconds FROM stage_totals WHERE run_id = ? AND stage != 'store'",
-                                    [report.run_id]).fetchall()}
+        funnel = con.execute("SELECT stage, rows_in, seconds FROM stage_totals WHERE run_id = ? AND stage != 'store' "
+                             "ORDER BY position", [report.run_id]).fetchall()
+        stage_rows_s = {stage: round(rows_in / secs, 1) if secs else None for stage, rows_in, secs in funnel}
+        stage_rows_in = {stage: rows_in for stage, rows_in, _ in funnel}
+        embedded = con.execute("SELECT count(*) FROM vectors WHERE run_id = ?", [report.run_id]).fetchone()[0]
         for name, pool_rows, secs in con.execute("SELECT name, pool, seconds FROM selection_info WHERE run_id = ?", [report.run_id]).fetchall():
             stage_rows_s[f"select:{name}"] = round(pool_rows / secs, 1) if secs else None
         con.close()
+
+        by_hand = None
+        if not args.no_embed:
+            by_hand = by_hand_sequence(pool, os.path.join(tmp, "hand.duckdb"), config.shard_size, stages[:-1],
+                                       embed_threads=stages[-1]["embed"]["threads"], k=selectors[0]["kmeans_diversity"]["k"])
 
         start = time.perf_counter()
         ref_rows = reference(pool, os.path.join(tmp, "ref.duckdb"))
@@ -93,12 +128,21 @@ def main() -> None:
     print(report.summary())
     print(f"pipeline: {rows / total_s:,.0f} rows/s end to end ({total_s:.1f} s, Ray worker start-up included); "
           f"reference script: {rows / ref_s:,.0f} rows/s ({ref_s:.1f} s, {ref_rows} rows)")
-    print(json.dumps({
+    print("rows each stage saw: " + ", ".join(f"{k} {v:,}" for k, v in stage_rows_in.items()) + f"; vectors stored: {embedded:,}")
+    print("rows/s per stage: " + ", ".join(f"{k} {v:,}" for k, v in stage_rows_s.items() if v))
+    result = {
         "bench": "end_to_end", "rows": rows, "total_s": round(total_s, 2),
-        "rows_s": round(rows / total_s, 1), "stage_rows_s": stage_rows_s,
-        "reference_rows_s": round(rows / ref_s, 1), "reference": "parse and insert only",
+        "rows_s": round(rows / total_s, 1), "stage_rows_s": stage_rows_s, "stage_rows_in": stage_rows_in,
+        "embedded": embedded, "reference_rows_s": round(rows / ref_s, 1), "reference": "parse and insert only",
         "peak_rss_mib": mem.mib, "kept": report.kept, "shards": report.shards,
-    }))
+    }
+    if by_hand:
+        print(f"by hand in sequence: dedup {by_hand['dedup_s']:.1f} s, embed {by_hand['survivors']:,} survivors "
+              f"{by_hand['embed_s']:.1f} s, k-means {by_hand['kmeans_s']:.1f} s = {by_hand['total_s']:.1f} s; "
+              f"pipeline / by hand: {total_s / by_hand['total_s']:.2f}× the time")
+        result.update(by_hand_s=round(by_hand["total_s"], 2), by_hand=by_hand,
+                      time_vs_by_hand=round(total_s / by_hand["total_s"], 3))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -290,8 +290,8 @@ class Store:
             if con.execute("SELECT 1 FROM shards WHERE run_id = ? AND phase = ? AND shard = ?",
                            [run_id, phase, shard]).fetchone():
                 return []
-            carried = pc.is_null(table[S.BORN]) if phase > 0 and table.num_rows else None
             con.register("_batch", table)  # an Arrow scan: no copy
+            carried = self._carried_mask(run_id, table) if phase > 0 and table.num_rows else None
             con.register("_new", table if carried is None else table.filter(pc.invert(carried)))
             con.register("_carried", table.slice(0, 0) if carried is None else table.filter(carried))
             try:
@@ -299,6 +299,17 @@ class Store:
             finally:
                 for name in ("_batch", "_new", "_carried"):
                     con.unregister(name)
+
+    def _carried_mask(self, run_id: str, table: pa.Table) -> pa.Array:
+        """Rows of a later phase that are survivors of the phase before: read from the hand-off
+        (null `_born`) and already in `samples`. A stage that rewrote such a row into another
+        id made a new sample, stored as one."""
+        import pyarrow.compute as pc
+
+        stored = [r[0] for r in self.con.execute(f"""
+            SELECT s.id FROM samples s WHERE s.run_id = ? AND s.id IN (SELECT id FROM _batch WHERE "{S.BORN}" IS NULL)
+        """, [run_id]).fetchall()]
+        return pc.and_(pc.is_null(table[S.BORN]), pc.is_in(table["id"], value_set=pa.array(stored, pa.string())))
 
     def _insert_rows(self, run_id: str, shard: str, path: str, rows_in: int, steps: list, phase: int) -> list[tuple]:
         con = self.con

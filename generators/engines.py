@@ -7,6 +7,12 @@ stream; the stages find it by name and send it their batches. The host builds th
 its first call, so a rerun answered from the cache never starts one (`preload: true` in the
 spec loads it at once instead, overlapping the load with the stream's start). An engine the runner did
 not start (a stage used outside the runner) is built inside the calling process instead.
+
+Engines are per run: the plan puts the run into each vLLM spec (`engine_scope`, set by
+pipeline/dag.py `stage_plans`), and the name hashes it, so two runs of the same model on one
+Ray cluster each start their own engine and neither finds, nor kills, the other's. The scope is
+no backend argument (`make_backend` drops it) and no part of the LLM cache key (model and
+request: generators/cache.py), so another run still replays the calls a first one paid for.
 """
 
 from __future__ import annotations
@@ -18,11 +24,21 @@ from curate.generators.backends.base import ChatRequest, Completion
 
 NAMESPACE = "curate"
 MAX_CALLERS = 64  # stage calls served at once by one engine actor (threads that wait on the engine loop)
+SCOPE = "engine_scope"  # spec key: the run the engine belongs to (names it; not a backend argument)
+ACTOR_OPTIONS = ("preload", SCOPE)  # spec keys for the engine actor, not for the backend
 
 
 def engine_name(spec: dict) -> str:
+    """The engine actor's name: a hash of the whole spec, its `engine_scope` (the run) included."""
     body = json.dumps(spec, sort_keys=True, default=str)
     return "curate-engine-" + hashlib.blake2b(body.encode(), digest_size=8).hexdigest()
+
+
+def scoped(spec: dict, scope: str | None) -> dict:
+    """The spec with the run's scope (a copy); a vLLM spec only: the others start no engine."""
+    if scope is None or not isinstance(spec, dict) or spec.get("kind", "vllm") != "vllm":
+        return spec
+    return {**spec, SCOPE: scope}
 
 
 def vllm_specs(stage_params: list[dict]) -> list[dict]:
@@ -46,7 +62,7 @@ class EngineHost:
     def __init__(self, spec: dict):
         import threading
 
-        self.spec = {k: v for k, v in spec.items() if k != "preload"}
+        self.spec = {k: v for k, v in spec.items() if k not in ACTOR_OPTIONS}
         self.backend = None
         self._loading = threading.Lock()
 

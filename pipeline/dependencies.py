@@ -20,7 +20,8 @@ STAGE_PROVIDES = {
     "ifd": lambda p: {f"scores:{p['prefix']}{name}" for name in IFD_SCORES},
 }
 
-# Stages read from the rows in the stream, so an earlier stage must make what they need.
+# Stages read what earlier stages made (semdedup: the vectors stored by an embed stage, after
+# the stream), so an earlier stage must make it.
 STAGE_REQUIRES = {
     "semdedup": lambda p: {f"vectors:{p['vectors']}"},
 }

@@ -54,7 +54,7 @@ def run(config: RunConfig, progress: str = "auto") -> RunReport:
     inputs = resolve_inputs(config.input)
     fingerprint = input_fingerprint(inputs)
     run_id = config.fingerprint(fingerprint)
-    plans = stage_plans(config)
+    plans = stage_plans(config, run_id=run_id)  # engines are named per run
     if not (config.ray.address or os.environ.get("RAY_ADDRESS")):  # on a cluster the workers' machines may differ
         for plan in plans:
             if plan.key != "ingest":

@@ -7,7 +7,8 @@ def make_backend(spec: dict):
     """spec: {"kind": "vllm" | "openai", "model": ..., other constructor arguments}."""
     spec = dict(spec)
     kind = spec.pop("kind", "vllm")
-    spec.pop("preload", None)  # an engine-actor option (generators/engines.py), not the backend's
+    for option in ("preload", "engine_scope"):  # engine-actor options (generators/engines.py), not the backend's
+        spec.pop(option, None)
     if kind == "vllm":
         from curate.generators.backends.vllm_engine import VllmBackend
 

@@ -1,25 +1,33 @@
 """Self-Instruct (Wang et al. 2023): bootstrap new instructions from seed tasks.
 
-Each prompt shows `seed_examples` seed tasks and `generated_examples` tasks generated earlier
-in the batch as a numbered list and lets the model continue it. The continuation is split into
-tasks; a task is rejected (a recorded drop, with its text) when it is cut off (`truncated`),
-too short or too long, needs a modality text cannot carry (`unsuitable_for_text`), starts
-badly (`bad_start`), or is too similar to an instruction already known: ROUGE-L F1 above 0.7 as
-in the paper, or embedding cosine above a threshold (`similarity: embedding`). A completion
-with no task in it is dropped as `unparseable`, its raw text kept.
+The pool is a shard: the stage sees each shard's live rows at once, sorted by (`_row`, `id`)
+(`pool = "shard"`, see pipeline/dag.py), so its prompts, and with the LLM cache its rows, are
+fixed by the shard's rows and the seed: not by how Ray Data batched them, the order shards
+arrived in, or which shards a resumed run streamed. Each prompt shows `seed_examples` seed
+tasks and `generated_examples` tasks generated earlier for the shard as a numbered list and
+lets the model continue it. The continuation is split into tasks; a task is rejected (a
+recorded drop, with its text) when it is cut off (`truncated`), too short or too long, needs a
+modality text cannot carry (`unsuitable_for_text`), starts badly (`bad_start`), or is too
+similar to an instruction already known: ROUGE-L F1 above 0.7 as in the paper, or embedding
+cosine above a threshold (`similarity: embedding`). A completion with no task in it is dropped
+as `unparseable`, its raw text kept.
 
-Rounds of prompts repeat until the batch has `per_seed` new tasks per seed row (the target
+Rounds of prompts repeat until the shard has `per_seed` new tasks per seed row (the target
 count) or `max_rounds` pass. The seeds stay in the pool; every new task's `parent_ids` are the
-tasks its prompt showed. The actor remembers every instruction it has seen during the run, so
-similarity is checked against all of them, not only the batch's.
+tasks its prompt showed. Similarity is checked against the shard's seeds and the tasks
+accepted for it so far: an index shared across shards would depend on the order shards reach
+the actor (and a resumed run would not have seen the committed ones). Near copies across
+shards are for the dedup stages.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
 import re
+import threading
 
 import pyarrow as pa
 
@@ -52,6 +60,11 @@ def parse_tasks(completion: str, first_number: int, finish_reason: str | None) -
     return tasks, bool(tasks) and finish_reason == "length"
 
 
+def pool_digest(ids: list[str]) -> str:
+    """A short hash of a pool's row ids, in order: what a generator seeds its choices with."""
+    return hashlib.blake2b("\n".join(ids).encode(), digest_size=8).hexdigest()
+
+
 def rejection_reason(task: str) -> str | None:
     words = task.split()
     if len(words) <= 3:
@@ -67,8 +80,11 @@ def rejection_reason(task: str) -> str | None:
 
 class SelfInstruct(Stage):
     name = "self_instruct"
-    resources = Resources(num_cpus=0.1, actor=True, concurrency=1)  # one actor: the memory of seen instructions is shared
-    batch_size = 256
+    # One actor gathers each shard; two shards at a time, so one shard's requests wait in the
+    # engine while another's round is parsed and the next round's prompts are built.
+    resources = Resources(num_cpus=0.1, actor=True, concurrency=1, calls_per_actor=2)
+    batch_size = None  # whole blocks, unsliced: the pool is the shard whatever the batch
+    pool = "shard"
 
     def __init__(self, backend: dict, per_seed: float = 1.0, seed_examples: int = 6, generated_examples: int = 2,
                  max_rounds: int = 10, prompts_per_round: int = 64, similarity: str = "rouge",
@@ -87,20 +103,25 @@ class SelfInstruct(Stage):
         self.model = backend["model"]
         self.backend = stage_backend(backend, cache)
         self._index = None
+        self._loading = threading.Lock()
 
-    @property
-    def index(self):
-        if self._index is None:
-            self._index = RougeIndex() if self.similarity == "rouge" else EmbeddingIndex(self.embedding_model)
-        return self._index
+    def new_index(self):
+        """An empty similarity index (the embedding model is loaded once per stage)."""
+        with self._loading:
+            if self._index is None:
+                self._index = RougeIndex() if self.similarity == "rouge" else EmbeddingIndex(self.embedding_model)
+        return self._index.empty()
 
     def __call__(self, batch: pa.Table) -> StageResult:
+        """One pool (a shard, in the pipeline): the prompts depend on its rows, in order, and
+        the seed only. Thread-safe: nothing is shared between calls but the backend."""
         ids = batch["id"].to_pylist()
         seeds = [next((m["content"] for m in conv if m["role"] == "user"), "") for conv in batch["messages"].to_pylist()]
+        index = self.new_index()
         for text in seeds:
-            self.index.add(text)
+            index.add(text)
         quota = math.ceil(self.per_seed * len(ids))
-        rng = random.Random(f"{self.seed}:{ids[0]}")  # fixed per batch: reruns send the same prompts
+        rng = random.Random(f"{self.seed}:{pool_digest(ids)}")  # fixed by the pool: reruns send the same prompts
         accepted: list[tuple[str, str]] = []  # (task, row id)
         rows: list[dict] = []
         sampling = {"temperature": self.sampling.temperature, "top_p": self.sampling.top_p, "max_tokens": self.sampling.max_tokens}
@@ -124,23 +145,23 @@ class SelfInstruct(Stage):
                     rows.append(self._row(c.text.strip() or "(empty output)", shown[0], parent_ids, {**meta, "raw": c.text}, "unparseable"))
                     continue
                 for k, task in enumerate(tasks):
-                    reason, extra = self._judge(task, last_cut and k == len(tasks) - 1, len(accepted) >= quota)
+                    reason, extra = self._judge(index, task, last_cut and k == len(tasks) - 1, len(accepted) >= quota)
                     row = self._row(task, shown[0], parent_ids, {**meta, **extra}, reason)
                     rows.append(row)
                     if reason is None:
                         accepted.append((task, row["id"]))
-                        self.index.add(task)
+                        index.add(task)
         generated = pa.table({**S.sample_arrays(rows), S.PARENT: pa.array([r[S.PARENT] for r in rows], pa.int64()),
                               "reason": pa.array([r["reason"] for r in rows], pa.string())}) if rows else None
         return StageResult(kept=batch, generated=generated, parents_stay=True)
 
-    def _judge(self, task: str, cut_off: bool, over_target: bool) -> tuple[str | None, dict]:
+    def _judge(self, index, task: str, cut_off: bool, over_target: bool) -> tuple[str | None, dict]:
         if cut_off:
             return "truncated", {}
         reason = rejection_reason(task)
         if reason:
             return reason, {}
-        score, similar = self.index.closest(task, self.threshold)
+        score, similar = index.closest(task, self.threshold)
         extra = {"max_similarity": round(score, 4), "similarity": self.similarity}
         if similar is not None:
             return "too_similar", {**extra, "similar_to": similar}

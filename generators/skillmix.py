@@ -1,7 +1,8 @@
 """Instruct-SkillMix (Kaur et al. 2025): extract skills from seed data with the LLM, then have
 it write (instruction, response) pairs that need a random pair of them.
 
-Per batch of seed rows:
+Per pool of seed rows, which is a shard: the stage sees each shard's live rows at once, sorted
+by (`_row`, `id`) (`pool = "shard"`, see pipeline/dag.py):
 1. Extraction: one call per seed asks for the skills the task needs, each with a one-sentence
    definition. The skills go into the seed's `meta.skills_extracted` (the seed stays in the
    pool); the `skills` view lists them all. A reply with no skill in it is a drop
@@ -12,8 +13,9 @@ Per batch of seed rows:
    critiques it as the asker would and rewrites it (the paper's turns 3-4). Unparseable or
    cut-off pairs are drops. `meta.skills` holds the skills with their definitions; `parent_ids`
    are the seeds the skills came from.
-The batch is the skill pool, so the prompts of a batch are fixed by its rows and the seed, and
-reruns hit the cache.
+The shard is the skill pool, so its prompts are fixed by its rows and the seed, whatever Ray
+Data's batching, the order shards arrive in, or which shards a resumed run streams; reruns and
+resumed runs hit the cache.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import pyarrow as pa
 from curate.generators.backends.base import ChatRequest, Sampling
 from curate.generators.prompts_io import fill, template
 from curate.generators.respond import stage_backend
+from curate.generators.self_instruct import pool_digest
 from curate.stages.base import Resources, Stage, StageResult
 from curate.storage import schema as S
 
@@ -82,8 +85,10 @@ def skills_block(skills: list[dict]) -> str:
 
 class SkillMix(Stage):
     name = "skillmix"
-    resources = Resources(num_cpus=0.1, actor=True, concurrency=1)
-    batch_size = 256
+    # One actor gathers each shard; two shards at a time keep the engine fed (as Self-Instruct).
+    resources = Resources(num_cpus=0.1, actor=True, concurrency=1, calls_per_actor=2)
+    batch_size = None  # whole blocks, unsliced: the pool is the shard whatever the batch
+    pool = "shard"
 
     def __init__(self, backend: dict, per_seed: float = 1.0, k: int = 2, max_skills: int = 5,
                  query_types: list[str] = list(QUERY_TYPES), refine: bool = False, temperature: float = 0.7,
@@ -124,7 +129,7 @@ class SkillMix(Stage):
     def _generate(self, pool: list[tuple[dict, int]], ids: list[str]) -> list[dict]:
         if len(pool) < self.k:
             return []
-        rng = random.Random(f"{self.seed}:{ids[0]}")
+        rng = random.Random(f"{self.seed}:{pool_digest(ids)}")  # fixed by the pool, not by call order
         n = math.ceil(self.per_seed * len(ids))
         types = (self.query_types * math.ceil(n / len(self.query_types)))[:n]
         rng.shuffle(types)

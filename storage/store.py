@@ -346,7 +346,7 @@ class Store:
             INSERT INTO samples (run_id, {cols}, kept, shard, "row")
             SELECT $run, {cols}, kept, $shard, {row}
             FROM (
-                SELECT *, row_number() OVER (PARTITION BY id ORDER BY {status} = {kept} DESC, {row}) AS nth,
+                SELECT *, row_number() OVER (PARTITION BY id ORDER BY {status} = {kept} DESC, {row}, meta, to_json(parent_ids)) AS nth,
                        bool_or({status} = {kept}) OVER (PARTITION BY id) AS kept
                 FROM _new WHERE {status} IN ({kept}, {dropped}, {expanded})
             ) b

@@ -165,29 +165,36 @@ def tiny_model(tmp_path_factory):
     return str(build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), max_positions=1024))
 
 
-def _settings(tmp_path, alpaca_rows, model: str, batch_size: int) -> dict:
+def _settings(tmp_path, alpaca_rows, model: str, batch_size: int, rows: int = 30, rounds: int = 2) -> dict:
     from conftest import write_jsonl
 
     src = tmp_path / "seeds.jsonl"
     if not src.exists():  # short instructions: short prompts for the tiny model
-        short = [r for r in alpaca_rows if len(r["instruction"]) < 60][:30]
+        short = [r for r in alpaca_rows if len(r["instruction"]) < 60][:rows]
         write_jsonl(src, [{"instruction": r["instruction"]} for r in short])
     backend = {"kind": "vllm", "model": model, "dtype": "float32", "max_model_len": 1024, "enforce_eager": True}
-    stage = {"backend": backend, "seed_examples": 2, "generated_examples": 1, "max_rounds": 2, "max_tokens": 12,
+    stage = {"backend": backend, "seed_examples": 2, "generated_examples": 1, "max_rounds": rounds, "max_tokens": 12,
              "cache": str(tmp_path / "shared.llm_cache.duckdb"), "batch_size": batch_size}
     return dict(input=[str(src)], shard_size=6, ingest={"require_response": False}, stages=[{"self_instruct": stage}])
 
 
-def _self_instruct_rows(db) -> tuple[list, list]:
-    """(the Self-Instruct rows in `samples`, kept or not; the stage's drops)"""
+def _self_instruct_rows(db) -> tuple[list, list, list]:
+    """What the Self-Instruct stage made, in a form that does not depend on the order shards
+    committed in: (id, text, kept) of every row it made; each of its drops with its shard; and
+    the whole stored row (parents, meta, shard) of each id made once. The store keeps the first
+    committed occurrence of an id that two shards made (an empty output, say)."""
     con = duckdb.connect(str(db), read_only=True)
     try:
-        made = con.execute("SELECT id, to_json(messages)::VARCHAR, parent_ids, meta, kept, shard FROM samples "
+        made = con.execute("SELECT id, to_json(messages)::VARCHAR, kept, parent_ids, meta, shard FROM samples "
                            "WHERE origin = 'selfinstruct' ORDER BY id").fetchall()
         drops = con.execute("SELECT id, reason, shard FROM drops WHERE stage = 'self_instruct' ORDER BY ALL").fetchall()
+        repeats = {r[0] for r in con.execute("SELECT id FROM drops WHERE stage = 'store'").fetchall()}
     finally:
         con.close()
-    return made, drops
+    times_dropped = Counter(d[0] for d in drops)
+    once = [(id_, text, kept, tuple(parents), meta, shard) for id_, text, kept, parents, meta, shard in made
+            if (kept and id_ not in repeats) or (not kept and times_dropped[id_] == 1)]
+    return [r[:3] for r in made], drops, once
 
 
 def _cache_entries(tmp_path) -> int:
@@ -199,18 +206,18 @@ def _cache_entries(tmp_path) -> int:
 
 
 @vllm_needed
-@pytest.mark.slow
 def test_batch_size_does_not_change_self_instruct_rows(ray_local, tiny_model, tmp_path, alpaca_rows):
-    """Batches of 4 and of 16 rows over 6-row shards: batch pools would differ (4 rows across a
-    shard boundary against 16 rows of three shards); shard pools are the same."""
+    """Batch sizes 4 and 16 over 6-row shards: batch pools differ (slices of 4 and 2 rows of a
+    shard, or 4 rows across a shard boundary, against a whole shard or 16 rows of three);
+    shard pools are the same."""
     from curate.pipeline.config import load_config
     from curate.pipeline.runner import run
 
-    first = run(load_config(None, db=str(tmp_path / "a.duckdb"), **_settings(tmp_path, alpaca_rows, tiny_model, 4)), progress="off")
+    first = run(load_config(None, db=str(tmp_path / "a.duckdb"), **_settings(tmp_path, alpaca_rows, tiny_model, 4, 24, 1)), progress="off")
     paid = _cache_entries(tmp_path)
     rows = _self_instruct_rows(tmp_path / "a.duckdb")
-    assert first.generated > 0 and rows[0] and rows[1] and paid > 0
-    second = run(load_config(None, db=str(tmp_path / "b.duckdb"), **_settings(tmp_path, alpaca_rows, tiny_model, 16)), progress="off")
+    assert first.generated > 0 and rows[0] and rows[1] and rows[2] and paid > 0
+    second = run(load_config(None, db=str(tmp_path / "b.duckdb"), **_settings(tmp_path, alpaca_rows, tiny_model, 16, 24, 1)), progress="off")
     assert _cache_entries(tmp_path) == paid, "the second run sent prompts the first did not"
     assert _self_instruct_rows(tmp_path / "b.duckdb") == rows
     assert (second.generated, second.kept, second.dropped) == (first.generated, first.kept, first.dropped)
@@ -220,7 +227,9 @@ def test_batch_size_does_not_change_self_instruct_rows(ray_local, tiny_model, tm
 @pytest.mark.slow
 def test_a_resumed_run_makes_the_self_instruct_rows_of_an_uninterrupted_one(ray_local, tiny_model, tmp_path, alpaca_rows):
     """Killed (SIGKILL, driver and Ray) after its first shard commits, then resumed: the resumed
-    run streams only the uncommitted shards, whose pools are still their own rows."""
+    run streams only the uncommitted shards, whose pools are still their own rows. (Batch pools
+    fail this when Ray Data's batches span shards, as with a step batch size of 8 over 6-row
+    shards; with one block per shard per call they fail only the batch-size test above.)"""
     from conftest import curate_cmd, run_killing_at_first_commit
     from curate.pipeline.config import load_config
     from curate.pipeline.runner import run

@@ -151,7 +151,9 @@ def _run_barrier(store: Store, run_id: str, phase: Phase, bar: Progress) -> None
 def _stream(specs: list[ShardSpec], plans: list[StagePlan], writer: ShardWriter) -> None:
     _quiet_ray_data()
     _check_actor_resources(plans)
-    for batch in build_dataset(specs, plans).iter_batches(batch_format="pyarrow", batch_size=None):
+    # prefetch_batches=0: with a prefetch, Ray hands over a shard's block only once the next one
+    # exists, so a finished shard would wait a whole shard's time for its commit.
+    for batch in build_dataset(specs, plans).iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
         writer.add(batch)
     if writer.unfinished():
         raise RuntimeError(f"the stream ended with shards incomplete: {writer.unfinished()[:5]}")

@@ -12,7 +12,6 @@ import json
 import os
 import threading
 import time
-from collections import defaultdict
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -25,6 +24,7 @@ from curate.stages.base import GlobalStage, Resources, Stage, StageResult
 from curate.stages.ingest import Ingest
 from curate.stages.readers import ShardSpec, read_shard
 from curate.storage import schema as S
+from curate.storage.completion import ShardGatherer
 
 
 @dataclass(frozen=True)
@@ -185,32 +185,18 @@ class ShardBuffer:
     """
 
     def __init__(self):
-        self.parts: dict[str, list[pa.Table]] = defaultdict(list)
-        self.arrived: dict[str, float] = defaultdict(float)
+        self.gathered = ShardGatherer()
         self.lock = threading.Lock()
 
     def add(self, batch: pa.Table) -> list[pa.Table]:
         """Take a batch; return the shards it completes, each sorted by `POOL_ORDER`."""
-        if batch.num_rows == 0:
-            return []
-        done = []
-        shard_col = batch[S.SHARD]
         with self.lock:
-            for shard in pc.unique(shard_col).to_pylist():
-                part = batch.filter(pc.equal(shard_col, shard))
-                self.parts[shard].append(part)
-                self.arrived[shard] += pc.sum(part[S.WEIGHT]).as_py()
-                expected = part[S.SHARD_ROWS][0].as_py()
-                if abs(self.arrived[shard] - expected) < 1e-6:
-                    del self.arrived[shard]
-                    done.append(self.parts.pop(shard))
-                elif self.arrived[shard] > expected + 1e-6:
-                    raise RuntimeError(f"shard {shard}: rows of weight {self.arrived[shard]} reached a pool stage, {expected} were read")
+            done = [parts for _, _, parts in self.gathered.add(batch)]
         return [pool_order(pa.concat_tables(parts, promote_options="permissive")) for parts in done]
 
     def pending(self) -> list[str]:
         with self.lock:
-            return sorted(self.parts)
+            return self.gathered.unfinished()
 
 
 def pool_order(table: pa.Table) -> pa.Table:

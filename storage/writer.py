@@ -3,12 +3,10 @@ of its input rows have arrived (whatever stage they ended at)."""
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from curate.storage import schema as S
+from curate.storage.completion import ShardGatherer
 from curate.storage.store import Store
 
 
@@ -20,23 +18,12 @@ class ShardWriter:
         self.phase = phase
         self.paths = paths  # shard → source path
         self.on_commit = on_commit
-        self.pending: dict[str, list[pa.Table]] = defaultdict(list)
-        self.arrived: dict[str, float] = defaultdict(float)  # input rows arrived, as summed row weights
+        self.gathered = ShardGatherer()
         self.committed = 0
 
     def add(self, batch: pa.Table) -> None:
-        if batch.num_rows == 0:
-            return
-        shard_col = batch[S.SHARD]
-        for shard in pc.unique(shard_col).to_pylist():
-            part = batch.filter(pc.equal(shard_col, shard))
-            self.pending[shard].append(part)
-            self.arrived[shard] += pc.sum(part[S.WEIGHT]).as_py()
-            expected = part[S.SHARD_ROWS][0].as_py()
-            if abs(self.arrived[shard] - expected) < 1e-6:
-                self._commit(shard, expected)
-            elif self.arrived[shard] > expected + 1e-6:
-                raise RuntimeError(f"shard {shard}: {self.arrived[shard]} rows arrived, {expected} were read")
+        for shard, rows_in, parts in self.gathered.add(batch):
+            self._commit(shard, rows_in, parts)
 
     def add_empty_shard(self, shard: str) -> None:
         """A shard that held no rows (a file of blank lines) is still marked done."""
@@ -44,16 +31,15 @@ class ShardWriter:
         if self.on_commit:
             self.on_commit(shard, stats)
 
-    def _commit(self, shard: str, rows_in: int) -> None:
-        table = pa.concat_tables(self.pending.pop(shard), promote_options="permissive")
-        del self.arrived[shard]
+    def _commit(self, shard: str, rows_in: int, parts: list[pa.Table]) -> None:
+        table = pa.concat_tables(parts, promote_options="permissive")
         stats = self.store.commit_shard(self.run_id, shard, self.paths[shard], rows_in, table, self.steps, self.phase)
         self.committed += 1
         if self.on_commit:
             self.on_commit(shard, stats)
 
     def unfinished(self) -> list[str]:
-        return sorted(self.pending)
+        return self.gathered.unfinished()
 
 
 def _empty_rows() -> pa.Table:

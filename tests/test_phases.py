@@ -16,19 +16,11 @@ from curate.pipeline.dag import stage_plans
 from curate.pipeline.phases import split_phases
 from curate.pipeline.runner import run
 from conftest import curate_cmd, run_killing_at, write_jsonl
-from test_pipeline import assert_counts_add_up
+from test_pipeline import assert_counts_add_up, q
 from test_resume import snapshot
 
 DEDUP_THEN_FILTER = [{"filters": {"min_response_words": 5}}, {"exact_dedup": {"on": "instruction"}},
                      {"near_dedup": {"threshold": 0.8}}, {"filters": {"min_response_words": 20}}]
-
-
-def q(db, sql, *params):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, list(params)).fetchall()
-    finally:
-        con.close()
 
 
 def with_repeats(rows: list[dict], seed: int = 0) -> list[dict]:

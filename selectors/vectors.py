@@ -68,7 +68,7 @@ class VectorSource:
         self.rows, self.model = found
         if not self.rows:
             raise CurateError(f"no vectors named '{name}' for the rows of this run: add an embed stage "
-                              f"(`embed: {{vectors: {name}}}`) before this selector")
+                              f"(`embed: {{vectors: {name}}}`) before the step that reads them")
         for column, score in self.score_names.items():
             n = con.execute(f"SELECT count(*) FROM scores s JOIN {pool} p ON p.id = s.id "
                             "WHERE s.run_id = ? AND s.name = ?", [run_id, score]).fetchall()[0][0]
@@ -90,24 +90,23 @@ class VectorSource:
         """Every row once, in no particular order: (id, vec, scores...)."""
         yield from self._stream(self._select(), batch_rows)
 
-    def sample(self, rows: int, seed: int) -> np.ndarray:
-        """A deterministic sample of `rows` vectors (all of them if the pool is smaller), drawn by
-        a hash of (seed, id) inside DuckDB: the pool's order of arrival does not matter. Ids are
-        drawn first and the vectors fetched for them, so no sort ever carries a vector."""
-        where = ""
-        params = {"run": self.run_id, "name": self.name}
-        if rows < self.rows:
-            where = (f"AND v.id IN (SELECT id FROM {self.pool} WHERE id IN (SELECT id FROM vectors WHERE "
-                     f"run_id = $run AND name = $name) ORDER BY md5($seed || id), id LIMIT {int(rows)})")
-            params["seed"] = str(seed)
-        query = (f"SELECT v.id, v.vec FROM vectors v WHERE v.run_id = $run AND v.name = $name "
-                 f"AND v.id IN (SELECT id FROM {self.pool}) {where}")
-        parts, ids = [], []
-        for batch in self._stream(query, BATCH_ROWS, params):
-            ids.append(pa.concat_arrays([batch.column("id")]))  # a copy: the batch's vectors can go
-            parts.append(as_matrix(batch.column("vec")).copy())
-        by_id = pc.sort_indices(pa.chunked_array(ids, pa.string())).to_numpy()
-        return np.concatenate(parts)[by_id]
+    def sample(self, rows: int, seed: int, batch_rows: int = BATCH_ROWS) -> np.ndarray:
+        """A deterministic sample of `rows` vectors (all of them if the pool is smaller), in id
+        order, drawn by a hash of (seed, id) inside DuckDB: the pool's order of arrival does not
+        matter. Ids are drawn first and the vectors fetched for them, so no sort ever carries a
+        vector; each lands in its row of the one (rows, d) array returned."""
+        params = {"run": self.run_id, "name": self.name, "seed": str(seed)}
+        drawn = (f"SELECT id FROM {self.pool} WHERE id IN (SELECT id FROM vectors WHERE run_id = $run AND name = $name) "
+                 f"ORDER BY md5($seed || id), id LIMIT {int(min(rows, self.rows))}")
+        ids = self.con.sql(f"SELECT id FROM ({drawn}) ORDER BY id", params=params).to_arrow_table().column("id").combine_chunks()
+        query = f"SELECT v.id, v.vec FROM vectors v WHERE v.run_id = $run AND v.name = $name AND v.id IN ({drawn})"
+        out = None
+        for batch in self._stream(query, batch_rows, params):
+            vecs = as_matrix(batch.column("vec"))
+            if out is None:
+                out = np.empty((len(ids), vecs.shape[1]), np.float32)
+            out[pc.index_in(batch.column("id"), value_set=ids).to_numpy()] = vecs
+        return out
 
     def ordered(self, order_sql: str, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         """Rows in an order (SQL over v.id and the score columns), streamed: stop reading early."""

@@ -1,19 +1,19 @@
 """Semantic deduplication (SemDeDup, Abbas et al. 2023): near-identical meaning, not near-identical words.
 
-A GlobalStage after an embed stage. The stream half passes rows through untouched (it stores no
-keys: the vectors are already in the `vectors` table). After the stream, `decide_in` reads the
+A GlobalStage after an embed stage. The stream half passes rows through untouched and stores no
+keys: the vectors are in the `vectors` table already. After the stream, `decide_in` reads the
 vectors of the run's kept rows from DuckDB and, as in the paper, clusters them with k-means
 (centroids fitted on a deterministic sample, every row then assigned in a streaming pass);
 within each cluster it walks rows in input order and drops a row whose cosine similarity to a
 row kept before it exceeds `threshold` (the paper's 1 − ε), naming that row
 (`semantic_duplicate_of:<id>`). The paper keeps the row farthest from its centroid; keeping the
-earliest instead makes every drop name a row that stays and agrees with exact and near dedup.
+earliest instead makes every drop name a row that stays, as exact and near dedup do.
 Clustering makes the pairwise work near-linear; as in the paper, a pair split across two
 clusters is missed.
 
-Memory: the (id, cluster) assignments go to a DuckDB temp table, and the within-cluster pass
-reads the vectors back a few whole clusters at a time (at most `CHUNK_BYTES`, or one cluster
-if bigger), so the pool's vectors are never all in memory; the price is one scan of `vectors`
+Memory: the pool's vectors are never all held. The fit sample is k × 64 rows; the (id, cluster)
+assignments go to a DuckDB temp table; the walk then reads the vectors back a few whole clusters
+at a time (at most `CHUNK_BYTES`, or one bigger cluster), at the price of one scan of `vectors`
 per chunk.
 """
 
@@ -25,11 +25,14 @@ import pyarrow.compute as pc
 
 from curate.selectors.clustering import Assigner, fit_centroids, fit_sample_rows
 from curate.selectors.greedy import ADMITTED, GreedyCosine, normalised
-from curate.selectors.vectors import BATCH_ROWS, VectorSource, as_matrix
+from curate.selectors.vectors import VectorSource, as_matrix
 from curate.stages.base import GlobalStage, Resources, StageResult
 
-CHUNK_BYTES = 64 << 20  # vectors held at once in the within-cluster pass (43,690 rows at 384-d float32)
-OFFER_ROWS = 4096  # rows per GreedyCosine.offer call: one faiss search per chunk against the kept rows
+CHUNK_BYTES = 64 << 20  # vectors held at once in the walk: 43,690 rows of 384-d float32
+# Rows per Arrow batch read from DuckDB. A scan of 384-d vectors peaks at ~60 MiB over DuckDB's
+# cache with 2,048-row batches, ~160 MiB with 16,384 (measured, 2 threads).
+READ_ROWS = 2048
+OFFER_ROWS = 1024  # rows per GreedyCosine.offer call: one faiss search against the kept rows, a 4 MiB gram matrix
 
 
 class SemDeDup(GlobalStage):
@@ -52,7 +55,8 @@ class SemDeDup(GlobalStage):
     def decide_in(self, store, run_id: str, stage_name: str) -> list[tuple[str, str]]:
         """(id, "semantic_duplicate_of:<id>") for each kept row of the run that duplicates an
         earlier kept row of its cluster. k = `k`, or the pool's rows / `rows_per_cluster`."""
-        pool = f"(SELECT id FROM samples WHERE run_id = '{run_id.replace(chr(39), chr(39) * 2)}' AND kept)"
+        quoted = run_id.replace("'", "''")
+        pool = f"(SELECT id FROM samples WHERE run_id = '{quoted}' AND kept)"
         # Cursors: own connections, so the assignment pass can write its temp table while the
         # vectors stream, and the temp tables go when the cursors close.
         with store.con.cursor() as con, store.con.cursor() as reader:
@@ -60,25 +64,25 @@ class SemDeDup(GlobalStage):
                 return []
             source = VectorSource(reader, run_id, pool, self.vectors)
             k = self.k or max(1, source.rows // self.rows_per_cluster)
-            sample = normalised(source.sample(fit_sample_rows(k, None), self.seed))
+            sample = source.sample(fit_sample_rows(k, None), self.seed, READ_ROWS)  # (rows, d) float32
+            norms = np.sqrt(np.einsum("ij,ij->i", sample, sample))  # no full-size temporary, as linalg.norm makes
+            sample /= np.maximum(norms, 1e-12)[:, None]  # in place: cosine k-means on unit rows
             dim = sample.shape[1]
             assign = Assigner(fit_centroids(sample, k, self.niter, seed=self.seed))
             del sample
             con.execute("CREATE TEMP TABLE _assigned (id VARCHAR, cluster INTEGER)")
-            for batch in source.batches():
-                con.register("_batch", pa.table({"id": batch.column("id"),
-                                                 "cluster": assign(normalised(as_matrix(batch.column("vec"))))[0]}))
+            for batch in source.batches(READ_ROWS):
+                cluster, _ = assign(normalised(as_matrix(batch.column("vec"))))
+                con.register("_batch", pa.table({"id": batch.column("id"), "cluster": cluster}))
                 con.execute("INSERT INTO _assigned SELECT * FROM _batch")
                 con.unregister("_batch")
-            # Input order: the record's position in its source file where samples has it.
-            has_row = "row" in [d[0] for d in con.execute("SELECT * FROM samples LIMIT 0").description]
-            position = 's.shard, s."row", s.id' if has_row else "s.shard, s.id"
-            con.execute(f"""
+            # The walk: by cluster, then input order (shard, the record's position in its source file, id).
+            con.execute("""
                 CREATE TEMP TABLE _walk AS
-                SELECT a.id, a.cluster, row_number() OVER (ORDER BY a.cluster, {position}) - 1 AS seq
+                SELECT a.id, a.cluster, row_number() OVER (ORDER BY a.cluster, s.shard, s."row", s.id) - 1 AS seq
                 FROM _assigned a JOIN samples s ON s.run_id = ? AND s.id = a.id
             """, [run_id])
-            sizes = np.array([r[0] for r in con.execute("SELECT count(*) FROM _walk GROUP BY cluster ORDER BY cluster").fetchall()])
+            sizes = np.array([n for n, in con.execute("SELECT count(*) FROM _walk GROUP BY cluster ORDER BY cluster").fetchall()])
             drops = []
             for lo, hi in chunks(sizes, max(1, CHUNK_BYTES // (4 * dim))):
                 drops += self._walk_chunk(con, run_id, lo, hi, dim)
@@ -89,10 +93,10 @@ class SemDeDup(GlobalStage):
         walk = con.sql("SELECT id, cluster FROM _walk WHERE seq >= ? AND seq < ? ORDER BY seq", params=[lo, hi]).to_arrow_table()
         ids = walk.column("id").combine_chunks()
         vecs = np.empty((len(ids), dim), np.float32)
-        reader = con.sql(f"""
+        reader = con.sql("""
             SELECT v.id, v.vec FROM vectors v WHERE v.run_id = $run AND v.name = $name
-              AND v.id IN (SELECT id FROM _walk WHERE seq >= {int(lo)} AND seq < {int(hi)})
-        """, params={"run": run_id, "name": self.vectors}).to_arrow_reader(BATCH_ROWS)
+              AND v.id IN (SELECT id FROM _walk WHERE seq >= $lo AND seq < $hi)
+        """, params={"run": run_id, "name": self.vectors, "lo": lo, "hi": hi}).to_arrow_reader(READ_ROWS)
         with reader:
             for batch in reader:
                 vecs[pc.index_in(batch.column("id"), value_set=ids).to_numpy()] = normalised(as_matrix(batch.column("vec")))

@@ -60,7 +60,7 @@ def stage_plans(config: RunConfig, run_id: str | None = None) -> list[StagePlan]
 
         scope = f"{run_id} {socket.gethostname()}:{os.path.abspath(config.db)}"
     plans = [_plan("ingest", "ingest", config.ingest.model_dump(), Ingest, None, None)]
-    seen = {"ingest"}
+    seen = {"ingest", "store"}  # `store` names the funnel step that drops repeated ids
     for sc in config.stages:
         name = sc.name
         n = 2

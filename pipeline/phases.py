@@ -73,5 +73,5 @@ def handoff_dir(db: str, run_id: str, phase: int, work_dir: str | None = None) -
     """Where phase `phase` reads its input (the survivors of phase − 1), one Parquet file per
     shard: `<work_dir or <db>.phases>/<run_id>/<phase>/`. On a cluster, `work_dir` must be
     storage every node can read."""
-    base = work_dir or os.path.abspath(db) + ".phases"
+    base = os.path.abspath(work_dir) if work_dir else os.path.abspath(db) + ".phases"
     return os.path.join(base, run_id, str(phase))

@@ -7,7 +7,7 @@ import logging
 import os
 import shutil
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 
 from curate.errors import CurateError
@@ -71,8 +71,9 @@ def run(config: RunConfig, progress: str = "auto") -> RunReport:
                 if _selectors_use_ray(config):
                     env.start(engines=False)
                 selections = run_selectors(store, run_id, config.selectors)
-        except KeyboardInterrupt:
-            store.end_run(run_id, "interrupted", "interrupted by the user (Ctrl-C / SIGINT)")
+        except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C; SIGTERM (Ray's handler exits with the signal number)
+            why = "by the user (Ctrl-C / SIGINT)" if isinstance(e, KeyboardInterrupt) else f"(exit {e.code}: SIGTERM from kill, timeout or a scheduler)"
+            store.end_run(run_id, "interrupted", f"interrupted {why}")
             raise
         except BaseException as e:
             store.end_run(run_id, "failed", f"{type(e).__name__}: {e}"[:4000])
@@ -88,10 +89,9 @@ def _remove_handoff(config: RunConfig, run_id: str) -> None:
     """A finished run needs its hand-off files no more (they only serve a resume)."""
     run_dir = os.path.dirname(handoff_dir(config.db, run_id, 0, config.work_dir))
     shutil.rmtree(run_dir, ignore_errors=True)
-    try:
-        os.rmdir(os.path.dirname(run_dir))  # `<db>.phases`, once no other run's files are left
-    except OSError:
-        pass
+    if config.work_dir is None:  # `<db>.phases`, once no other run's files are left; a user's work_dir stays
+        with suppress(OSError):
+            os.rmdir(os.path.dirname(run_dir))
 
 
 def _selectors_use_ray(config: RunConfig) -> bool:

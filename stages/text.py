@@ -81,7 +81,8 @@ def ngram_hashes(hashes: np.ndarray, offsets: np.ndarray, n: int, short_rows: bo
         acc = np.zeros(total, np.uint64)
         for j in range(n):
             shifted = np.zeros(total, np.uint64)
-            shifted[: total - j] = hashes[j:]
+            if j < total:  # a batch with fewer words than n in all: nothing to shift in
+                shifted[: total - j] = hashes[j:]
             acc = acc * _MULT + shifted
         starts = np.arange(total)
         valid = starts + n <= offsets[rows + 1]

@@ -35,9 +35,13 @@ def export(db: str, out: str, format: str = "hf", run_id: str | None = None, sel
     if format not in FORMATS:
         raise CurateError(f"unknown export format {format!r}: use {', '.join(FORMATS)}")
     with Store(db, read_only=True) as store:
-        run_id = run_id or store.latest_run()
         if run_id is None:
-            raise CurateError(f"{db} holds no runs yet: `curate run` first")
+            run_id = store.latest_run(finished=True)
+            if run_id is None:
+                latest = store.latest_run()
+                raise CurateError(f"{db} holds no finished run yet: `curate run` first" if latest is None else
+                                  f"{db} holds no finished run: rerun its command to finish run {latest}, or pass "
+                                  f"--run {latest} to export it as it stands (not every stage has seen its rows)")
         if not store.con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone():
             raise CurateError(f"no run {run_id!r} in {db} (see `curate runs --db {db}`)")
         query, params = _rows_query(store, run_id, selection)
@@ -55,14 +59,14 @@ def export(db: str, out: str, format: str = "hf", run_id: str | None = None, sel
 def _rows_query(store: Store, run_id: str, selection: str | None) -> tuple[str, list]:
     cols = ", ".join(f'c."{c}"' for c in S.SAMPLE_COLUMNS)
     if selection is None:
-        return f"SELECT {cols} FROM curated c WHERE c.run_id = ? ORDER BY c.id", [run_id]
+        return f"SELECT {cols} FROM curated_all c WHERE c.run_id = ? ORDER BY c.id", [run_id]
     has_table = store.con.execute(
         "SELECT 1 FROM information_schema.tables WHERE table_name = 'selections'"
     ).fetchone()
     if not has_table or not store.con.execute("SELECT 1 FROM selections WHERE name = ? LIMIT 1", [selection]).fetchone():
         raise CurateError(f"no selection named {selection!r} in this database")
     return (
-        f"SELECT {cols} FROM curated c JOIN selections s ON s.run_id = c.run_id AND s.id = c.id "
+        f"SELECT {cols} FROM curated_all c JOIN selections s ON s.run_id = c.run_id AND s.id = c.id "
         "WHERE c.run_id = ? AND s.name = ? ORDER BY s.rank",
         [run_id, selection],
     )
@@ -110,7 +114,7 @@ def _write_card(store: Store, run_id: str, selection: str | None, rows: int, out
     q = lambda sql: store.con.execute(sql, [run_id]).fetchall()  # noqa: E731
     run = q("SELECT name, config, started_at, finished_at FROM runs WHERE run_id = ?")[0]
     totals = store.totals(run_id)
-    sources = q("SELECT source, origin, count(*) FROM curated WHERE run_id = ? GROUP BY ALL ORDER BY 3 DESC")
+    sources = q("SELECT source, origin, count(*) FROM curated_all WHERE run_id = ? GROUP BY ALL ORDER BY 3 DESC")
     reasons = q("SELECT stage, reason, count(*) FROM drops WHERE run_id = ? GROUP BY ALL ORDER BY 3 DESC LIMIT 20")
     quarantine = q("SELECT error, count(*) FROM quarantine WHERE run_id = ? GROUP BY ALL ORDER BY 2 DESC LIMIT 10")
     config = json.loads(run[1])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 
 import duckdb
@@ -98,10 +98,11 @@ CREATE TABLE IF NOT EXISTS llm_engines (
     steps BIGINT, busy_seconds DOUBLE,  -- time inside engine steps
     peak_in_flight BIGINT       -- most requests generating at once, over all stages
 );
--- The kept samples of the latest run (the one most recently started or resumed).
+-- The kept samples of the latest finished run (of the latest run while none has finished): an
+-- interrupted run's rows have not all been through every stage.
 CREATE OR REPLACE VIEW curated AS
     SELECT * EXCLUDE (kept) FROM samples
-    WHERE kept AND run_id = (SELECT run_id FROM runs ORDER BY last_attempt_at DESC LIMIT 1);
+    WHERE kept AND run_id = (SELECT run_id FROM runs ORDER BY status = 'finished' DESC, last_attempt_at DESC LIMIT 1);
 CREATE OR REPLACE VIEW curated_all AS
     SELECT * EXCLUDE (kept) FROM samples WHERE kept;
 -- Skills that Instruct-SkillMix extracted from seeds, with their definitions.
@@ -240,8 +241,10 @@ class Store:
         row = self.con.execute(f"SELECT {', '.join(cols)} FROM run_totals WHERE run_id = ?", [run_id]).fetchone()
         return dict(zip(cols, row)) if row else dict.fromkeys(cols, 0)
 
-    def latest_run(self) -> str | None:
-        row = self.con.execute("SELECT run_id FROM runs ORDER BY last_attempt_at DESC LIMIT 1").fetchone()
+    def latest_run(self, finished: bool = False) -> str | None:
+        """The run most recently started or resumed; with `finished`, the latest that finished."""
+        where = "WHERE status = 'finished'" if finished else ""
+        row = self.con.execute(f"SELECT run_id FROM runs {where} ORDER BY last_attempt_at DESC LIMIT 1").fetchone()
         return row[0] if row else None
 
     # ------------------------------------------------------------------ selections
@@ -298,7 +301,8 @@ class Store:
                 return self._insert_rows(run_id, shard, path, rows_in, steps, phase)
             finally:
                 for name in ("_batch", "_new", "_carried"):
-                    con.unregister(name)
+                    with suppress(duckdb.Error):  # after a failed statement: keep its error, not this one
+                        con.unregister(name)
 
     def _carried_mask(self, run_id: str, table: pa.Table) -> pa.Array:
         """Rows of a later phase that are survivors of the phase before: read from the hand-off
@@ -327,16 +331,19 @@ class Store:
             WHERE samples.run_id = $run AND samples.id = c.id AND c.{status} = {kept} AND samples.meta IS DISTINCT FROM c.meta
         """, {"run": run_id})
         # New kept rows whose id was already kept in this run (earlier shard, or earlier in this one).
-        store_drops = "SELECT count(*) FROM drops WHERE run_id = $run AND shard = $shard AND stage = 'store'"
-        before = con.execute(store_drops, p).fetchone()[0]
+        store_drops = "SELECT count(*) FROM drops WHERE run_id = $run AND stage = 'store'"
+        before = con.execute(store_drops, {"run": run_id}).fetchone()[0]
+        moved = self._earlier_copies_take_over(run_id, shard) if phase == 0 else 0
         con.execute(f"""
             INSERT INTO drops
             SELECT $run, 'store', k.id, 'duplicate_of:' || k.id, $shard, k.source, k.{row}
-            FROM (SELECT *, row_number() OVER (PARTITION BY id ORDER BY {row}) AS nth
+            FROM (SELECT *, row_number() OVER (PARTITION BY id ORDER BY {row}, meta) AS nth
                   FROM _new WHERE {status} = {kept}) k
-            WHERE k.nth > 1 OR EXISTS (SELECT 1 FROM samples s WHERE s.run_id = $run AND s.id = k.id AND s.kept)
+            WHERE k.nth > 1 OR EXISTS (SELECT 1 FROM samples s WHERE s.run_id = $run AND s.id = k.id AND s.kept
+                                       {'AND NOT (s.shard = $shard AND s."row" = k.' + row + ')' if moved else ''})
         """, p)
-        store_dups = con.execute(store_drops, p).fetchone()[0] - before
+        store_dups = con.execute(store_drops, {"run": run_id}).fetchone()[0] - before
+        assert moved <= store_dups
         # A sample first seen dropped, now kept, becomes kept.
         con.execute(f"""
             UPDATE samples SET kept = true
@@ -376,6 +383,33 @@ class Store:
         con.execute("INSERT INTO shards (run_id, shard, path, rows_in, committed_at, phase) VALUES ($run, $shard, $path, $rows, $now, $phase)",
                     {**p, "path": path, "rows": rows_in, "now": _now(), "phase": phase})
         return stats
+
+    def _earlier_copies_take_over(self, run_id: str, shard: str) -> int:
+        """A sample kept from a later input position (shard, row) than a copy in this shard: the
+        copy here becomes the sample (its position, source, meta) and the stored one becomes the
+        `store` drop, so which copy survives follows input order, not the order shards commit.
+        Keys stored for the sample move with it. Returns how many samples moved."""
+        con, row, status = self.con, f'"{S.ROW}"', f'"{S.STATUS}"'
+        p = {"run": run_id, "shard": shard}
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _moved AS
+            SELECT s.id, s.shard AS old_shard, s."row" AS old_row, s.source AS old_source,
+                   k.{row} AS new_row, k.source, k.meta, k.origin, k.parent_ids
+            FROM samples s JOIN (SELECT DISTINCT ON (id) * FROM _new WHERE {status} = '{S.KEPT}' ORDER BY id, {row}, meta) k
+              ON s.id = k.id
+            WHERE s.run_id = $run AND s.kept AND (s.shard, s."row") > ($shard, k.{row})
+        """, p)
+        n = con.execute("SELECT count(*) FROM _moved").fetchone()[0]
+        if n:
+            con.execute("""INSERT INTO drops SELECT $run, 'store', id, 'duplicate_of:' || id, old_shard, old_source, old_row
+                           FROM _moved""", {"run": run_id})
+            con.execute("""UPDATE samples SET shard = $shard, "row" = m.new_row, source = m.source, meta = m.meta,
+                                              origin = m.origin, parent_ids = m.parent_ids
+                           FROM _moved m WHERE samples.run_id = $run AND samples.id = m.id""", p)
+            con.execute("""UPDATE row_keys SET shard = $shard, "row" = m.new_row
+                           FROM _moved m WHERE row_keys.run_id = $run AND row_keys.id = m.id""", p)
+        con.execute("DROP TABLE _moved")
+        return n
 
     def _stage_stats(self, run_id: str, shard: str, rows_in: int, steps: list, store_dups: int, batch_cols: set[str]) -> list[tuple]:
         """One stage_stats row per funnel step of the phase. A global stage's key half drops

@@ -253,3 +253,13 @@ def test_unknown_benchmark_file_is_a_clear_error(tmp_path):
 
     with pytest.raises(CurateError, match="no benchmark file matches"):
         Decontaminate(benchmarks=[str(tmp_path / "*.jsonl")])
+
+
+def test_ngram_windows_of_a_batch_with_fewer_words_than_n():
+    """A batch whose rows all hold fewer than n words (a later phase's shard may keep one short
+    row) gives each row one window of all its words, and never fails."""
+    from curate.stages.text import ngram_hashes, word_hashes
+
+    hashes, offsets = word_hashes(pa.array(["Name three primary colors.", "Red, blue and yellow."]))
+    grams, rows = ngram_hashes(hashes, offsets, 13)
+    assert sorted(rows.tolist()) == [0, 1] and len(set(grams.tolist())) == 2

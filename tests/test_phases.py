@@ -11,10 +11,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import duckdb
 import pytest
 
+from curate.errors import CurateError
 from curate.pipeline.config import load_config
 from curate.pipeline.dag import stage_plans
 from curate.pipeline.phases import split_phases
 from curate.pipeline.runner import run
+from curate.storage.export import export
 from conftest import curate_cmd, run_killing_at, write_jsonl
 from test_pipeline import assert_counts_add_up, q
 from test_resume import snapshot
@@ -135,6 +137,8 @@ def test_ctrl_c_marks_the_run_interrupted_and_keeps_committed_shards(ray_local, 
     assert status == "interrupted" and "interrupted" in error
     committed = q(db, "SELECT count(*) FROM shards")[0][0]
     assert committed >= 2
+    with pytest.raises(CurateError, match="no finished run"):  # half a run is not a data set
+        export(str(db), str(tmp_path / "out.jsonl"), "jsonl")
     resumed = run(load_config(None, input=[str(src)], db=str(db), shard_size=100, stages=DEDUP_THEN_FILTER), progress="off")
     assert resumed.shards_skipped >= 2
     assert q(db, "SELECT status, error FROM runs") == [("finished", None)]

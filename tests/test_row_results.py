@@ -53,3 +53,36 @@ def test_selection_stores_clusters(tmp_path):
         store.write_selection("r", "rnd", "random", "{}", 3, [("c", None)], 0.0)
         rows = store.con.execute("SELECT name, id, rank, cluster FROM selections ORDER BY name, rank").fetchall()
         assert rows == [("div", "a", 1, 4), ("div", "b", 2, 7), ("rnd", "c", 1, None)]
+
+
+def _shard(shard: str, ids: list[str], rows: list[int], source: str) -> pa.Table:
+    t = _rows(ids, [S.KEPT] * len(ids))
+    t = t.set_column(t.column_names.index(S.SHARD), S.SHARD, pa.array([shard] * len(ids)))
+    t = t.set_column(t.column_names.index(S.ROW), S.ROW, pa.array(rows, pa.int64()))
+    t = t.set_column(t.column_names.index("source"), "source", pa.array([source] * len(ids)))
+    return t.append_column("_key:exact_dedup", pa.array([i.encode() for i in ids], pa.binary()))
+
+
+def test_which_copy_of_a_repeated_sample_survives_follows_input_order_not_commit_order(tmp_path):
+    """The same sample in two shards: whichever shard commits first, the sample sits at its
+    earliest position (shard, row) with that copy's source, the later copy is the `store` drop,
+    and its dedup key sits at the earliest position too (global steps order by it)."""
+    steps = [Step(0, "ingest", "stream"), Step(1, "store", "store"), Step(2, "exact_dedup", "global")]
+    first = _shard("s000-00000", ["x", "y"], [7, 8], "a.jsonl")  # x at (s000-00000, 7): the earliest copy
+    second = _shard("s000-00001", ["z", "x"], [0, 1], "b.jsonl")
+    tables = {}
+    for order in ((first, second), (second, first)):
+        db = str(tmp_path / f"{len(tables)}.duckdb")
+        with Store(db) as store:
+            for t in order:
+                store.commit_shard("r", t[S.SHARD][0].as_py(), "p", 2, t, steps)
+            tables[len(tables)] = {
+                "samples": store.con.execute('SELECT id, shard, "row", source, kept FROM samples ORDER BY id').fetchall(),
+                "drops": store.con.execute('SELECT stage, id, shard, source, "row" FROM drops').fetchall(),
+                "keys": store.con.execute('SELECT id, shard, "row" FROM row_keys ORDER BY id').fetchall(),
+                "store": store.con.execute("SELECT sum(dropped) FROM stage_totals WHERE stage = 'store'").fetchall(),
+            }
+    assert tables[0] == tables[1]
+    assert ("x", "s000-00000", 7, "a.jsonl", True) in tables[0]["samples"]
+    assert tables[0]["drops"] == [("store", "x", "s000-00001", "b.jsonl", 1)] and tables[0]["store"] == [(1,)]
+    assert ("x", "s000-00000", 7) in tables[0]["keys"]

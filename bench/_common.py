@@ -32,24 +32,31 @@ def alpaca_pool(rows: int, path: Path) -> Path:
 
 
 class PeakRSS:
-    """Peak resident memory of this process and all its descendants (Ray workers included)."""
+    """Peak memory of this process and all its descendants (Ray workers included), two ways:
+    the sum of resident sets (`mib`, as the bench has always reported; pages shared between
+    processes, such as libraries and Ray's object store, count once per process) and the sum of
+    proportional set sizes (`pss_mib`, /proc/<pid>/smaps_rollup: a shared page is split among
+    the processes that map it, so the sum is the memory the run really takes)."""
 
     def __init__(self, interval: float = 0.2):
         self.interval = interval
         self.peak = 0
+        self.peak_pss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         me = psutil.Process()
         while not self._stop.is_set():
-            total = 0
+            rss = pss = 0
             for p in [me, *me.children(recursive=True)]:
                 try:
-                    total += p.memory_info().rss
-                except psutil.Error:
+                    rss += p.memory_info().rss
+                    pss += _pss_bytes(p.pid)
+                except (psutil.Error, OSError):
                     pass
-            self.peak = max(self.peak, total)
+            self.peak = max(self.peak, rss)
+            self.peak_pss = max(self.peak_pss, pss)
             self._stop.wait(self.interval)
 
     def __enter__(self):
@@ -63,6 +70,22 @@ class PeakRSS:
     @property
     def mib(self) -> float:
         return round(self.peak / 2**20, 1)
+
+    @property
+    def pss_mib(self) -> float | None:
+        return round(self.peak_pss / 2**20, 1) if self.peak_pss else None
+
+
+def _pss_bytes(pid: int) -> int:
+    """Proportional set size of a process (0 where the kernel has no smaps_rollup)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except FileNotFoundError:
+        pass
+    return 0
 
 
 def synthetic_pool(rows: int, path: Path, exact_dup_rate: float = 0.05, near_dup_rate: float = 0.05, seed: int = 0) -> dict:

@@ -129,12 +129,13 @@ def main() -> None:
     print(f"pipeline: {rows / total_s:,.0f} rows/s end to end ({total_s:.1f} s, Ray worker start-up included); "
           f"reference script: {rows / ref_s:,.0f} rows/s ({ref_s:.1f} s, {ref_rows} rows)")
     print("rows each stage saw: " + ", ".join(f"{k} {v:,}" for k, v in stage_rows_in.items()) + f"; vectors stored: {embedded:,}")
+    print(f"peak memory of the run, all processes: {mem.mib:,.0f} MiB summed RSS, {mem.pss_mib or 0:,.0f} MiB summed PSS")
     print("rows/s per stage: " + ", ".join(f"{k} {v:,}" for k, v in stage_rows_s.items() if v))
     result = {
         "bench": "end_to_end", "rows": rows, "total_s": round(total_s, 2),
         "rows_s": round(rows / total_s, 1), "stage_rows_s": stage_rows_s, "stage_rows_in": stage_rows_in,
         "embedded": embedded, "reference_rows_s": round(rows / ref_s, 1), "reference": "parse and insert only",
-        "peak_rss_mib": mem.mib, "kept": report.kept, "shards": report.shards,
+        "peak_rss_mib": mem.mib, "peak_pss_mib": mem.pss_mib, "kept": report.kept, "shards": report.shards,
     }
     if by_hand:
         print(f"by hand in sequence: dedup {by_hand['dedup_s']:.1f} s, embed {by_hand['survivors']:,} survivors "

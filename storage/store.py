@@ -330,7 +330,8 @@ class Store:
             UPDATE samples SET meta = c.meta FROM _carried c
             WHERE samples.run_id = $run AND samples.id = c.id AND c.{status} = {kept} AND samples.meta IS DISTINCT FROM c.meta
         """, {"run": run_id})
-        # New kept rows whose id was already kept in this run (earlier shard, or earlier in this one).
+        # New kept rows whose id was already kept in this run (earlier shard, or earlier in this
+        # one), and generated rows whose id is already stored, kept or not.
         store_drops = "SELECT count(*) FROM drops WHERE run_id = $run AND stage = 'store'"
         before = con.execute(store_drops, {"run": run_id}).fetchone()[0]
         moved = self._earlier_copies_take_over(run_id, shard) if phase == 0 else 0
@@ -339,15 +340,18 @@ class Store:
             SELECT $run, 'store', k.id, 'duplicate_of:' || k.id, $shard, k.source, k.{row}
             FROM (SELECT *, row_number() OVER (PARTITION BY id ORDER BY {row}, meta) AS nth
                   FROM _new WHERE {status} = {kept}) k
-            WHERE k.nth > 1 OR EXISTS (SELECT 1 FROM samples s WHERE s.run_id = $run AND s.id = k.id AND s.kept
+            WHERE k.nth > 1 OR EXISTS (SELECT 1 FROM samples s WHERE s.run_id = $run AND s.id = k.id
+                                       AND (s.kept OR k."{S.BORN}" IS NOT NULL)
                                        {'AND NOT (s.shard = $shard AND s."row" = k.' + row + ')' if moved else ''})
         """, p)
         store_dups = con.execute(store_drops, {"run": run_id}).fetchone()[0] - before
         assert moved <= store_dups
-        # A sample first seen dropped, now kept, becomes kept.
+        # An input row first seen dropped (in another shard), now kept, becomes kept. A generated
+        # row equal to a stored sample was a `store` drop above: reviving the sample would give it
+        # the wrong lineage.
         con.execute(f"""
             UPDATE samples SET kept = true
-            WHERE run_id = $run AND NOT kept AND id IN (SELECT id FROM _new WHERE {status} = {kept})
+            WHERE run_id = $run AND NOT kept AND id IN (SELECT id FROM _new WHERE {status} = {kept} AND "{S.BORN}" IS NULL)
         """, {"run": run_id})
         con.execute(f"""
             INSERT INTO samples (run_id, {cols}, kept, shard, "row")

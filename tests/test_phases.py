@@ -235,3 +235,30 @@ def test_exact_dedup_before_respond_keeps_duplicates_from_the_engine(ray_local, 
     paid = cache.execute("SELECT sum(calls) FROM llm_cache").fetchone()[0]
     cache.close()
     assert sorted(asked) == sorted(instructions) and paid == 6  # one call per unique instruction, no more
+
+
+def test_a_generated_row_equal_to_a_dropped_input_row_is_a_duplicate_not_a_revival(ray_local, tmp_path):
+    """respond after exact_dedup writes, for the kept row, exactly the conversation of the row
+    the dedup dropped: the new row is a `store` drop naming that sample, which stays dropped
+    with its own lineage, so no kept sample has a drop record and no row is processed twice."""
+    question = "Name one primary color and say why it is called primary."
+    answer = f"Here is a careful and complete answer to the request. {question} The answer follows from it."
+    seeds = [{"instruction": question, "output": "Red is a primary color."},
+             {"instruction": question, "output": answer},  # what the scripted model will answer to the first
+             {"instruction": "What is two plus two?", "output": "Four."}]
+    src = write_jsonl(tmp_path / "seeds.jsonl", seeds)
+    model = ScriptedModel()
+    try:
+        backend = {"kind": "openai", "model": "scripted", "base_url": model.url, "max_retries": 1}
+        db = tmp_path / "g.duckdb"
+        report = run(load_config(None, input=[str(src)], db=str(db), shard_size=1,
+                                 stages=[{"exact_dedup": {"on": "instruction"}}, {"respond": {"backend": backend}}]),
+                     progress="off")
+    finally:
+        model.close()
+    assert_counts_add_up(db, report.run_id)
+    assert q(db, "SELECT count(*) FROM samples s JOIN drops d USING (run_id, id) WHERE s.kept") == [(0,)]
+    dropped_seed, = q(db, "SELECT id FROM drops WHERE stage = 'exact_dedup'")
+    assert q(db, "SELECT origin, kept FROM samples WHERE id = ?", dropped_seed[0]) == [("seed", False)]
+    assert q(db, "SELECT reason FROM drops WHERE stage = 'store'") == [(f"duplicate_of:{dropped_seed[0]}",)]
+    assert [r[0] for r in q(db, "SELECT origin FROM curated")] == ["response"]

@@ -32,8 +32,7 @@ def run(
     cfg = load_config(config, set_, input=list(input) if input else None, db=db)
     try:
         report = run_pipeline(cfg, progress=progress)
-    except KeyboardInterrupt:  # typer would exit 130 without a word
-        typer.echo("interrupted: rerun the same command to resume", err=True)
+    except KeyboardInterrupt:  # the runner said how to resume; typer would exit 130 anyway
         raise typer.Exit(130) from None
     typer.echo(report.summary())
     if export and cfg.export:

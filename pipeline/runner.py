@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import time
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
@@ -64,25 +65,40 @@ def run(config: RunConfig, progress: str = "auto") -> RunReport:
     with Store(config.db) as store:
         attempt = store.begin_run(run_id, config.name, config_to_dict(config), fingerprint)
         skipped = len(store.committed_shards(run_id, 0))
+        stopped = False
         try:
             with RayEnvironment(config, plans, store, run_id, attempt) as env:
-                for phase in phases:
-                    _run_phase(config, phase, shards, store, run_id, env, progress, multi=len(phases) > 1)
-                if _selectors_use_ray(config):
-                    env.start(engines=False)
-                selections = run_selectors(store, run_id, config.selectors)
-        except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C; SIGTERM (Ray's handler exits with the signal number)
-            why = "by the user (Ctrl-C / SIGINT)" if isinstance(e, KeyboardInterrupt) else f"(exit {e.code}: SIGTERM from kill, timeout or a scheduler)"
-            store.end_run(run_id, "interrupted", f"interrupted {why}")
-            raise
+                try:
+                    for phase in phases:
+                        _run_phase(config, phase, shards, store, run_id, env, progress, multi=len(phases) > 1)
+                    if _selectors_use_ray(config):
+                        env.start(engines=False)
+                    selections = run_selectors(store, run_id, config.selectors)
+                except BaseException as e:  # recorded before Ray is torn down: a dying Ray may end the process
+                    stopped = True
+                    _record_stop(store, run_id, e)
+                    raise
         except BaseException as e:
-            store.end_run(run_id, "failed", f"{type(e).__name__}: {e}"[:4000])
+            if not stopped:
+                _record_stop(store, run_id, e)
             raise
         store.end_run(run_id, "finished")
         totals = store.totals(run_id)
     _remove_handoff(config, run_id)
     report = RunReport(run_id, config.db, attempt, len(shards), skipped, **totals, selections=selections)
     return _check_counts(report)
+
+
+def _record_stop(store: Store, run_id: str, e: BaseException) -> None:
+    """Ctrl-C and SIGTERM (Ray's handler exits with the signal number) mark the run interrupted
+    and say how to go on; anything else marks it failed, with the error."""
+    if isinstance(e, (KeyboardInterrupt, SystemExit)):
+        why = "by the user (Ctrl-C / SIGINT)" if isinstance(e, KeyboardInterrupt) else \
+            f"(exit {e.code}: SIGTERM from kill, timeout or a scheduler)"
+        store.end_run(run_id, "interrupted", f"interrupted {why}")
+        print("interrupted: rerun the same command to resume", file=sys.stderr, flush=True)
+    else:
+        store.end_run(run_id, "failed", f"{type(e).__name__}: {e}"[:4000])
 
 
 def _remove_handoff(config: RunConfig, run_id: str) -> None:
@@ -153,8 +169,14 @@ def _stream(specs: list[ShardSpec], plans: list[StagePlan], writer: ShardWriter)
     _check_actor_resources(plans)
     # prefetch_batches=0: with a prefetch, Ray hands over a shard's block only once the next one
     # exists, so a finished shard would wait a whole shard's time for its commit.
-    for batch in build_dataset(specs, plans).iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
-        writer.add(batch)
+    batches = iter(build_dataset(specs, plans).iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0))
+    try:
+        for batch in batches:
+            writer.add(batch)
+    finally:  # on an interruption too: stop Ray Data's executor thread before Ray itself shuts down
+        close = getattr(batches, "close", None)
+        if close:
+            close()
     if writer.unfinished():
         raise RuntimeError(f"the stream ended with shards incomplete: {writer.unfinished()[:5]}")
 

@@ -132,7 +132,9 @@ def test_ctrl_c_marks_the_run_interrupted_and_keeps_committed_shards(ray_local, 
         return [pid]
 
     code, _, err = run_killing_at(_cli(db, src, DEDUP_THEN_FILTER), _nth_line("committed shard", 2), ctrl_c)
-    assert code == 130 and "interrupted: rerun the same command to resume" in err, err[-2000:]
+    # 130 as a rule; 1 when Ray's core worker, interrupted too, ends the process as Ray shuts down
+    # (after the status and the message below are written: they come first for that reason).
+    assert code in (130, 1) and "interrupted: rerun the same command to resume" in err, err[-2000:]
     (status, error), = q(db, "SELECT status, error FROM runs")
     assert status == "interrupted" and "interrupted" in error
     committed = q(db, "SELECT count(*) FROM shards")[0][0]

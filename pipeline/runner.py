@@ -133,16 +133,12 @@ def _run_phase(config: RunConfig, phase: Phase, shards: list[ShardSpec], store: 
                    phase=phase.index if multi else None)
     writer = ShardWriter(store, run_id, phase.steps, paths, bar.shard_committed, phase.index)
     try:
-        if phase.index > 0:  # shards left with no survivor: nothing to stream
-            for spec in todo:
-                if spec.shard not in {s.shard for s in specs}:
-                    writer.add_empty_shard(spec.shard)
         if specs:
             env.start()
             _stream(specs, phase.stream, writer)
             env.stream_ended()
         committed = store.committed_shards(run_id, phase.index)
-        for spec in todo:  # shards that produced no rows at all (blank files)
+        for spec in todo:  # shards with no rows at all: blank files, or no survivor of the phase before
             if spec.shard not in committed:
                 writer.add_empty_shard(spec.shard)
     finally:

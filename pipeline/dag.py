@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.pipeline.config import RunConfig, StageConfig
+from curate.pipeline.handoff import wait_for_gate
 from curate.pipeline.registry import stage_class
 from curate.stages.base import GlobalStage, Resources, Stage, StageResult
 from curate.stages.ingest import Ingest
@@ -94,9 +95,19 @@ def _plan(name, key, params, cls, sc: StageConfig | None, batch_size) -> StagePl
 _STAGE_CACHE: dict[str, Stage] = {}
 
 
+def read_shard_blocks(spec: ShardSpec) -> list[pa.Table]:
+    """Ray read task body: one shard → one block, or none for a later phase's shard that no row
+    of the phase before survived."""
+    if spec.format == HANDOFF:
+        wait_for_gate(os.path.dirname(spec.path))
+        if not os.path.exists(spec.path):
+            return []
+    return [read_shard_table(spec)]
+
+
 def read_shard_table(spec: ShardSpec) -> pa.Table:
-    """Ray read task body: one shard → raw records (or, in a later phase, the survivors of the
-    phase before), with the bookkeeping columns."""
+    """One shard → raw records (or, in a later phase, the survivors of the phase before), with
+    the bookkeeping columns."""
     if spec.format == HANDOFF:
         return read_handoff_table(spec)
     records = read_shard(spec)
@@ -155,6 +166,7 @@ class StageActor:
     def __init__(self, plan: StagePlan):
         self.plan = plan
         self.stage = plan.build()
+        self.stage.setup()  # models load as the actor starts, which may be before its input exists
         pool = getattr(self.stage, "pool", None)
         if pool not in (None, "shard"):
             raise ValueError(f"stage {plan.name}: unknown pool {pool!r} (known: 'shard')")
@@ -327,7 +339,7 @@ def _shard_datasource_class():
 
         def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
             return [
-                ReadTask(lambda spec=spec: [read_shard_table(spec)],
+                ReadTask(lambda spec=spec: read_shard_blocks(spec),
                          BlockMetadata(num_rows=None, size_bytes=None, input_files=[spec.path], exec_stats=None))
                 for spec in self.shards
             ]

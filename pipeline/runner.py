@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import shutil
 import sys
+import threading
 import time
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from curate.errors import CurateError
 from curate.pipeline.config import RunConfig, config_to_dict
 from curate.pipeline.dag import HANDOFF, StagePlan, build_dataset, stage_plans
+from curate.pipeline.handoff import abort_gate, handoff_file, open_gate, reset_gate
 from curate.pipeline.phases import Phase, handoff_dir, split_phases
 from curate.pipeline.registry import selector_class, stage_class
 from curate.pipeline.progress import Progress
@@ -69,8 +72,15 @@ def run(config: RunConfig, progress: str = "auto") -> RunReport:
         try:
             with RayEnvironment(config, plans, store, run_id, attempt) as env:
                 try:
-                    for phase in phases:
-                        _run_phase(config, phase, shards, store, run_id, env, progress, multi=len(phases) > 1)
+                    ahead = None
+                    try:
+                        for i, phase in enumerate(phases):
+                            following = phases[i + 1] if i + 1 < len(phases) else None
+                            ahead = _run_phase(config, phase, following, ahead, shards, store, run_id, env, progress,
+                                               multi=len(phases) > 1)
+                    finally:
+                        if ahead is not None:
+                            ahead.abort()  # nothing if its phase consumed it
                     if _selectors_use_ray(config):
                         env.start(engines=False)
                     selections = run_selectors(store, run_id, config.selectors)
@@ -114,28 +124,29 @@ def _selectors_use_ray(config: RunConfig) -> bool:
     return any(selector_class(sc.key).uses_ray(sc.params) for sc in config.selectors)
 
 
-def _run_phase(config: RunConfig, phase: Phase, shards: list[ShardSpec], store: Store, run_id: str,
-               env: RayEnvironment, progress: str, multi: bool) -> None:
+def _run_phase(config: RunConfig, phase: Phase, following: Phase | None, ahead: EarlyStream | None,
+               shards: list[ShardSpec], store: Store, run_id: str, env: RayEnvironment, progress: str,
+               multi: bool) -> EarlyStream | None:
     """Stream the phase's uncommitted shards, then decide its global stages (the barrier).
-    Phase 0 reads the input; phase k > 0 the survivors of phase k - 1, handed over as Parquet."""
+    Phase 0 reads the input; phase k > 0 the survivors of phase k - 1, handed over as Parquet.
+    `ahead` is this phase's stream if it started during the barrier before; returns the next
+    phase's stream if that one starts during this phase's barrier."""
     if phase.barrier and all(store.global_step_done(run_id, p.name) for p in phase.barrier):
-        return  # finished by an earlier attempt
+        return None  # finished by an earlier attempt
     done = store.committed_shards(run_id, phase.index)
     todo = [s for s in shards if s.shard not in done]
-    if phase.index == 0:
-        specs, paths = todo, {s.shard: s.path for s in shards}
-    else:
+    specs, paths = _phase_inputs(config, phase, shards, todo, run_id)
+    if phase.index > 0 and todo:
         folder = handoff_dir(config.db, run_id, phase.index, config.work_dir)
-        files = store.write_handoff(run_id, [s.shard for s in todo], folder) if todo else {}
-        specs = [ShardSpec(shard, path, HANDOFF, source="") for shard, (path, _) in files.items()]
-        paths = {s.shard: files[s.shard][0] if s.shard in files else folder for s in shards}
+        store.write_handoff(run_id, {s.shard: s.path for s in specs})
+        open_gate(folder)
     bar = Progress([step.name for step in phase.steps], len(shards), len(done), mode=progress,
                    phase=phase.index if multi else None)
     writer = ShardWriter(store, run_id, phase.steps, paths, bar.shard_committed, phase.index)
     try:
         if specs:
             env.start()
-            _stream(specs, phase.stream, writer)
+            _stream(specs, phase.stream, writer, ahead)
             env.stream_ended()
         committed = store.committed_shards(run_id, phase.index)
         for spec in todo:  # shards with no rows at all: blank files, or no survivor of the phase before
@@ -143,7 +154,40 @@ def _run_phase(config: RunConfig, phase: Phase, shards: list[ShardSpec], store: 
                 writer.add_empty_shard(spec.shard)
     finally:
         bar.close()
-    _run_barrier(store, run_id, phase, bar)
+    ahead = _start_ahead(config, following, shards, store, run_id, env)
+    try:
+        _run_barrier(store, run_id, phase, bar)
+    except BaseException:
+        if ahead is not None:
+            ahead.abort()
+        raise
+    return ahead
+
+
+def _phase_inputs(config: RunConfig, phase: Phase, shards: list[ShardSpec], todo: list[ShardSpec],
+                  run_id: str) -> tuple[list[ShardSpec], dict[str, str]]:
+    """The phase's read specs (its uncommitted shards) and every shard's input path."""
+    if phase.index == 0:
+        return todo, {s.shard: s.path for s in shards}
+    folder = handoff_dir(config.db, run_id, phase.index, config.work_dir)
+    paths = {s.shard: handoff_file(folder, s.shard) for s in shards}
+    return [ShardSpec(s.shard, paths[s.shard], HANDOFF, source="") for s in todo], paths
+
+
+def _start_ahead(config: RunConfig, following: Phase | None, shards: list[ShardSpec], store: Store,
+                 run_id: str, env: RayEnvironment) -> EarlyStream | None:
+    """Start the next phase's stream now, behind its closed gate, when it has actors to start
+    (models to load): they start during this phase's barrier instead of after it."""
+    if following is None or not env.ray_started or not any(p.resources.actor or p.resources.num_gpus for p in following.stream):
+        return None
+    done = store.committed_shards(run_id, following.index)
+    todo = [s for s in shards if s.shard not in done]
+    if not todo:
+        return None
+    specs, _ = _phase_inputs(config, following, shards, todo, run_id)
+    folder = handoff_dir(config.db, run_id, following.index, config.work_dir)
+    reset_gate(folder)
+    return EarlyStream(specs, following.stream, folder)
 
 
 def _run_barrier(store: Store, run_id: str, phase: Phase, bar: Progress) -> None:
@@ -160,12 +204,16 @@ def _run_barrier(store: Store, run_id: str, phase: Phase, bar: Progress) -> None
         bar.global_step(plan.name, dropped, seconds)
 
 
-def _stream(specs: list[ShardSpec], plans: list[StagePlan], writer: ShardWriter) -> None:
+def _batches(specs: list[ShardSpec], plans: list[StagePlan]):
     _quiet_ray_data()
     _check_actor_resources(plans)
     # prefetch_batches=0: with a prefetch, Ray hands over a shard's block only once the next one
     # exists, so a finished shard would wait a whole shard's time for its commit.
-    batches = iter(build_dataset(specs, plans).iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0))
+    return iter(build_dataset(specs, plans).iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0))
+
+
+def _stream(specs: list[ShardSpec], plans: list[StagePlan], writer: ShardWriter, ahead: EarlyStream | None = None) -> None:
+    batches = ahead if ahead is not None else _batches(specs, plans)
     try:
         for batch in batches:
             writer.add(batch)
@@ -175,6 +223,66 @@ def _stream(specs: list[ShardSpec], plans: list[StagePlan], writer: ShardWriter)
             close()
     if writer.unfinished():
         raise RuntimeError(f"the stream ended with shards incomplete: {writer.unfinished()[:5]}")
+
+
+class EarlyStream:
+    """A phase's stream started before its input exists: a thread drives Ray Data's iterator
+    (its actors start and load their models meanwhile; the read tasks wait at the gate) and
+    hands each batch to the main thread, which alone touches the store."""
+
+    _END = object()
+
+    def __init__(self, specs: list[ShardSpec], plans: list[StagePlan], folder: str):
+        self.folder = folder
+        self.closed = False
+        self.queue: queue.Queue = queue.Queue(maxsize=1)
+        self.stopping = threading.Event()
+        batches = _batches(specs, plans)
+        self.thread = threading.Thread(target=self._pump, args=(batches,), name="curate-early-stream", daemon=True)
+        self.thread.start()
+
+    def _pump(self, batches) -> None:
+        item = self._END
+        try:
+            for batch in batches:
+                if not self._put(batch):
+                    break
+        except BaseException as e:  # handed to the main thread
+            item = e
+        finally:
+            with suppress(Exception):
+                batches.close()
+        self._put(item)
+
+    def _put(self, item) -> bool:
+        while not self.stopping.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self):
+        while True:
+            item = self.queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self.closed = True
+        self.stopping.set()
+        self.thread.join(timeout=60)
+
+    def abort(self) -> None:
+        """The barrier failed, or the run stopped: the waiting read tasks stop, and so does the
+        thread. Nothing once the phase has consumed the stream."""
+        if not self.closed:
+            abort_gate(self.folder)
+            self.close()
 
 
 class RayEnvironment:

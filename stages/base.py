@@ -57,6 +57,10 @@ class Stage:
     def __call__(self, batch: pa.Table) -> StageResult:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def setup(self) -> None:
+        """Load what the stage needs (a model) once per worker, before its first batch; an
+        actor stage's actor calls it as it starts. Default: nothing to load."""
+
     @classmethod
     def preflight(cls, params: dict) -> None:
         """Cheap checks the driver runs before any Ray work on a local run (a missing sandbox,

@@ -98,6 +98,9 @@ class Embed(Stage):
             self._model = load_model(self.model_path, self.device, self.fp16, self.max_seq_length, self.threads)
         return self._model
 
+    def setup(self) -> None:
+        self.model  # noqa: B018 - loads it
+
     def __call__(self, batch: pa.Table) -> StageResult:
         vecs = self.encode(texts_to_embed(batch, self.field, self.template))
         n, dim = vecs.shape

@@ -215,26 +215,26 @@ class Store:
         return {r[0] for r in self.con.execute("SELECT shard FROM shards WHERE run_id = ? AND phase = ?",
                                                [run_id, phase]).fetchall()}
 
-    def write_handoff(self, run_id: str, shards: list[str], folder: str) -> dict[str, tuple[str, int]]:
-        """The kept rows of each shard → `<folder>/<shard>.parquet` (the next phase's input);
-        returns {shard: (path, rows)}; shards with no kept row get no file. Each file is written
-        under a temporary name and renamed, so a crash never leaves half a file."""
-        os.makedirs(folder, exist_ok=True)
+    def write_handoff(self, run_id: str, files: dict[str, str]) -> dict[str, int]:
+        """The kept rows of each shard → its file in `files` ({shard: path}), the next phase's
+        input; returns {shard: rows}; a shard with no kept row gets no file (an old one is
+        removed). Each file is written under a temporary name and renamed, so a crash never
+        leaves half a file."""
         counts = dict(self.con.execute(
             "SELECT shard, count(*) FROM samples WHERE run_id = ? AND kept GROUP BY shard", [run_id]).fetchall())
         cols = ", ".join(f'"{c}"' for c in [*S.SAMPLE_COLUMNS, "row"])
-        out = {}
-        for shard in shards:
+        for shard, path in files.items():
             if not counts.get(shard):
+                with suppress(FileNotFoundError):
+                    os.remove(path)
                 continue
-            path = os.path.join(folder, f"{shard}.parquet")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}.tmp-{os.getpid()}"
             self.con.execute(f"""COPY (SELECT {cols} FROM samples WHERE run_id = $run AND shard = $shard AND kept
                                        ORDER BY "row", id) TO '{_sql_str(tmp)}' (FORMAT parquet)""",
                              {"run": run_id, "shard": shard})
             os.replace(tmp, path)
-            out[shard] = (path, counts[shard])
-        return out
+        return {shard: counts[shard] for shard in files if counts.get(shard)}
 
     def totals(self, run_id: str) -> dict:
         cols = ["rows_in", "kept", "dropped", "quarantined", "expanded", "generated"]

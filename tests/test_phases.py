@@ -6,6 +6,7 @@ import os
 import random
 import signal
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import duckdb
@@ -73,6 +74,64 @@ def test_stages_after_a_dedup_see_only_its_survivors(ray_local, tmp_path, alpaca
     assert funnel[4][1] == funnel[3][2] == report.kept
     assert q(db, "SELECT phase, sum(rows_in) FROM shards GROUP BY 1 ORDER BY 1") == [(0, 360), (1, report.kept)]
     assert not os.path.exists(str(db) + ".phases"), "the hand-off files go once the run has finished"
+
+
+def _stage_actor_running() -> bool:
+    """Whether a Ray Data actor of a stage is up (Ray titles its process after the actor class)."""
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        if any("SlicingStageActor" in part for part in proc.info["cmdline"] or []):
+            return True
+    return False
+
+
+def test_next_phase_actors_start_during_the_barrier(ray_local, tmp_path, alpaca_rows, monkeypatch):
+    """The embed actor after a dedup starts (and loads its model) while the barrier decides,
+    not after it; results are those of a run that waits."""
+    from curate.stages.dedup import ExactDedup
+
+    src = write_jsonl(tmp_path / "seeds.jsonl", with_repeats(alpaca_rows[:200]))
+    stages = [{"exact_dedup": {"on": "instruction"}}, {"embed": {}}]
+    decide_in = ExactDedup.decide_in
+    seen_during_barrier = []
+
+    def slow_decide_in(self, store, run_id, stage_name):
+        deadline = time.monotonic() + 120
+        while not _stage_actor_running() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        seen_during_barrier.append(_stage_actor_running())
+        return decide_in(self, store, run_id, stage_name)
+
+    monkeypatch.setattr(ExactDedup, "decide_in", slow_decide_in)
+    db = tmp_path / "early.duckdb"
+    report = run(load_config(None, input=[str(src)], db=str(db), shard_size=50, stages=stages), progress="off")
+    assert seen_during_barrier == [True]
+    assert_counts_add_up(db, report.run_id)
+    assert q(db, "SELECT count(*) FROM vectors") == [(report.kept,)]
+    (zero, n0), (one, n1) = q(db, "SELECT phase, count(*) FROM shards GROUP BY 1 ORDER BY 1")
+    assert (zero, one) == (0, 1) and n0 == n1 == report.shards
+
+
+def test_a_failing_barrier_stops_the_stream_started_ahead(ray_local, tmp_path, alpaca_rows, monkeypatch):
+    from curate.stages.dedup import ExactDedup
+
+    def failing_decide_in(self, store, run_id, stage_name):
+        raise ValueError("the barrier broke")
+
+    monkeypatch.setattr(ExactDedup, "decide_in", failing_decide_in)
+    src = write_jsonl(tmp_path / "seeds.jsonl", with_repeats(alpaca_rows[:100]))
+    db = tmp_path / "fail.duckdb"
+    config = load_config(None, input=[str(src)], db=str(db), shard_size=50, stages=[{"exact_dedup": {}}, {"embed": {}}])
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="the barrier broke"):
+        run(config, progress="off")
+    assert time.monotonic() - start < 120
+    assert q(db, "SELECT status, error FROM runs") == [("failed", "ValueError: the barrier broke")]
+    assert not any(t.name == "curate-early-stream" for t in threading.enumerate()), "the stream thread is gone"
+    monkeypatch.undo()
+    resumed = run(config, progress="off")
+    assert resumed.attempt == 2 and q(db, "SELECT count(*) FROM vectors") == [(resumed.kept,)]
 
 
 def _cli(db, src, stages: list[dict]) -> list[str]:

@@ -44,6 +44,27 @@ class IngestConfig(Strict):
     max_row_bytes: int = Field(1_000_000, gt=0)
     require_response: bool = True
     origin: str = "seed"
+    # {recognised field: the data set's column}, e.g. {instruction: question, response: answer}
+    fields: dict[str, str] = {}
+
+    @field_validator("fields")
+    @classmethod
+    def _known_fields(cls, v):
+        from curate.stages.ingest import check_field_map
+
+        return check_field_map(v)
+
+
+class InputConfig(Strict):
+    """An input with options: `{path: ./hf_dd, splits: [train, test]}`."""
+
+    path: str
+    splits: list[str] | None = None  # a DatasetDict's splits to read (default: train, saying what it skips)
+
+    @field_validator("splits", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, str) else v
 
 
 class ResourcesConfig(Strict):
@@ -86,7 +107,7 @@ class ExportConfig(Strict):
 class RunConfig(Strict):
     name: str | None = None
     vars: dict[str, Any] = {}  # ${name} in any string value below is replaced by vars[name]
-    input: list[str] = ["demo"]
+    input: list[str | InputConfig] = ["demo"]
     db: str = "curated.duckdb"
     shard_size: int = Field(1000, ge=1)
     # Where each phase hands its survivors to the next (Parquet per shard); default `<db>.phases`.
@@ -101,7 +122,8 @@ class RunConfig(Strict):
     @field_validator("input", mode="before")
     @classmethod
     def _one_or_many(cls, v):
-        return [v] if isinstance(v, str) else v
+        items = [v] if isinstance(v, (str, dict)) else v
+        return [_input_item(i, item) for i, item in enumerate(items)] if isinstance(items, list) else items
 
     @field_validator("stages", "selectors", mode="before")
     @classmethod
@@ -123,13 +145,26 @@ class RunConfig(Strict):
     def fingerprint(self, inputs: list[dict]) -> str:
         """What makes a run: its inputs, ingest settings, sharding and stages. The same
         fingerprint means the same rows, so a rerun resumes instead of starting over."""
+        ingest = self.ingest.model_dump()
+        if not ingest["fields"]:
+            del ingest["fields"]  # the same run id as before the option existed
         body = {
             "inputs": inputs,
-            "ingest": self.ingest.model_dump(),
+            "ingest": ingest,
             "shard_size": self.shard_size,
             "stages": [s.model_dump(exclude={"resources"}) for s in self.stages],
         }
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _input_item(index: int, item):
+    """A dict input → InputConfig here, so that an error names the input and the key."""
+    if not isinstance(item, dict):
+        return item
+    try:
+        return InputConfig(**item)
+    except ValidationError as e:
+        raise ValueError(f"{index}: {format_errors(e)}") from None
 
 
 class StageConfigError(ValueError):

@@ -1,11 +1,21 @@
 """Ingest: raw records → chat `messages` with content-hash ids; malformed rows → quarantine.
 
 Accepted row shapes (first match wins):
-- OpenAI `messages`: [{role, content}, ...]
+- OpenAI `messages`: [{role, content}, ...]; `content` a string or a list of parts, whose text
+  parts (`{"type": "text", "text": ...}`) are joined by newlines; any other part (image, audio,
+  file) quarantines the row, naming the part type
 - ShareGPT `conversations`: [{from, value}, ...]
-- Alpaca `instruction` / `input` / `output`
-- `prompt` / `response` (also `prompt` / `completion`)
-Every other field of the row goes into `meta`.
+- Alpaca `instruction` / `input` / `output` (or `response` / `completion`)
+- `prompt` / `response` (or `completion` / `output`)
+On every shape, a top-level `system` string becomes the first (system) turn, unless the
+conversation opens with a system turn of its own (then the field stays in `meta`), and
+`history` ([[user, assistant], ...]) becomes the turns before the row's own.
+`fields` maps these names to a data set's own column names ({instruction: question}).
+
+Null and NaN (pandas' missing value; Python's json reads the bare `NaN`) are the same: absent in
+a text field, JSON null in `meta`. Every other field of the row goes into `meta`; a `meta` object
+(or a JSON string of one, as an export to Parquet stores it) is merged into it, and an `id` that
+is the row's content hash (curate's own export) is dropped, so an export reads back as it was.
 """
 
 from __future__ import annotations
@@ -25,6 +35,13 @@ SHAREGPT_ROLES = {
 }
 # Fields that describe the sample itself rather than going into `meta`.
 RESERVED = {"origin", "source", "parent_ids", "meta"}
+# The names a row's fields are recognised by; `fields` maps them to other column names.
+FIELD_NAMES = ("messages", "conversations", "instruction", "input", "output", "prompt", "response",
+               "completion", "system", "history")
+SHAPE_FIELDS = ("messages", "conversations", "instruction", "prompt")  # in the order they are tried
+ANSWER_FIELDS = ("output", "response", "completion")
+# Content parts that hold text, and the key of their text (OpenAI chat and Responses APIs).
+TEXT_PARTS = {"text": "text", "input_text": "text", "output_text": "text", "refusal": "refusal"}
 _META_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True, default=str)
 
 
@@ -37,10 +54,12 @@ class Ingest(Stage):
     resources = Resources(num_cpus=1)
     batch_size = None  # whole shards: records arrive as read
 
-    def __init__(self, max_row_bytes: int = 1_000_000, require_response: bool = True, origin: str = "seed"):
+    def __init__(self, max_row_bytes: int = 1_000_000, require_response: bool = True, origin: str = "seed",
+                 fields: dict[str, str] | None = None):
         self.max_row_bytes = max_row_bytes
         self.require_response = require_response
         self.origin = origin
+        self.fields = check_field_map(fields or {})
 
     def __call__(self, batch: pa.Table) -> StageResult:
         raws = batch.column(S.RAW).to_pylist()
@@ -66,26 +85,41 @@ class Ingest(Stage):
                        .append_column("error", pa.array(errors, pa.string())))
         return StageResult(kept=kept, quarantined=quarantined)
 
+    def _view(self, row: dict) -> dict:
+        """The row under its recognised names (`fields`); a mapped name wins over the others of
+        its kind (the shape fields, the answer fields), which stay in `meta`."""
+        present = {name: col for name, col in self.fields.items() if col in row}
+        if not present:
+            return row
+        view = dict(row)
+        for kind in (SHAPE_FIELDS, ANSWER_FIELDS):
+            if present.keys() & set(kind):
+                for name in kind:
+                    view.pop(name, None)
+        view.update({name: row[col] for name, col in present.items()})
+        return view
+
     def parse(self, raw: str, source: str) -> dict:
+        """One raw record (JSON text) → a sample dict of SAMPLE_SCHEMA's columns; RowError says why not."""
         size = len(raw.encode("utf-8"))
         if size > self.max_row_bytes:
             raise RowError(f"row is {size} bytes, over the limit of {self.max_row_bytes} (max_row_bytes)")
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise RowError(f"invalid JSON: {e.msg} at char {e.pos}") from None
+        row = _load_json(raw)
         if not isinstance(row, dict):
             raise RowError(f"a row must be a JSON object, got {type(row).__name__}")
-        messages, used = to_messages(row)
+        messages, used = to_messages(self._view(row))
         validate_messages(messages, self.require_response)
-        meta = {k: v for k, v in row.items() if k not in used and k not in RESERVED}
-        if isinstance(row.get("meta"), dict):
-            meta = {**row["meta"], **meta}
+        read = {self.fields[k] if self.fields.get(k) in row else k for k in used}  # the row's columns read
+        meta = {k: v for k, v in row.items() if k not in read and k not in RESERVED}
+        meta = {**_nested_meta(row.get("meta")), **meta}
+        sid = S.sample_id(messages)
+        if meta.get("id") == sid:
+            del meta["id"]  # curate's own id, which the content gives back
         parents = row.get("parent_ids") or []
         if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
             raise RowError("parent_ids must be a list of strings")
         return {
-            "id": S.sample_id(messages),
+            "id": sid,
             "messages": messages,
             "origin": _str_or(row.get("origin"), self.origin),
             "source": _str_or(row.get("source"), source),
@@ -94,34 +128,113 @@ class Ingest(Stage):
         }
 
 
+def check_field_map(fields: dict[str, str]) -> dict[str, str]:
+    """`{recognised name: the data set's column}`; ValueError names a key or value that cannot be."""
+    unknown = sorted(set(fields) - set(FIELD_NAMES))
+    if unknown:
+        raise ValueError(f"unknown field {', '.join(map(repr, unknown))}: the fields are {', '.join(FIELD_NAMES)}")
+    bad = [k for k, v in fields.items() if not isinstance(v, str) or not v]
+    if bad:
+        raise ValueError(f"field {bad[0]!r} must map to a column name (a non-empty string)")
+    return dict(fields)
+
+
+def _nan_as_null(constant: str) -> float | None:
+    """json's hook for the bare constants: NaN (pandas' missing value) is null; ±Infinity stay floats."""
+    return None if constant == "NaN" else float(constant)
+
+
+_DECODER = json.JSONDecoder(parse_constant=_nan_as_null)
+
+
+def _load_json(raw: str):
+    try:
+        return _DECODER.decode(raw)
+    except json.JSONDecodeError as e:
+        raise RowError(f"invalid JSON: {e.msg} at char {e.pos}") from None
+
+
+def _nested_meta(value) -> dict:
+    """A row's own `meta`: an object, or a JSON string of one, is merged; anything else is kept as is."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            parsed = _DECODER.decode(value)
+        except json.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, dict):
+            return parsed
+    return value if isinstance(value, dict) else {"meta": value}
+
+
 def to_messages(row: dict) -> tuple[list[dict], set[str]]:
+    """A row (see the module doc) → (messages, the fields it read). Raises RowError."""
     if "messages" in row:
         turns = _expect_list(row, "messages")
-        return [_turn(t, k, "role", "content", None) for k, t in enumerate(turns)], {"messages"}
-    if "conversations" in row:
+        messages, used = [_turn(t, k, "role", "content", None) for k, t in enumerate(turns)], {"messages"}
+    elif "conversations" in row:
         turns = _expect_list(row, "conversations")
-        return [_turn(t, k, "from", "value", SHAREGPT_ROLES) for k, t in enumerate(turns)], {"conversations"}
-    if "instruction" in row:
-        instruction = _expect_str(row, "instruction")
-        extra = row.get("input")
-        if extra is not None and not isinstance(extra, str):
-            raise RowError(f"field 'input' must be a string, got {type(extra).__name__}")
-        user = instruction.strip() + ("\n\n" + extra.strip() if extra and extra.strip() else "")
-        messages = [{"role": "user", "content": user}]
-        if "output" in row:
-            messages.append({"role": "assistant", "content": _expect_str(row, "output").strip()})
-        return messages, {"instruction", "input", "output"}
-    if "prompt" in row:
-        messages = [{"role": "user", "content": _expect_str(row, "prompt").strip()}]
-        for key in ("response", "completion"):
-            if key in row:
-                messages.append({"role": "assistant", "content": _expect_str(row, key).strip()})
-                return messages, {"prompt", key}
-        return messages, {"prompt"}
-    raise RowError(
-        f"unrecognised row: fields {sorted(row)[:8]}; expected messages, conversations, "
-        "instruction/output or prompt/response"
-    )
+        messages, used = [_turn(t, k, "from", "value", SHAREGPT_ROLES) for k, t in enumerate(turns)], {"conversations"}
+    elif "instruction" in row or "prompt" in row:
+        messages, used = _single_turn(row)
+    else:
+        raise RowError(
+            f"unrecognised row: fields {sorted(row)[:8]}; expected messages, conversations, "
+            "instruction/output or prompt/response (or map your columns with ingest: {fields: ...})"
+        )
+    return _with_system_and_history(row, messages, used)
+
+
+def _single_turn(row: dict) -> tuple[list[dict], set[str]]:
+    """Alpaca (`instruction` + optional `input`) or `prompt`, and the answer if there is one."""
+    key = "instruction" if "instruction" in row else "prompt"
+    user = _expect_str(row, key).strip()
+    used = {key}
+    if key == "instruction":
+        extra = _optional_str(row, "input")
+        if extra and extra.strip():
+            user += "\n\n" + extra.strip()
+        used.add("input")
+    messages = [{"role": "user", "content": user}]
+    for answer in ANSWER_FIELDS:
+        if row.get(answer) is not None:
+            messages.append({"role": "assistant", "content": _expect_str(row, answer).strip()})
+            used.add(answer)
+            break
+    else:
+        used.update(a for a in ANSWER_FIELDS if a in row)  # null answers: absent, not meta
+    return messages, used
+
+
+def _with_system_and_history(row: dict, messages: list[dict], used: set[str]) -> tuple[list[dict], set[str]]:
+    """Prepend `history` turns, then the `system` turn (see the module doc)."""
+    used = set(used)
+    opening = messages[:1] if messages and messages[0]["role"] == "system" else []
+    rest = messages[len(opening):]
+    if "history" in row:
+        rest = _history(row["history"]) + rest
+        used.add("history")
+    system = _optional_str(row, "system")
+    if system is None or not system.strip():
+        used.update({"system"} & row.keys())  # null or blank: no system prompt
+    elif not opening or opening[0]["content"] == system.strip():
+        opening = [{"role": "system", "content": system.strip()}]
+        used.add("system")
+    return opening + rest, used
+
+
+def _history(history) -> list[dict]:
+    if history is None:
+        return []
+    if not isinstance(history, list):
+        raise RowError(f"field 'history' must be a list of [user, assistant] pairs, got {type(history).__name__}")
+    turns = []
+    for k, pair in enumerate(history):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise RowError(f"history item {k} must be a [user, assistant] pair of strings, got {json.dumps(pair, default=str)[:80]}")
+        turns += [{"role": "user", "content": pair[0].strip()}, {"role": "assistant", "content": pair[1].strip()}]
+    return turns
 
 
 def validate_messages(messages: list[dict], require_response: bool) -> None:
@@ -142,29 +255,62 @@ def _turn(t, k: int, role_key: str, content_key: str, role_map: dict | None) -> 
         raise RowError(f"turn {k} must be an object, got {type(t).__name__}")
     if role_key not in t or content_key not in t:
         raise RowError(f"turn {k} lacks '{role_key}' or '{content_key}'")
-    role, content = t[role_key], t[content_key]
+    role = t[role_key]
     if not isinstance(role, str):
         raise RowError(f"turn {k} '{role_key}' must be a string, got {type(role).__name__}")
-    if not isinstance(content, str):
-        raise RowError(f"turn {k} '{content_key}' must be a string, got {type(content).__name__}")
+    content = _content_text(t[content_key], k, content_key)
     role = role_map.get(role.lower()) if role_map else role.lower()
     if role not in S.VALID_ROLES:
         raise RowError(f"turn {k} has unknown role {t[role_key]!r}")
     return {"role": role, "content": content.strip()}
 
 
+def _content_text(content, k: int, key: str) -> str:
+    """A turn's text: a string, or a list of content parts whose text parts are joined by newlines."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise RowError(f"turn {k} '{key}' must be a string or a list of content parts, got {_type(content)}")
+    texts = []
+    for j, part in enumerate(content):
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        if not isinstance(part, dict):
+            raise RowError(f"turn {k} '{key}' part {j} must be an object, got {_type(part)}")
+        kind = part.get("type", "text" if "text" in part else None)
+        if kind not in TEXT_PARTS:
+            raise RowError(f"turn {k} has a content part of type {kind!r}, which a text pipeline cannot keep")
+        text = part.get(TEXT_PARTS[kind])
+        if not isinstance(text, str):
+            raise RowError(f"turn {k} '{key}' part {j} ({kind}) has no '{TEXT_PARTS[kind]}' string")
+        texts.append(text.strip())
+    return "\n".join(t for t in texts if t)
+
+
 def _expect_list(row: dict, key: str) -> list:
     v = row[key]
     if not isinstance(v, list):
-        raise RowError(f"field '{key}' must be a list, got {type(v).__name__}")
+        raise RowError(f"field '{key}' must be a list, got {_type(v)}")
     return v
 
 
 def _expect_str(row: dict, key: str) -> str:
     v = row[key]
     if not isinstance(v, str):
+        raise RowError(f"field '{key}' must be a string, got {_type(v)}")
+    return v
+
+
+def _optional_str(row: dict, key: str) -> str | None:
+    v = row.get(key)
+    if v is not None and not isinstance(v, str):
         raise RowError(f"field '{key}' must be a string, got {type(v).__name__}")
     return v
+
+
+def _type(v) -> str:
+    return "null (or NaN)" if v is None else type(v).__name__
 
 
 def _str_or(value, default: str) -> str:

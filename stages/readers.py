@@ -4,15 +4,18 @@ Planning runs in the driver and touches each file once (byte offsets of shard bo
 group sizes, dataset lengths); reading a shard runs in a Ray task and needs only its locator.
 Every record comes out as raw text (a JSON object; CSV, Parquet and Hugging Face rows are
 serialised to one), so that normalisation is uniform and a quarantined row keeps what was read.
+Text inputs (JSONL, JSON list, CSV) are UTF-8; a byte-order mark at the start is ignored.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import glob
 import io
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
@@ -40,21 +43,85 @@ class RawRecord:
     error: str | None = None  # set when the record could not even be read as text/JSON
 
 
-def resolve_inputs(inputs: list[str]) -> list[tuple[str, str]]:
-    """Input strings (paths, globs, `demo`, HF dataset folders) → [(path, format)]."""
-    found: list[tuple[str, str]] = []
-    for item in inputs:
+@dataclass(frozen=True)
+class InputFile:
+    """One resolved input. `splits`: for a DatasetDict folder, the splits to read, in order;
+    None for every other input (a file, or an HF folder holding a single Dataset)."""
+
+    path: str
+    format: str
+    splits: tuple[str, ...] | None = None
+
+
+def resolve_inputs(inputs: list) -> list[InputFile]:
+    """Input items → [InputFile]. An item is a string (a path, a glob, `demo`, an HF dataset
+    folder) or a mapping / object with `path` and `splits` (the DatasetDict splits to read).
+
+    A DatasetDict read without `splits` gives its `train` split only, and says on stderr which
+    splits it skipped, so that a `test` split never mixes into training data unasked; one with no
+    `train` split needs `splits`. Raises CurateError for a missing input, an unknown format, an
+    unknown split, or `splits` on an input that has none."""
+    found: list[InputFile] = []
+    for entry in inputs:
+        item, splits = _path_and_splits(entry)
         if item == DEMO:
-            found.append((_bundled_demo(), "jsonl"))
+            found.append(InputFile(_bundled_demo(), "jsonl"))
             continue
         paths = sorted(glob.glob(os.path.expanduser(item))) if glob.has_magic(item) else [item]
         if not paths or not all(os.path.exists(p) for p in paths):
             raise CurateError(f"input not found: {item}")
         for p in paths:
-            found.append((os.path.abspath(p), detect_format(p)))
+            fmt = detect_format(p)
+            chosen = _choose_splits(p, splits) if fmt == "hf" else None
+            if splits is not None and fmt != "hf":
+                raise CurateError(f"input {p}: `splits` applies to a Hugging Face DatasetDict folder, not a {fmt} file")
+            found.append(InputFile(os.path.abspath(p), fmt, chosen))
     if not found:
         raise CurateError("no input given: pass --input PATH or set `input:` in the config")
     return found
+
+
+def _path_and_splits(entry) -> tuple[str, list[str] | None]:
+    if isinstance(entry, str):
+        return entry, None
+    if isinstance(entry, dict):
+        path, splits = entry.get("path"), entry.get("splits")
+    else:  # the config's InputConfig
+        path, splits = entry.path, entry.splits
+    if not isinstance(path, str):
+        raise CurateError(f"an input needs a `path`, got {entry!r}")
+    return path, [splits] if isinstance(splits, str) else (list(splits) if splits is not None else None)
+
+
+def _choose_splits(path: str, requested: list[str] | None) -> tuple[str, ...] | None:
+    """The splits of a DatasetDict to read (None for a single Dataset), see resolve_inputs."""
+    available = _hf_split_names(path)
+    if available is None:
+        if requested is not None:
+            raise CurateError(f"input {path} is a single Dataset, not a DatasetDict: it has no splits to choose")
+        return None
+    if requested is not None:
+        unknown = [s for s in requested if s not in available]
+        if unknown or not requested:
+            raise CurateError(f"input {path}: no split {', '.join(map(repr, unknown)) or '(empty list)'}; "
+                              f"its splits are {', '.join(available)}")
+        return tuple(dict.fromkeys(requested))
+    if "train" not in available:
+        raise CurateError(f"input {path} is a DatasetDict with splits {', '.join(available)} and no 'train': "
+                          f"choose the splits to read, e.g. input: {{path: {path}, splits: [{available[0]}]}}")
+    skipped = [s for s in available if s != "train"]
+    if skipped:
+        print(f"warning: {path} is a DatasetDict; reading its 'train' split only, skipping "
+              f"{', '.join(skipped)} (choose with input: {{path: ..., splits: [train, {skipped[0]}]}})",
+              file=sys.stderr, flush=True)
+    return ("train",)
+
+
+def _hf_split_names(path: str) -> list[str] | None:
+    import datasets
+
+    ds = datasets.load_from_disk(path)
+    return list(ds.keys()) if isinstance(ds, datasets.DatasetDict) else None
 
 
 def _bundled_demo() -> str:
@@ -83,21 +150,42 @@ def detect_format(path: str) -> str:
 
 def _first_char(path: str) -> str:
     with open(path, "rb") as f:
-        head = f.read(4096).lstrip()
+        head = f.read(4096).removeprefix(codecs.BOM_UTF8).lstrip()
     return head[:1].decode("ascii", "replace")
 
 
 # ---------------------------------------------------------------------------- planning
 
 
-def plan_shards(inputs: list[tuple[str, str]], shard_size: int) -> list[ShardSpec]:
+def plan_shards(inputs: list[InputFile], shard_size: int) -> list[ShardSpec]:
+    """Resolved inputs → shards of at most `shard_size` rows, named by input and position."""
     specs: list[ShardSpec] = []
-    for i, (path, fmt) in enumerate(inputs):
-        planner = _PLANNERS[fmt]
-        source = _source_name(path)
-        for n, locator in enumerate(planner(path, shard_size)):
-            specs.append(ShardSpec(f"s{i:03d}-{n:05d}", path, fmt, source, locator))
+    sources = source_names([inp.path for inp in inputs])
+    for i, (inp, source) in enumerate(zip(inputs, sources)):
+        if inp.format == "hf":
+            locators = _plan_hf(inp.path, shard_size, inp.splits)
+        else:
+            locators = _PLANNERS[inp.format](inp.path, shard_size)
+        for n, locator in enumerate(locators):
+            specs.append(ShardSpec(f"s{i:03d}-{n:05d}", inp.path, inp.format, source, locator))
     return specs
+
+
+def source_names(paths: list[str]) -> list[str]:
+    """The `source` of each input: its file name without the extension, unless two different
+    paths share it (`data.jsonl`, `data.csv`); those take the file name with its extension,
+    then as many parent folders as it takes to tell them apart (`a/data.jsonl`, `b/data.jsonl`)."""
+    names = [_source_name(p) for p in paths]
+    depth = 0
+    while True:
+        owners: dict[str, set[str]] = {}
+        for p, n in zip(paths, names):
+            owners.setdefault(n, set()).add(os.path.normpath(p))
+        clashing = {n for n, ps in owners.items() if len(ps) > 1}
+        if not clashing:
+            return names
+        depth += 1
+        names = [_path_tail(p, depth) if n in clashing else n for p, n in zip(paths, names)]
 
 
 def _source_name(path: str) -> str:
@@ -106,6 +194,11 @@ def _source_name(path: str) -> str:
         if base.lower().endswith(ext):
             return base[: -len(ext)]
     return base
+
+
+def _path_tail(path: str, depth: int) -> str:
+    parts = os.path.normpath(path).strip(os.sep).split(os.sep)
+    return "/".join(parts[-depth:]) if depth < len(parts) else os.path.normpath(path)
 
 
 def _plan_jsonl(path: str, shard_size: int) -> Iterator[dict]:
@@ -158,9 +251,9 @@ def _plan_csv(path: str, shard_size: int) -> Iterator[dict]:
         consumed = [0]
 
         def lines():
-            for raw in f:
+            for n, raw in enumerate(f):
                 consumed[0] += len(raw)
-                yield raw.decode("utf-8", "replace")
+                yield raw.decode("utf-8-sig" if n == 0 else "utf-8", "replace")  # no BOM in the header
 
         reader = csv.reader(lines())
         try:
@@ -189,22 +282,19 @@ def _plan_parquet(path: str, shard_size: int) -> Iterator[dict]:
         row += n
 
 
-def _plan_hf(path: str, shard_size: int) -> Iterator[dict]:
-    for split, n in _hf_splits(path):
+def _plan_hf(path: str, shard_size: int, splits: tuple[str, ...] | None) -> Iterator[dict]:
+    """Row ranges per split (`splits`: those chosen by resolve_inputs; None: a single Dataset)."""
+    import datasets
+
+    ds = datasets.load_from_disk(path)
+    parts = [(None, ds)] if splits is None else [(name, ds[name]) for name in splits]
+    for split, part in parts:
+        n = len(part)
         for off in range(0, n, shard_size):
             yield {"split": split, "start": off, "stop": min(n, off + shard_size), "first_row": off}
 
 
-def _hf_splits(path: str) -> list[tuple[str | None, int]]:
-    import datasets
-
-    ds = datasets.load_from_disk(path)
-    if isinstance(ds, datasets.DatasetDict):
-        return [(name, len(split)) for name, split in ds.items()]
-    return [(None, len(ds))]
-
-
-_PLANNERS = {"jsonl": _plan_jsonl, "json": _plan_json_list, "csv": _plan_csv, "parquet": _plan_parquet, "hf": _plan_hf}
+_PLANNERS = {"jsonl": _plan_jsonl, "json": _plan_json_list, "csv": _plan_csv, "parquet": _plan_parquet}
 
 
 # ---------------------------------------------------------------------------- reading
@@ -224,8 +314,8 @@ def _read_jsonl(path: str, loc: dict) -> Iterator[RawRecord]:
         if not line.strip():
             continue  # blank lines (and the end of the last line) are not rows
         row = loc["first_line"] + n
-        try:
-            text = line.decode("utf-8").rstrip("\r")
+        try:  # utf-8-sig: a BOM opens the file (or a file concatenated into it); no JSON line starts with one
+            text = line.decode("utf-8-sig").rstrip("\r")
         except UnicodeDecodeError as e:
             yield RawRecord(row, line.decode("utf-8", "backslashreplace"), f"invalid UTF-8 at byte {e.start} of the line")
             continue
@@ -287,10 +377,13 @@ def _read_hf(path: str, loc: dict) -> Iterator[RawRecord]:
     import datasets
 
     ds = datasets.load_from_disk(path)
-    if loc["split"] is not None:
-        ds = ds[loc["split"]]
-    table = ds.with_format("arrow")[loc["start"] : loc["stop"]]
-    yield from _records_from_rows(table.to_pylist(), loc["first_row"])
+    split = loc["split"]
+    if split is not None:
+        ds = ds[split]
+    rows = ds.with_format("arrow")[loc["start"] : loc["stop"]].to_pylist()
+    if split is not None:  # the split each row came from, in its meta (a row's own `split` field wins)
+        rows = [row if "split" in row else {**row, "split": split} for row in rows]
+    yield from _records_from_rows(rows, loc["first_row"])
 
 
 def _records_from_rows(rows: list[dict[str, Any]], first_row: int) -> Iterator[RawRecord]:
@@ -303,7 +396,7 @@ _READERS = {"jsonl": _read_jsonl, "json": _read_json_list, "csv": _read_csv, "pa
 
 def _read_text(path: str) -> str:
     with open(path, "rb") as f:
-        return f.read().decode("utf-8", "backslashreplace")
+        return f.read().decode("utf-8-sig", "backslashreplace")
 
 
 def _skip_ws(text: str, i: int) -> int:
@@ -313,12 +406,16 @@ def _skip_ws(text: str, i: int) -> int:
     return i
 
 
-def input_fingerprint(inputs: list[tuple[str, str]]) -> list[dict]:
+def input_fingerprint(inputs: list[InputFile]) -> list[dict]:
     """What identifies the input of a run: a changed file makes a new run, an unchanged one resumes."""
     out = []
-    for path, fmt in inputs:
-        st = os.stat(path)
-        out.append({"path": path, "format": fmt, "size": _tree_size(path) if os.path.isdir(path) else st.st_size, "mtime_ns": st.st_mtime_ns})
+    for inp in inputs:
+        st = os.stat(inp.path)
+        size = _tree_size(inp.path) if os.path.isdir(inp.path) else st.st_size
+        entry = {"path": inp.path, "format": inp.format, "size": size, "mtime_ns": st.st_mtime_ns}
+        if inp.splits is not None:  # other splits of a DatasetDict are other rows
+            entry["splits"] = list(inp.splits)
+        out.append(entry)
     return out
 
 

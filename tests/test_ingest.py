@@ -139,7 +139,8 @@ def test_parquet_and_hf_dataset_readers(tmp_path):
     dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:3]), "test": datasets.Dataset.from_list(rows[3:])})
     dd.save_to_disk(str(tmp_path / "hf"))
     assert detect_format(str(tmp_path / "hf")) == "hf"
-    specs, recs = read_all(tmp_path / "hf", shard_size=2)
+    specs = plan_shards(resolve_inputs([{"path": str(tmp_path / "hf"), "splits": ["train", "test"]}]), 2)
+    recs = [rec for spec in specs for rec in read_shard(spec)]
     assert sorted(json.loads(r.raw)["output"] for r in recs) == sorted(r["output"] for r in rows)
 
 

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from curate.errors import CurateError
+from curate.errors import one_line, show_traceback
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Build and curate instruction-tuning data sets.")
@@ -38,7 +38,7 @@ def run(
     if export and cfg.export:
         from curate.storage.export import export as do_export
 
-        out = do_export(cfg.db, cfg.export.out, cfg.export.format, run_id=report.run_id, selection=cfg.export.selection)
+        out = do_export(cfg.db, run_id=report.run_id, **cfg.export.model_dump())
         typer.echo(f"exported {out.rows} rows ({cfg.export.format}) → {out.path}")
 
 
@@ -65,12 +65,23 @@ def export(
     out: str = typer.Option(..., "--out", "-o", help="output folder (hf) or file (parquet, jsonl)"),
     run_id: Optional[str] = typer.Option(None, "--run", help="run id (default: the latest finished run)"),
     selection: Optional[str] = typer.Option(None, "--selection", help="export only this selection"),
+    shape: Optional[str] = typer.Option(None, "--shape", help="messages (default) | alpaca | sharegpt"),
+    template: Optional[str] = typer.Option(None, "--template", help="Jinja template file rendered per row (with messages, meta, id) into a `text` column"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an --out that is not an earlier curate export (never the database or the working directory)"),
+    skip_unfit: bool = typer.Option(False, "--skip-unfit", help="leave out, and count, rows the shape cannot express (default: refuse to export)"),
 ):
-    """Export the curated rows of a run as a Hugging Face dataset, Parquet or JSONL."""
+    """Export the curated rows of a run as a Hugging Face dataset, Parquet or JSONL.
+
+    Written next to --out and renamed into place: a failed export leaves the previous one intact. --out may be new, empty or an earlier curate export; anything else needs --overwrite."""
     from curate.storage.export import export as do_export
 
-    result = do_export(db, out, format, run_id=run_id, selection=selection)
-    typer.echo(f"exported {result.rows} rows ({format}) from run {result.run_id} → {result.path}")
+    result = do_export(db, out, format, run_id=run_id, selection=selection, shape=shape, template=template,
+                       overwrite=overwrite, skip_unfit=skip_unfit)
+    typer.echo(f"exported {result.rows} rows ({format}, {result.shape}) from run {result.run_id} → {result.path}")
+    if result.skipped:
+        reasons = "; ".join(f"{n} × {r}" for r, n in sorted(result.skip_reasons.items(), key=lambda x: -x[1])[:5])
+        typer.echo(f"left out {result.skipped} row{'s' if result.skipped > 1 else ''} the {result.shape} shape cannot express: {reasons}"
+                   f" (e.g. id {', '.join(i for i, _ in result.skip_examples)})")
 
 
 @app.command()
@@ -106,18 +117,15 @@ def runs(
 def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv)
-    except CurateError as e:
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as e:  # a bug or a failing stage: one line, the traceback on request
-        if os.environ.get("CURATE_DEBUG"):
+    except Exception as e:  # one line: a CurateError's message, else the root cause out of Ray's wrappers (errors.py)
+        if show_traceback(e):
             raise
-        first = (str(e).strip().splitlines() or [""])[0]
-        typer.echo(f"error: {type(e).__name__}: {first} (set CURATE_DEBUG=1 for the traceback)", err=True)
-        sys.exit(1)
+        text, code = one_line(e)
+        typer.echo(text, err=True)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

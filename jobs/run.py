@@ -34,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run(config, progress="lines")
         print(report.summary(), flush=True)
         if config.export:
-            out = export(config.db, config.export.out, config.export.format, run_id=report.run_id,
-                         selection=config.export.selection)
+            out = export(config.db, run_id=report.run_id, **config.export.model_dump())
             print(f"exported {out.rows} rows → {out.path}", flush=True)
     except CurateError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -99,9 +99,15 @@ class RayConfig(Strict):
 
 
 class ExportConfig(Strict):
+    """What `curate run` exports at the end; the fields are `curate export`'s options."""
+
     format: Literal["hf", "parquet", "jsonl"] = "hf"
     out: str
     selection: str | None = None
+    shape: Literal["messages", "alpaca", "sharegpt"] | None = None  # default messages
+    template: str | None = None  # a Jinja file rendering each row (instead of a shape)
+    overwrite: bool = False  # replace a target curate did not write (never the database or the cwd)
+    skip_unfit: bool = False  # leave out, and count, rows the shape cannot express
 
 
 class RunConfig(Strict):

@@ -111,10 +111,10 @@ class Ingest(Stage):
         validate_messages(messages, self.require_response)
         read = {self.fields[k] if self.fields.get(k) in row else k for k in used}  # the row's columns read
         meta = {k: v for k, v in row.items() if k not in read and k not in RESERVED}
-        meta = {**_nested_meta(row.get("meta")), **meta}
         sid = S.sample_id(messages)
         if meta.get("id") == sid:
-            del meta["id"]  # curate's own id, which the content gives back
+            del meta["id"]  # curate's own id (an export's), which the content gives back
+        meta = {**_nested_meta(row.get("meta")), **meta}  # the row's own `meta.id` survives an export's id
         parents = row.get("parent_ids") or []
         if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
             raise RowError("parent_ids must be a list of strings")

@@ -1,16 +1,19 @@
-"""Export a run's curated rows: Hugging Face dataset (with a dataset card), Parquet, or JSONL.
+"""Export a run's curated rows: Hugging Face dataset (with a dataset card), Parquet, or JSONL,
+in one of the shapes of `curate.storage.shapes` (messages, alpaca, sharegpt, a Jinja template).
 
 Rows stream out of DuckDB in record batches; nothing holds the whole set in memory except
-`datasets` itself, which memory-maps the Arrow files it writes.
+`datasets` itself, which memory-maps the Arrow files it writes. The export is written next to
+its target and renamed into place (`curate.storage.export_target`): it never deletes what curate
+did not write, and a failed or killed export leaves the previous one intact.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,10 +21,13 @@ import yaml
 
 from curate.errors import CurateError
 from curate.storage import schema as S
+from curate.storage.export_target import Staging
+from curate.storage.shapes import Shape, Unfit
 from curate.storage.store import Store
 
 FORMATS = ("hf", "parquet", "jsonl")
 BATCH_ROWS = 10_000
+EXAMPLES = 5  # unfit rows named in messages and the card
 
 
 @dataclass
@@ -29,31 +35,111 @@ class ExportResult:
     path: str
     rows: int
     run_id: str
+    shape: str = "messages"
+    skipped: int = 0  # rows the shape cannot express, left out with skip_unfit
+    skip_reasons: dict = field(default_factory=dict)  # reason → rows
+    skip_examples: list = field(default_factory=list)  # (id, reason) of the first few
 
 
-def export(db: str, out: str, format: str = "hf", run_id: str | None = None, selection: str | None = None) -> ExportResult:
+def export(db: str, out: str, format: str = "hf", run_id: str | None = None, selection: str | None = None, *,
+           shape: str | None = None, template: str | None = None, overwrite: bool = False,
+           skip_unfit: bool = False) -> ExportResult:
+    """Write the curated rows of a run (default: the latest finished one), or of one selection,
+    to `out`: a folder (hf) or a file (parquet, jsonl), rows shaped as `shape` (default
+    messages) or rendered by the Jinja `template` file.
+
+    Raises CurateError: unknown format or shape, no such run or selection, a template that
+    fails, rows the shape cannot express (unless `skip_unfit`: then they are counted in the
+    result and the card, and left out); ExportTargetError: `out` is the database, the working
+    directory or a folder holding either, or something curate did not write (unless
+    `overwrite`). On any error the target is left as it was.
+    """
     if format not in FORMATS:
         raise CurateError(f"unknown export format {format!r}: use {', '.join(FORMATS)}")
+    shaper = Shape(shape or ("template" if template else "messages"), template)
     with Store(db, read_only=True) as store:
-        if run_id is None:
-            run_id = store.latest_run(finished=True)
-            if run_id is None:
-                latest = store.latest_run()
-                raise CurateError(f"{db} holds no finished run yet: `curate run` first" if latest is None else
-                                  f"{db} holds no finished run: rerun its command to finish run {latest}, or pass "
-                                  f"--run {latest} to export it as it stands (not every stage has seen its rows)")
-        if not store.con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone():
-            raise CurateError(f"no run {run_id!r} in {db} (see `curate runs --db {db}`)")
+        run_id = _resolve_run(store, db, run_id)
         query, params = _rows_query(store, run_id, selection)
         reader = store.con.cursor().sql(query, params=params).to_arrow_reader(BATCH_ROWS)
-        if format == "jsonl":
-            rows = _write_jsonl(reader, out)
-        elif format == "parquet":
-            rows = _write_parquet(reader, out)
-        else:
-            rows = _write_hf(reader, out)
-            _write_card(store, run_id, selection, rows, out)
-    return ExportResult(out, rows, run_id)
+        skips = _Skips()
+        with Staging(out, db, folder=format == "hf", overwrite=overwrite) as staging:
+            if format == "jsonl":
+                rows = _write_jsonl(_shaped_rows(reader, shaper, skips, parse_meta=True), staging.path)
+            else:
+                batches = _shaped_batches(reader, shaper, skips)
+                meta = {b"curate.export": json.dumps({"run_id": run_id, "shape": shaper.name}).encode()}
+                schema = shaper.schema.with_metadata(meta)
+                if format == "parquet":
+                    rows = _write_parquet(batches, schema, staging.path)
+                else:
+                    rows = _write_hf(batches, schema, staging.path, staging.work)
+            if skips.count and not skip_unfit:
+                raise CurateError(skips.refusal(shaper.name, rows + skips.count))
+            if format == "hf":
+                _write_card(store, run_id, selection, rows, staging.path, shaper, skips)
+            staging.commit()
+    return ExportResult(os.path.abspath(out), rows, run_id, shaper.name, skips.count, dict(skips.reasons), skips.examples)
+
+
+def _resolve_run(store: Store, db: str, run_id: str | None) -> str:
+    if run_id is None:
+        run_id = store.latest_run(finished=True)
+        if run_id is None:
+            latest = store.latest_run()
+            raise CurateError(f"{db} holds no finished run yet: `curate run` first" if latest is None else
+                              f"{db} holds no finished run: rerun its command to finish run {latest}, or pass "
+                              f"--run {latest} to export it as it stands (not every stage has seen its rows)")
+    if not store.con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone():
+        raise CurateError(f"no run {run_id!r} in {db} (see `curate runs --db {db}`)")
+    return run_id
+
+
+class _Skips:
+    def __init__(self):
+        self.count = 0
+        self.reasons: Counter = Counter()
+        self.examples: list[tuple[str, str]] = []
+
+    def add(self, id_: str, reason: str) -> None:
+        self.count += 1
+        self.reasons[reason] += 1
+        if len(self.examples) < EXAMPLES:
+            self.examples.append((id_, reason))
+
+    def summary(self) -> str:
+        return "; ".join(f"{n} × {r}" for r, n in self.reasons.most_common(EXAMPLES)) + \
+            f" (e.g. id {', '.join(i for i, _ in self.examples)})"
+
+    def refusal(self, shape: str, total: int) -> str:
+        return (f"{self.count} of {total} rows cannot be exported as {shape}: {self.summary()}. Nothing was "
+                "written. Export them with --shape messages or sharegpt, or pass --skip-unfit to leave them "
+                "out (counted in the output and the dataset card)")
+
+
+def _shaped_rows(reader: pa.RecordBatchReader, shape: Shape, skips: _Skips, parse_meta: bool) -> Iterator[dict]:
+    for batch in reader:
+        for sample in batch.to_pylist():
+            if parse_meta:
+                sample["meta"] = json.loads(sample["meta"]) if sample["meta"] else {}
+            try:
+                yield shape.row(sample)
+            except Unfit as e:
+                skips.add(sample["id"], str(e))
+
+
+def _shaped_batches(reader: pa.RecordBatchReader, shape: Shape, skips: _Skips) -> Iterator[pa.RecordBatch]:
+    if shape.name == "messages":  # DuckDB's batches are the rows already
+        for batch in reader:
+            yield batch.cast(shape.schema)
+        return
+    rows: list[dict] = []
+    for row in _shaped_rows(reader, shape, skips, parse_meta=shape.name == "template"):
+        rows.append(row)
+        if len(rows) == BATCH_ROWS:
+            yield pa.RecordBatch.from_pylist(rows, schema=shape.schema)
+            rows = []
+    if rows:
+        yield pa.RecordBatch.from_pylist(rows, schema=shape.schema)
 
 
 def _rows_query(store: Store, run_id: str, selection: str | None) -> tuple[str, list]:
@@ -72,45 +158,39 @@ def _rows_query(store: Store, run_id: str, selection: str | None) -> tuple[str, 
     )
 
 
-def _write_jsonl(reader: pa.RecordBatchReader, out: str) -> int:
-    _parent(out)
-    rows = 0
+def _write_jsonl(rows: Iterator[dict], out: str) -> int:
+    n = 0
     with open(out, "w", encoding="utf-8") as f:
-        for batch in reader:
-            for row in batch.to_pylist():
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            rows += batch.num_rows
-    return rows
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
 
 
-def _write_parquet(reader: pa.RecordBatchReader, out: str) -> int:
-    _parent(out)
+def _write_parquet(batches: Iterator[pa.RecordBatch], schema: pa.Schema, out: str) -> int:
     rows = 0
-    with pq.ParquetWriter(out, reader.schema) as w:
-        for batch in reader:
+    with pq.ParquetWriter(out, schema) as w:
+        for batch in batches:
             w.write_batch(batch)
             rows += batch.num_rows
     return rows
 
 
-def _write_hf(reader: pa.RecordBatchReader, out: str) -> int:
+def _write_hf(batches: Iterator[pa.RecordBatch], schema: pa.Schema, out: str, work: str) -> int:
     import datasets
 
     datasets.disable_progress_bars()
-    with tempfile.TemporaryDirectory(prefix="curate-export-") as tmp:
-        parquet = os.path.join(tmp, "rows.parquet")
-        rows = _write_parquet(reader, parquet)
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        if rows == 0:
-            ds = datasets.Dataset(pa.Table.from_batches([], schema=reader.schema))
-        else:
-            ds = datasets.Dataset.from_parquet(parquet, cache_dir=os.path.join(tmp, "cache"), keep_in_memory=False)
-        ds.save_to_disk(out)
+    parquet = os.path.join(work, "rows.parquet")
+    rows = _write_parquet(batches, schema, parquet)
+    if rows == 0:
+        ds = datasets.Dataset(pa.Table.from_batches([], schema=schema))
+    else:
+        ds = datasets.Dataset.from_parquet(parquet, cache_dir=os.path.join(work, "cache"), keep_in_memory=False)
+    ds.save_to_disk(out)
     return rows
 
 
-def _write_card(store: Store, run_id: str, selection: str | None, rows: int, out: str) -> None:
+def _write_card(store: Store, run_id: str, selection: str | None, rows: int, out: str, shape: Shape, skips: _Skips) -> None:
     q = lambda sql: store.con.execute(sql, [run_id]).fetchall()  # noqa: E731
     run = q("SELECT name, config, started_at, finished_at FROM runs WHERE run_id = ?")[0]
     totals = store.totals(run_id)
@@ -152,10 +232,13 @@ def _write_card(store: Store, run_id: str, selection: str | None, rows: int, out
         "|---|---|",
         *[f"| {e} | {n} |" for e, n in quarantine],
         "",
+        *([f"## Left out: {skips.count} row{'s' if skips.count > 1 else ''} the {shape.name} shape cannot express", "",
+           "| reason | rows |", "|---|---|", *[f"| {r} | {n} |" for r, n in skips.reasons.most_common(20)], ""]
+          if skips.count else []),
         "## Columns",
         "",
-        "`id` (content hash of the messages), `messages` (list of {role, content}), `origin`, `source`,",
-        "`parent_ids` (lineage), `meta` (JSON).",
+        f"Shape `{shape.name}`" + (f" (template `{os.path.basename(shape.template_path)}`)" if shape.template_path else "")
+        + f": {shape.columns}.",
         "",
         "## Config",
         "",
@@ -174,6 +257,3 @@ def _size_category(n: int) -> str:
             return label
     return "n>1M"
 
-
-def _parent(path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

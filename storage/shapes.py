@@ -1,0 +1,187 @@
+"""Row shapes of an export: what one exported row looks like.
+
+Every shape gets a sample `{"id", "messages", "origin", "source", "parent_ids", "meta": dict}`:
+
+- `messages` (curate's own): `{"id", "messages": [{"role", "content"}], "origin", "source",
+  "parent_ids", "meta"}`.
+- `alpaca`: `{"id", "instruction", "input": "", "output", "system", "history", "meta"}`: the last
+  user turn and its answer, `system` the leading system turn, `history` the earlier exchanges as
+  `[[user, assistant], ...]` (each left out, or null in Parquet/HF, when there is none).
+- `sharegpt`: `{"id", "conversations": [{"from", "value"}], "system", "meta"}` with `from` one of
+  human, gpt, system, observation (a tool turn); the leading system turn goes to `system`.
+- `template`: `{"id", "text"}`, `text` a Jinja template of the user's rendered per row with
+  `messages`, `meta` and `id`; `raise_exception(reason)` in the template leaves the row out as
+  unfit, and so does a row that renders to blank text.
+
+`meta` is a JSON object in JSONL and a JSON string in Parquet and HF (Arrow needs one type per
+column); `curate run` reads either back. A row a shape cannot express raises `Unfit` with a
+reason the user can read (an Alpaca row must be user/assistant exchanges after an optional
+system prompt); a broken template raises `CurateError`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pyarrow as pa
+
+from curate.errors import CurateError
+from curate.storage import schema as S
+
+SHAPES = ("messages", "alpaca", "sharegpt", "template")
+SHAREGPT_FROM = {"user": "human", "assistant": "gpt", "system": "system", "tool": "observation"}
+_SHAREGPT_ROLE = {v: k for k, v in SHAREGPT_FROM.items()}
+_ID = re.compile(r"[0-9a-f]{32}")
+
+SCHEMAS = {
+    "messages": S.SAMPLE_SCHEMA,
+    "alpaca": pa.schema([("id", pa.string()), ("instruction", pa.string()), ("input", pa.string()),
+                         ("output", pa.string()), ("system", pa.string()),
+                         ("history", pa.list_(pa.list_(pa.string()))), ("meta", pa.string())]),
+    "sharegpt": pa.schema([("id", pa.string()),
+                           ("conversations", pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))),
+                           ("system", pa.string()), ("meta", pa.string())]),
+    "template": pa.schema([("id", pa.string()), ("text", pa.string())]),
+}
+COLUMNS = {
+    "messages": "`id` (content hash of the messages), `messages` (list of {role, content}), `origin`, `source`, "
+                "`parent_ids` (lineage), `meta` (JSON)",
+    "alpaca": "`id`, `instruction` (the last user turn), `input` (empty), `output` (its answer), `system` "
+              "(system prompt or null), `history` ([[user, assistant], ...] before it), `meta` (JSON)",
+    "sharegpt": "`id`, `conversations` (list of {from: human|gpt|system|observation, value}), `system` "
+                "(system prompt or null), `meta` (JSON)",
+    "template": "`id`, `text` (the rows rendered by the export's Jinja template)",
+}
+
+
+class Unfit(ValueError):
+    """A row the chosen shape cannot express; the message is the reason."""
+
+
+class Shape:
+    """Turns samples into rows of one shape. `row(sample)` → dict with `meta` as a dict (the
+    writers make it a JSON string where a column must be one); raises Unfit or CurateError."""
+
+    def __init__(self, name: str = "messages", template: str | None = None):
+        if name not in SHAPES:
+            raise CurateError(f"unknown export shape {name!r}: use {', '.join(SHAPES[:-1])} or --template FILE")
+        if (name == "template") != (template is not None):
+            raise CurateError("a template export needs --template FILE" if template is None else
+                              f"--template renders its own rows: leave out --shape {name}")
+        self.name = name
+        self.schema = SCHEMAS[name]
+        self.columns = COLUMNS[name]
+        self._template = _load_template(template) if template else None
+        self.template_path = template
+
+    def row(self, sample: dict) -> dict:
+        if self.name == "messages":
+            return sample
+        if self.name == "alpaca":
+            return {"id": sample["id"], **to_alpaca(sample["messages"]), "meta": sample["meta"]}
+        if self.name == "sharegpt":
+            return {"id": sample["id"], **to_sharegpt(sample["messages"]), "meta": sample["meta"]}
+        return {"id": sample["id"], "text": self._render(sample)}
+
+    def _render(self, sample: dict) -> str:
+        import jinja2
+
+        try:
+            text = self._template.render(messages=sample["messages"], meta=sample["meta"], id=sample["id"])
+        except _Raised as e:
+            raise Unfit(str(e)) from None
+        except jinja2.TemplateError as e:
+            raise CurateError(f"template {self.template_path} failed on row {sample['id']}: {e}") from None
+        if not text.strip():
+            raise Unfit("the template rendered blank text")
+        return text
+
+
+def to_alpaca(messages: list[dict]) -> dict:
+    """[system?, user, assistant, ..., user, assistant] → instruction/input/output/system/history."""
+    turns = list(messages)
+    system = turns.pop(0)["content"] if turns and turns[0]["role"] == "system" else None
+    for k, t in enumerate(turns):
+        if t["role"] not in ("user", "assistant"):
+            what = "a system turn after the first turn" if t["role"] == "system" else f"a {t['role']} turn"
+            raise Unfit(f"{what} (Alpaca holds an optional system prompt, then user/assistant exchanges)")
+        if t["role"] != ("user" if k % 2 == 0 else "assistant"):
+            raise Unfit("turns do not alternate user, assistant (Alpaca holds user/assistant exchanges)")
+    if not turns or turns[-1]["role"] != "assistant":
+        raise Unfit("the last turn is not an assistant answer (Alpaca needs an output)")
+    history = [[turns[i]["content"], turns[i + 1]["content"]] for i in range(0, len(turns) - 2, 2)]
+    row = {"instruction": turns[-2]["content"], "input": "", "output": turns[-1]["content"]}
+    if system is not None:
+        row["system"] = system
+    if history:
+        row["history"] = history
+    return row
+
+
+def to_sharegpt(messages: list[dict]) -> dict:
+    """messages → {"conversations": [{from, value}], "system"?}: the leading system turn moves to
+    `system` (unless a second system turn follows it: a reader puts `system` before the first)."""
+    turns = list(messages)
+    row = {}
+    if turns and turns[0]["role"] == "system" and (len(turns) < 2 or turns[1]["role"] != "system"):
+        row["system"] = turns.pop(0)["content"]
+    conv = []
+    for t in turns:
+        if t["role"] not in SHAREGPT_FROM:
+            raise Unfit(f"a {t['role']} turn (ShareGPT has human, gpt, system and observation)")
+        conv.append({"from": SHAREGPT_FROM[t["role"]], "value": t["content"]})
+    return {"conversations": conv, **row}
+
+
+def is_export_row(row) -> bool:
+    """Whether a row (a dict read from a file) is one curate exported: its `id` is the content
+    hash of the conversation it holds (a template row: an id and a text, nothing else)."""
+    if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+        return False
+    if set(row) == {"id", "text"}:
+        return bool(_ID.fullmatch(row["id"]))
+    try:
+        messages = _messages_of(row)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError):
+        return False
+    return messages is not None and S.sample_id(messages) == row["id"]
+
+
+def _messages_of(row: dict) -> list[dict] | None:
+    system = [{"role": "system", "content": row["system"]}] if row.get("system") is not None else []
+    if "messages" in row:
+        return [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+    if "conversations" in row:
+        return system + [{"role": _SHAREGPT_ROLE[t["from"]], "content": t["value"]} for t in row["conversations"]]
+    if "instruction" in row:
+        turns = [{"role": r, "content": c} for u, a in (row.get("history") or []) for r, c in (("user", u), ("assistant", a))]
+        user = row["instruction"] + ("\n\n" + row["input"] if row.get("input") else "")
+        return system + turns + [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
+    return None
+
+
+class _Raised(Exception):
+    pass
+
+
+def _raise_exception(message: str = "the template left this row out"):
+    raise _Raised(message)
+
+
+def _load_template(path: str):
+    import jinja2
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+    except OSError as e:
+        raise CurateError(f"cannot read template {path}: {e.strerror}") from None
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+    env.globals["raise_exception"] = _raise_exception
+    # Jinja's own tojson escapes <, > and & for HTML; training text wants them as they are.
+    env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
+    try:
+        return env.from_string(source)
+    except jinja2.TemplateSyntaxError as e:
+        raise CurateError(f"template {path}, line {e.lineno}: {e.message}") from None

@@ -72,12 +72,15 @@ def parse_traceback_text(text: str) -> Cause | None:
     the one that left the stage's code. None when the text holds no traceback."""
     lines = text.splitlines()
     found: Cause | None = None
-    last_frame: tuple[str, str] | None = None
+    frames: list[tuple[str, str]] = []
     in_frames = False
     for i, line in enumerate(lines):
         frame = _FRAME.match(line)
         if frame:
-            last_frame, in_frames = (frame.group("file"), frame.group("line")), True
+            if not in_frames:
+                frames = []
+            frames.append((frame.group("file"), frame.group("line")))
+            in_frames = True
             continue
         if not line.strip() or line.startswith((" ", "\t")):
             continue
@@ -89,8 +92,7 @@ def parse_traceback_text(text: str) -> Cause | None:
                 message = m.group("msg") or ""
                 if not message:  # a multi-line message starts on the next lines
                     message = next((x.strip() for x in lines[i + 1:] if x.strip() and not x.startswith(_CHAIN)), "")
-                found = Cause(qualname.rsplit(".", 1)[-1], qualname, message.strip(),
-                              _short_path(*last_frame) if last_frame else None, _names_curate_error(qualname))
+                found = Cause(qualname.rsplit(".", 1)[-1], qualname, message.strip(), _where(frames), _names_curate_error(qualname))
     return found
 
 
@@ -127,20 +129,33 @@ def _names_curate_error(qualname: str) -> bool:
 
 
 def _where_raised(e: BaseException) -> str | None:
+    frames = []
     tb = e.__traceback__
-    last = None
     while tb is not None:
-        last = tb
+        frames.append((tb.tb_frame.f_code.co_filename, str(tb.tb_lineno)))
         tb = tb.tb_next
-    return _short_path(last.tb_frame.f_code.co_filename, str(last.tb_lineno)) if last else None
+    return _where(frames)
+
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_LIBRARY = ("site-packages" + os.sep, "dist-packages" + os.sep)
+
+
+def _where(frames: list[tuple[str, str]]) -> str | None:
+    """The innermost frame in the project's own code (a library's frame, such as the Jinja
+    helper that raises for a template, says less), else the innermost frame."""
+    ours = [f for f in frames if (f[0].startswith(_ROOT + os.sep) and not any(lib in f[0] for lib in _LIBRARY))
+            or any(lib + "curate" + os.sep in f[0] for lib in _LIBRARY)]  # curate installed as a package
+    chosen = (ours or frames or [None])[-1]
+    return _short_path(*chosen) if chosen else None
 
 
 def _short_path(path: str, line: str) -> str:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if path.startswith(root + os.sep):
-        path = os.path.relpath(path, root)
-    elif "site-packages" + os.sep in path:
-        path = path.split("site-packages" + os.sep, 1)[1]
+    for lib in _LIBRARY:
+        if lib in path:
+            return f"{path.split(lib, 1)[1]}:{line}"
+    if path.startswith(_ROOT + os.sep):
+        path = os.path.relpath(path, _ROOT)
     return f"{path}:{line}"
 
 

@@ -8,7 +8,8 @@ several rounds. A successful evolution replaces its parent (stored as `expanded`
 stays in the pool unchanged, to be retried by the next round, as in the paper.
 
 Elimination rules (ALGORITHMS.md §6), applied to the evolved instruction and its response:
-`unparseable` (no rewritten prompt in the output), `copied_scaffold` (the prompt's markers
+`unparseable` (no rewritten prompt in the output once a chat model's opening line, headers,
+quotes or fence and closing explanation are dropped: `parse_evolved`), `copied_scaffold` (the prompt's markers
 leaked into the instruction), `no_information_gain` (the evolved instruction equals the
 original once normalised; the paper's LLM "equal" judge is not used), `refusal_response`
 ("sorry" in a response under 80 words), `empty_response` (only punctuation and stop words).
@@ -24,6 +25,7 @@ import pyarrow as pa
 
 from curate.generators.backends.base import ChatRequest, Sampling
 from curate.generators.prompts_io import fill, template
+from curate.generators.replies import is_closer, is_interjection, trailing_remarks, unwrap
 from curate.generators.respond import on_subset, stage_backend
 from curate.stages.base import Resources, Stage, StageResult
 from curate.storage import schema as S
@@ -33,7 +35,37 @@ OPERATIONS = ("constraints", "deepen", "concretize", "reasoning", "complicate_in
 SCAFFOLD = ("#the given prompt#", "#rewritten prompt#", "#given prompt#", "#created prompt#",
             "given prompt", "rewritten prompt", "created prompt")
 STOPWORDS = frozenset("a an the and or but if of to in on at for with is are was were be been it this that i you he she we they".split())
-_MARKER = re.compile(r"^\s*(?:#+\s*)?(?:the\s+)?(?:rewritten|created|new)\s+prompt\s*#*\s*:?\s*", re.IGNORECASE)
+_PROMPT_WORDS = (r"(?:rewritten|created|new|revised|evolved|updated|modified|improved|harder|tougher|complicated|final|"
+                 r"more (?:complex|difficult|challenging|detailed|specific|advanced|demanding))")
+# A header line that introduces the answer: `#Rewritten Prompt#:`, `**Rewritten Prompt:**`,
+# `### New Prompt`, `Rewritten prompt: <text>`, `The Rewritten Prompt:`.
+_HEADER = re.compile(
+    rf"^\s*(?:#+\s*)?(?:\*\*|__)?\s*#?\s*(?:the\s+|my\s+)?{_PROMPT_WORDS}\s+(?:prompt|instruction|question|task|version)\s*#*\s*"
+    r"(?:\([^()\n]{0,40}\)\s*)?"
+    r"(?:\*\*|__)?\s*(?:[:\-–—]|(?=\s*$))\s*(?:\*\*|__)?\s*#*\s*", re.IGNORECASE)
+# An opening line that announces the rewrite: "Here is the rewritten prompt:", "Rewriting the prompt:".
+_OPENER = re.compile(rf"^\W*(?:here(?:'s|’s| is)|below is|i(?:'ve|’ve| have)|this is|(?:the|my) {_PROMPT_WORDS}\s+\w+\s+(?:is|would be|reads))\b"
+                     rf".*\b{_PROMPT_WORDS}\b.*[:.!]\s*$|^\W*(?:the|my) {_PROMPT_WORDS}\s+\w+\s+(?:is|would be|reads)\b.*:"
+                     r"|^\W*rewriting\b.*:\s*$", re.IGNORECASE)
+_LEADING_FENCE = re.compile(r"^(?:```|~~~)[\w+.-]*[ \t]*\n(.*?)\n[ \t]*(?:```|~~~)[ \t]*(?:\n|$)", re.DOTALL)
+# An opening line with the answer after its colon: "Sure, here's a harder version: Explain ...".
+_INLINE = re.compile(rf"^[^:\n]{{0,80}}\b{_PROMPT_WORDS}\b[^:\n]{{0,40}}:\s*(\S.*)$", re.IGNORECASE)
+# A label that ends the answer: `#Explanation#:`, `#Given Prompt#`, `**Explanation:**`.
+_LABEL = re.compile(r"^\s*(?:#[^#\n]{2,40}#\s*:?\s*$|#[^#\n]{2,40}#\s*:|(?:\*\*|__)?(?:explanation|rationale|reasoning|changes(?: made)?|notes?|"
+                    r"what changed|why)\b[^\n]{0,20}?:)", re.IGNORECASE)
+# A paragraph after the answer that explains the rewrite.
+_EXPLANATION = re.compile(
+    rf"^\W*(?:(?:this|the|in this|in the|my)\s+{_PROMPT_WORDS}\s+(?:prompt|version|instruction|question|task)|"
+    r"this (?:version|prompt|rewrite|revision|adds|requires|introduces|makes|increases|incorporates|asks|keeps|forces|now)\b|"
+    r"(?:this|the) (?:rewrite|revision|change|new version)|"
+    r"i(?:'ve|’ve| have)? (?:added|replaced|introduced|made|included|increased|changed|kept|rewritten|asked|specified|required)|"
+    r"(?:by|with) (?:adding|asking|requiring|specifying|replacing|introducing)|the (?:added|new|extra) (?:constraint|requirement|condition)|"
+    r"explanation|rationale|changes? made|key changes|note\b|why this)", re.IGNORECASE)
+# Chat where the answer should be: "Let me know if ...".
+_SIGN_OFF = re.compile(r"^\W*(?:(?:please |do )?let me know (?:if|whether)|feel free|i hope|hope (?:this|these) help|is there anything)", re.IGNORECASE)
+# A model that declined to rewrite.
+_DECLINED = re.compile(r"^\W*(?:i(?:'m|’m| am) sorry|sorry\b|i (?:can(?:no|')t|cannot|won't|am unable|'m unable)|as an ai\b|unfortunately,? i)",
+                       re.IGNORECASE)
 
 
 def methods() -> dict[str, str]:
@@ -49,13 +81,38 @@ def evolution_prompt(operation: str, instruction: str) -> str:
 
 
 def parse_evolved(text: str) -> str | None:
-    """The rewritten prompt out of a completion: leading markers and quotes removed."""
-    text = text.strip()
-    previous = None
-    while previous != text:
-        previous = text
-        text = _MARKER.sub("", text).strip().strip('"').strip()
-    return text or None
+    """The rewritten prompt out of a completion. A base model continues after the prompt's
+    `#Rewritten Prompt#:`; a chat model often opens ("Sure, here is the rewritten prompt:"),
+    repeats a header (`#Rewritten Prompt#:`, `**Rewritten Prompt:**`, `### New Prompt`), may
+    echo the given prompt first, wraps the answer in quotes or a code fence and explains its
+    changes after it. The text after the last header is the answer; an opening line before it,
+    a fence or quotes around it and a closing explanation are dropped (generators/replies.py).
+    None when nothing is left, or the model declined."""
+    lines = text.replace("\r\n", "\n").strip().split("\n")
+    headers = [i for i, line in enumerate(lines) if _HEADER.match(line)]
+    if headers:  # the answer follows the last header; what came before (an echo, chat) is dropped
+        i = headers[-1]
+        lines = [lines[i][_HEADER.match(lines[i]).end():], *lines[i + 1:]]
+    else:  # opening lines: blank, "Sure!", "Here is the rewritten prompt:"; one may carry the answer after its colon
+        while lines and (not lines[0].strip() or is_interjection(lines[0]) or _OPENER.match(lines[0])):
+            inline = _INLINE.match(lines[0])
+            lines = ([inline.group(1)] if inline else []) + lines[1:]
+            if inline:
+                break
+    body = "\n".join(lines).strip()
+    fenced = _LEADING_FENCE.match(body)
+    if fenced:  # the answer in a code fence, perhaps remarks after it; a prompt that opens with code goes on
+        after = body[fenced.end():].strip()
+        if not after or _EXPLANATION.match(after) or _LABEL.match(after) or is_closer(after.split("\n")[0], True):
+            body = fenced.group(1)
+    lines = body.split("\n")
+    end = next((i for i, line in enumerate(lines) if i and _LABEL.match(line)), len(lines))  # "#Explanation#:"
+    lines = lines[:end]
+    lines = lines[:trailing_remarks(lines, _EXPLANATION)]
+    answer = unwrap("\n".join(lines))
+    if not answer or _DECLINED.match(answer) or _SIGN_OFF.match(answer):
+        return None
+    return answer
 
 
 def elimination_reason(original: str, evolved: str | None, response: str | None) -> str | None:
@@ -101,6 +158,13 @@ class EvolInstruct(Stage):
         # Rows whose meta holds any of these keys (unit tests, a reference answer) pass through
         # unevolved: a rewritten task would no longer match them, and the verifiers need them.
         self.keep_verifiable = list(keep_verifiable)
+
+    @classmethod
+    def preflight(cls, params: dict) -> None:
+        """Before any Ray work: a local model with no chat template (generators/backends/chat_template.py)."""
+        from curate.generators.backends.chat_template import preflight
+
+        preflight(params.get("backend"))
 
     def operation_for(self, sample_id: str) -> str:
         """Uniform over the operations, fixed by (seed, generation, row): reruns pick the same."""

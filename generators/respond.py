@@ -112,6 +112,13 @@ class Respond(Stage):
         self.spec = dict(backend)
         self.backend = stage_backend(self.spec, cache)
 
+    @classmethod
+    def preflight(cls, params: dict) -> None:
+        """Before any Ray work: a local model with no chat template (generators/backends/chat_template.py)."""
+        from curate.generators.backends.chat_template import preflight
+
+        preflight(params.get("backend"))
+
     def prompt(self, messages: list[dict]) -> list[dict]:
         last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
         turns = messages[: last_user + 1]

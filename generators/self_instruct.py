@@ -5,7 +5,9 @@ The pool is a shard: the stage sees each shard's live rows at once, sorted by (`
 fixed by the shard's rows and the seed: not by how Ray Data batched them, the order shards
 arrived in, or which shards a resumed run streamed. Each prompt shows `seed_examples` seed
 tasks and `generated_examples` tasks generated earlier for the shard as a numbered list and
-lets the model continue it. The continuation is split into tasks; a task is rejected (a
+lets the model continue it. The continuation is split into tasks, each alone; a chat model's
+opening line, its own numbering and its closing remark are read as such, never as tasks
+(`parse_task_reply`, generators/replies.py). A task is rejected (a
 recorded drop, with its text) when it is cut off (`truncated`), too short or too long, needs a
 modality text cannot carry (`unsuitable_for_text`), starts badly (`bad_start`), or is too
 similar to an instruction already known: ROUGE-L F1 above 0.7 as in the paper, or embedding
@@ -28,11 +30,13 @@ import math
 import random
 import re
 import threading
+from dataclasses import dataclass
 
 import pyarrow as pa
 
 from curate.generators.backends.base import ChatRequest, Sampling
 from curate.generators.prompts_io import fill
+from curate.generators.replies import numbered_items, unwrap
 from curate.generators.respond import stage_backend
 from curate.generators.similarity import EmbeddingIndex, RougeIndex
 from curate.stages.base import Resources, Stage, StageResult
@@ -43,7 +47,6 @@ TEMPLATE_VERSION = "self_instruct/1"
 UNSUITABLE = ("image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
               "draw", "plot", "go to", "video", "audio", "flowchart", "diagram")
 _UNSUITABLE = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in UNSUITABLE) + r")\b", re.IGNORECASE)
-_TASK = re.compile(r"(?:^|\n)\s*(?:#+\s*|\*\*)?Task\s*\d+\s*(?:\*\*)?\s*[:.)]\s*(?:\*\*)?", re.IGNORECASE)
 DEFAULT_THRESHOLD = {"rouge": 0.7, "embedding": 0.9}
 
 
@@ -54,10 +57,26 @@ def examples_block(instructions: list[str]) -> str:
 def parse_tasks(completion: str, first_number: int, finish_reason: str | None) -> tuple[list[str], bool]:
     """The tasks in a continuation of "Task {first_number}:". Returns (tasks, last_cut_off):
     when the model ran out of tokens, the last task is probably cut off."""
-    pieces = _TASK.split(f"Task {first_number}: " + completion)
-    tasks = [" ".join(p.split()) for p in pieces[1:]]
-    tasks = [t for t in tasks if t]
-    return tasks, bool(tasks) and finish_reason == "length"
+    reply = parse_task_reply(completion)
+    return reply.tasks, bool(reply.tasks) and finish_reason == "length" and not reply.closed
+
+
+@dataclass
+class TaskReply:
+    tasks: list[str]
+    discarded: list[str]  # chat around the tasks: an opening line, a closing remark
+    closed: bool  # a closing remark came after the last task, so it was not cut off
+
+
+def parse_task_reply(completion: str) -> TaskReply:
+    """A base model continues the numbered list: the text up to the next `Task N:` is the
+    prompted task, the rest numbered as the prompt shows. A chat model adds an opening line,
+    may number its own way (`11.`, `Task 11:`, `### Task 11`, `**Task 11**`, `11)`) and closes
+    with a remark: only the tasks are kept, each alone (generators/replies.py)."""
+    found = numbered_items(completion)
+    pieces = ([found.preamble] if found.preamble else []) + found.items
+    tasks = [unwrap(" ".join(" ".join(piece).split())) for piece in pieces]
+    return TaskReply([t for t in tasks if t], found.discarded, found.closed)
 
 
 def pool_digest(ids: list[str]) -> str:
@@ -104,6 +123,13 @@ class SelfInstruct(Stage):
         self.backend = stage_backend(backend, cache)
         self._index = None
         self._loading = threading.Lock()
+
+    @classmethod
+    def preflight(cls, params: dict) -> None:
+        """Before any Ray work: a local model with no chat template (generators/backends/chat_template.py)."""
+        from curate.generators.backends.chat_template import preflight
+
+        preflight(params.get("backend"))
 
     def new_index(self):
         """An empty similarity index (the embedding model is loaded once per stage)."""

@@ -13,7 +13,7 @@ import time
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 
-from curate.errors import CurateError
+from curate.errors import CurateError, root_cause
 from curate.pipeline.config import RunConfig, config_to_dict
 from curate.pipeline.dag import HANDOFF, StagePlan, build_dataset, stage_plans
 from curate.pipeline.handoff import abort_gate, handoff_file, open_gate, reset_gate
@@ -108,7 +108,13 @@ def _record_stop(store: Store, run_id: str, e: BaseException) -> None:
         store.end_run(run_id, "interrupted", f"interrupted {why}")
         print("interrupted: rerun the same command to resume", file=sys.stderr, flush=True)
     else:
-        store.end_run(run_id, "failed", f"{type(e).__name__}: {e}"[:4000])
+        store.end_run(run_id, "failed", _error_text(e)[:4000])
+
+
+def _error_text(e: BaseException) -> str:
+    """`Type: message` of the exception a stage raised, out of Ray's wrappers."""
+    cause = root_cause(e)
+    return f"{cause.type_name}: {cause.message}" if cause.message else cause.type_name
 
 
 def _remove_handoff(config: RunConfig, run_id: str) -> None:

@@ -134,3 +134,21 @@ def test_rows_with_tests_or_answers_pass_through_unevolved():
     assert len(math) == 1 and math[0][S.STATUS] == "kept" and json.loads(math[0]["meta"]) == {"answer": "5"}
     assert any(r["origin"] == "evol" and r[S.STATUS] == "kept" for r in out)
     assert abs(sum(r[S.WEIGHT] for r in out) - 2.0) < 1e-9
+
+
+def test_stage_on_chat_model_replies():
+    """A chat model's rewrites: the prompt is read out of the chat around it; a reply with no
+    rewritten prompt in it (a refusal, an empty header) is an `unparseable` drop with its raw text."""
+    rewrite = "Name three fruits that ripen in winter, with one recipe each."
+    chatty = f"Sure, here is the rewritten prompt:\n\n```\n{rewrite}\n```\n\nThis version adds a season and asks for recipes."
+    refusal = "I'm sorry, but I can't rewrite this prompt."
+    empty = "**Rewritten Prompt:**\n\nLet me know if you need anything else!"
+    stage = EvolInstruct(backend={"kind": "openai", "model": "recorded"}, seed=0)
+    stage.backend = Recorded(evolutions={"Name three fruits.": chatty, "Say hi.": refusal, "Count to five.": empty},
+                             answers={rewrite: "Kiwi (kiwi salad), pear (poached pears), persimmon (persimmon bread)."})
+    out = apply_stage(stage, "evol_instruct", seed_batch(["Name three fruits.", "Say hi.", "Count to five."])).to_pylist()
+    child = next(r for r in out if r["origin"] == "evol" and r[S.STATUS] == "kept")
+    assert child["messages"][0]["content"] == rewrite
+    dropped = {json.loads(r["meta"])["raw"]: r for r in out if r[S.STATUS] == "dropped"}
+    assert set(dropped) == {refusal, empty} and {r[S.REASON] for r in dropped.values()} == {"unparseable"}
+    assert dropped[refusal]["messages"][0]["content"] == refusal  # the raw reply stays readable in the row

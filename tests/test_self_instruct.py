@@ -3,6 +3,7 @@ these tests: good, partial and garbage outputs), and the stage's rows when fed t
 
 import json
 import random
+from pathlib import Path
 from collections import Counter
 
 import pytest
@@ -159,3 +160,25 @@ def test_prompts_are_fixed_by_the_batch_so_reruns_hit_the_cache():
 
 def test_examples_block_numbers_tasks():
     assert examples_block(["a  b", "c"]) == "Task 1: a b\nTask 2: c"
+
+
+def test_stage_on_chat_model_replies_keeps_only_the_tasks_and_records_unparseable_ones():
+    """Replies of a chat model (the case file's, and malformed ones): an opening line or a
+    closing remark never becomes an instruction; a reply with no task is one `unparseable`
+    row with its raw text."""
+    cases = [json.loads(line) for line in
+             (Path(__file__).parent / "data" / "cases" / "selfinstruct-chat-replies.jsonl").read_text().splitlines() if line.strip()]
+    cut = "Sure! Here are some more tasks for the assistant:\n\nTask 5:"
+    chatter = "Certainly!\n\nLet me know if you would like more tasks."
+    stage = SelfInstruct(backend={"kind": "openai", "model": "recorded"}, per_seed=2.0, seed_examples=3, max_rounds=3,
+                         prompts_per_round=4)
+    stage.backend = Recorded([(c["completion"], "stop") for c in cases] + [(cut, "length"), (chatter, "stop")])
+    out = apply_stage(stage, "self_instruct", seed_batch(SEEDS)).to_pylist()
+    new = [r for r in out if r["origin"] == "selfinstruct"]
+    kept = [r["messages"][0]["content"] for r in new if r[S.STATUS] == "kept"]
+    assert kept == [t for c in cases for t in c["expected_tasks"]]
+    unparseable = [r for r in new if r[S.REASON] == "unparseable"]
+    assert sorted(json.loads(r["meta"])["raw"] for r in unparseable) == sorted([cut, chatter])
+    assert all(r["messages"][0]["content"] == json.loads(r["meta"])["raw"].strip() for r in unparseable)
+    texts = [r["messages"][0]["content"] for r in new if r[S.REASON] != "unparseable"]
+    assert not any(t.startswith(("Sure", "I hope", "Let me know", "Certainly")) for t in texts)

@@ -125,3 +125,31 @@ def test_skill_pairs_are_fixed_by_the_batch_and_seed():
 
     assert pairs(42) == pairs(42)
     assert pairs(42) != pairs(1)
+
+
+def test_stage_on_chat_model_replies():
+    """A chat model's skill lists and pairs: chat around them is dropped; unparseable replies
+    (skills or pairs) are drops with their raw text, and a refined reply that cannot be read
+    keeps the draft it rewrote too."""
+    skills = ("Sure! Here are the skills this task needs:\n\n1. **Arithmetic** — Carrying out sums and products accurately.\n"
+              "2. **Unit conversion** — Changing quantities between units of measure.\n\nLet me know if you need more detail!")
+    no_skills = "Certainly! Here are the skills needed for this task:\n\nI hope this helps!"
+    pair = ("Of course! Here's a request and a response:\n\n**Instruction:** How many grams are 2.5 cups of flour?\n"
+            "**Response:**\nAbout 313 g, at 125 g per cup.\n\nThis request requires both skills. Let me know if you'd like another pair!")
+    stage = SkillMix(backend={"kind": "openai", "model": "recorded"}, per_seed=1.0, k=2)
+    stage.backend = Recorded(skills={"marathon": skills, "autumn": no_skills}, pairs=[(pair, "stop"), ("Sure! Happy to help.", "stop")])
+    out = apply_stage(stage, "skillmix", seed_batch(SEEDS[:2])).to_pylist()
+    seeds = {r["messages"][0]["content"]: json.loads(r["meta"]) for r in out if r["origin"] == "seed"}
+    assert [s["name"] for s in seeds[SEEDS[0]]["skills_extracted"]] == ["Arithmetic", "Unit conversion"]
+    made = next(r for r in out if r["origin"] == "skillmix" and r[S.STATUS] == "kept")
+    assert made["messages"] == [{"role": "user", "content": "How many grams are 2.5 cups of flour?"},
+                                {"role": "assistant", "content": "About 313 g, at 125 g per cup."}]
+    raws = sorted(json.loads(r["meta"])["raw"] for r in out if r[S.REASON] == "unparseable")
+    assert raws == sorted([no_skills, "Sure! Happy to help."])
+
+    stage = SkillMix(backend={"kind": "openai", "model": "recorded"}, per_seed=1.0, refine=True)
+    stage.backend = Recorded(skills={"marathon": skills}, pairs=[(pair, "stop"), ("Critique: fine.\nSure, no changes needed!", "stop")])
+    out = apply_stage(stage, "skillmix", seed_batch(SEEDS[:1])).to_pylist()
+    (bad,) = [r for r in out if r[S.REASON] == "unparseable"]
+    meta = json.loads(bad["meta"])
+    assert meta["raw"] == "Critique: fine.\nSure, no changes needed!" and meta["raw_draft"] == pair

@@ -2,7 +2,9 @@
 
 Bounded concurrency (a thread pool), a timeout per call, retries with exponential backoff and
 jitter on 429, 5xx and connection errors, and a clear error when the server is absent. The API
-key is read from an environment variable and never logged or stored.
+key is read from an environment variable and never logged or stored. A server whose chat
+template has no system role (a 400 saying so) gets the system text in the first user turn, from
+that request on (chat_template.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from curate.errors import CurateError
 from curate.generators.backends.base import Backend, ChatRequest, Completion
+from curate.generators.backends.chat_template import fold_system, refuses_system_role
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -34,6 +37,9 @@ class OpenAIBackend(Backend):
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.calls = 0  # HTTP attempts made, retries included
+        # The server's chat template has no system role (it answered 400 to one): from then on
+        # system text goes into the first user turn (chat_template.py).
+        self.fold_system = False
 
     def generate(self, requests: list[ChatRequest]) -> list[list[Completion]]:
         with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(requests)))) as pool:
@@ -41,13 +47,20 @@ class OpenAIBackend(Backend):
 
     def _one(self, request: ChatRequest) -> list[Completion]:
         s = request.sampling
-        body = {"model": self.model, "messages": request.messages, "temperature": s.temperature, "top_p": s.top_p,
-                "max_tokens": s.max_tokens, "n": s.n}
+        has_system = any(m.get("role") == "system" for m in request.messages)
+        body = {"model": self.model, "messages": fold_system(request.messages) if self.fold_system and has_system else request.messages,
+                "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "n": s.n}
         if s.seed is not None:
             body["seed"] = s.seed
         if s.stop:
             body["stop"] = list(s.stop)
-        data = self._post(json.dumps(body).encode())
+        try:
+            data = self._post(json.dumps(body).encode())
+        except _Refused as e:
+            if not (has_system and refuses_system_role(e.detail)) or self.fold_system and body["messages"] is not request.messages:
+                raise CurateError(str(e)) from None
+            self.fold_system = True
+            data = self._post(json.dumps({**body, "messages": fold_system(request.messages)}).encode())
         usage = data.get("usage") or {}
         choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
         if len(choices) != s.n:
@@ -74,9 +87,17 @@ class OpenAIBackend(Backend):
             except urllib.error.HTTPError as e:
                 last = f"HTTP {e.code}: {e.read()[:200].decode('utf-8', 'replace')}"
                 if e.code not in RETRY_STATUS:
-                    raise CurateError(f"{self.url} refused the request ({last})") from None
+                    raise _Refused(f"{self.url} refused the request ({last})", last) from None
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
                 reason = getattr(e, "reason", e)
                 last = f"{type(reason).__name__}: {reason}"
         raise CurateError(f"no answer from {self.url} after {self.max_retries + 1} attempts (last: {last}); "
                           "is the server running?")
+
+
+class _Refused(CurateError):
+    """A 4xx answer, not retried; `detail` is the server's text."""
+
+    def __init__(self, message: str, detail: str):
+        super().__init__(message)
+        self.detail = detail

@@ -1,16 +1,19 @@
 """vLLM's offline engine (`vllm.LLM`). `generate` may be called from many threads at once: an
 engine loop (engine_loop.py) puts every caller's requests into the one running batch. Chat
-templates come from the model's tokenizer. Runs on a GPU when the process has one, on vLLM's
-CPU backend otherwise."""
+templates come from the model's tokenizer (or the spec's `chat_template`); under one without a
+system role the system text goes into the first user turn (chat_template.py). Runs on a GPU
+when the process has one, on vLLM's CPU backend otherwise."""
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from dataclasses import asdict
 
 from curate.generators.backends.base import Backend, ChatRequest, Completion
+from curate.generators.backends.chat_template import FOLD, fold_system, load_template, probe, render, template_name
 from curate.generators.backends.engine_loop import EngineLoop
 
 
@@ -18,7 +21,7 @@ class VllmBackend(Backend):
     def __init__(self, model: str, dtype: str = "auto", max_model_len: int | None = None,
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9, seed: int = 0,
                  enforce_eager: bool = False, cpu_kv_cache_gib: int = 1, engine_process: bool | None = None,
-                 cpu_threads: int | None = None):
+                 cpu_threads: int | None = None, chat_template: str | None = None):
         start = time.perf_counter()  # the engine start, imports included
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kv_cache_gib))
         self.on_gpu = _has_cuda()
@@ -39,6 +42,13 @@ class VllmBackend(Backend):
         self.load_seconds = time.perf_counter() - start
         self.ready_at = time.time()
         self.tokenizer = self.llm.get_tokenizer()
+        # A template without a system role (Gemma, Mistral-style): system text goes into the
+        # first user turn; one that cannot render a user turn stops here (chat_template.py).
+        self.chat_template = load_template(chat_template)
+        self.system_role = probe(self.tokenizer, model, chat_template)
+        if self.system_role == FOLD:
+            print(f"{template_name(self.tokenizer, model, chat_template)} has no system role: system text is folded "
+                  "into the first user turn", file=sys.stderr, flush=True)
         # Callers render and tokenize in their own threads (the engine loop only adds token ids);
         # a fast tokenizer encoding in two threads at once can fail ("Already borrowed").
         self._tokenizer_lock = threading.Lock()
@@ -76,12 +86,15 @@ class VllmBackend(Backend):
     def prompt_token_ids(self, conversations: list[list[dict]]) -> list[list[int]]:
         """Each conversation rendered with the model's chat template and tokenized, as vLLM's
         own chat path does (template text, then no special tokens added)."""
+        if self.system_role == FOLD:
+            conversations = [fold_system(m) if any(t.get("role") == "system" for t in m) else m for m in conversations]
         with self._tokenizer_lock:
-            texts = [self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in conversations]
+            texts = [render(self.tokenizer, m, self.chat_template) for m in conversations]
             return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
     def stats(self) -> dict:
-        return {"model": self.model, "load_seconds": self.load_seconds, "ready_at": self.ready_at, **asdict(self.loop.stats)}
+        return {"model": self.model, "load_seconds": self.load_seconds, "ready_at": self.ready_at, "system_role": self.system_role,
+                **asdict(self.loop.stats)}
 
 
 def _in_process_cpu_engine(threads: int | None) -> int:

@@ -50,6 +50,14 @@ class AddConstraints(Stage):
 
 
 class VerifyConstraints(Stage):
+    """Keeps the rows whose last assistant turn satisfies every constraint in meta[`constraints_key`]
+    (a list of {"id", "kwargs"}), each decided as IFEval's reference checker decides it (see
+    `constraints`). A row without constraints passes through unverified, or is dropped
+    (`constraints:no_constraints`) when `require_constraints`. A constraint of an unknown type, or
+    with kwargs its type cannot take (missing, extra, a relation other than "at least"/"less
+    than"), fails the row and is named in the verdict's detail (`unknown` / `invalid`); the
+    others that fail are listed in `failed`. Score `constraints_satisfied`: the share satisfied."""
+
     name = "verify_constraints"
     resources = Resources(num_cpus=1)
     batch_size = 1024
@@ -68,17 +76,22 @@ class VerifyConstraints(Stage):
                                 else R.RowVerdict(self.verifier, None))
                 satisfied.append(None)
                 continue
-            failed, unknown = [], []
+            failed, unknown, invalid = [], [], []
             for c in constraints:
+                if not isinstance(c, dict) or not isinstance(c.get("id"), str) or c["id"] not in CONSTRAINTS:
+                    unknown.append(str(c.get("id") if isinstance(c, dict) else c))
+                    continue
                 try:
                     if not check(text, c):
                         failed.append(c["id"])
-                except (KeyError, TypeError):
-                    unknown.append(str(c.get("id") if isinstance(c, dict) else c))
-            bad = failed + unknown
+                except (TypeError, ValueError, AttributeError):
+                    invalid.append(c["id"])
+            bad = failed + unknown + invalid
             detail = {"kind": "passed" if not bad else "unsatisfied", "checked": len(constraints), "failed": failed}
             if unknown:
                 detail["unknown"] = unknown
+            if invalid:
+                detail["invalid"] = invalid
             verdicts.append(R.RowVerdict(self.verifier, not bad, "checker", detail,
                                          f"{self.verifier}:" + ",".join(bad)))
             satisfied.append(1 - len(bad) / len(constraints))

@@ -108,6 +108,32 @@ def cases(port: int) -> dict[str, tuple[str, str, str]]:
                                     "def f():\n    return 2\n", "x = 1\nassert f() == x", "exception:AssertionError"),
         "settrace_skips_tests": ("import sys\ndef skip(frame, event, arg):\n    raise SystemExit(0)\nsys.settrace(skip)\n"
                                  "def f():\n    return 2\n", "x = 1\nassert f() == x", "assertion"),
+        # standard-library values, floats and main blocks (issue 18): still nothing passes that is wrong
+        "fake_stdlib_type_name": ("import collections\nclass Eq(dict):\n    __module__ = 'collections'\n    __qualname__ = 'Counter'\n"
+                                  "    def __eq__(self, other):\n        return True\ndef f():\n    return Eq()\n",
+                                  "assert f() == {'a': 1}", "exception:TypeError"),
+        "patched_stdlib_type": ("import collections\nclass Eq(dict):\n    __module__ = 'collections'\n    __qualname__ = 'Counter'\n"
+                                "    def __eq__(self, other):\n        return True\ncollections.Counter = Eq\ndef f():\n    return Eq()\n",
+                                "assert f() == {'a': 1}", "wrong_output"),  # fooled runner, but the parent builds the value
+        "metaclass_hides_own_eq": ("class Meta(type):\n    __mro__ = property(lambda cls: (int, object))\n"
+                                   "class Int(int, metaclass=Meta):\n    def __eq__(self, other):\n        return True\n"
+                                   "def f():\n    return Int(2)\n", "assert f() == 1", "exception:TypeError"),
+        "always_equal_namedtuple": ("from collections import namedtuple\nclass P(namedtuple('P', 'x')):\n"
+                                    "    def __eq__(self, other):\n        return True\ndef f():\n    return P(2)\n",
+                                    "assert f() == (1,)", "exception:TypeError"),
+        "list_subclass_lies_when_iterated": ("class L(list):\n    def __iter__(self):\n        return iter([1])\n"
+                                             "def f():\n    return L([2])\n", "assert f() == [1]", "wrong_output"),
+        "str_subclass_repr_injection": ("class S(str):\n    def __repr__(self):\n        return \"'a'}, 'n': 'x'}\"\n"
+                                        "    __str__ = __repr__\ndef f():\n    return S('b')\n", "assert f() == 'a'", "wrong_output"),
+        "truthy_opaque_object": ("class Yes:\n    def __bool__(self):\n        return True\ndef f():\n    return Yes()\n",
+                                 "assert f() == 1", "wrong_output"),
+        "nan_against_the_tolerance": ("def f():\n    return [float('nan'), float('inf')]\n", "assert f() == [1.0, 2.0]", "wrong_output"),
+        "huge_fraction": ("from fractions import Fraction\ndef f():\n    return Fraction(3 ** 60000, 2 ** 90000)\n",
+                          "assert f() == 0.5", "exception:TypeError"),
+        "main_block_exit_after_wrong": ("import os\ndef f():\n    return 2\nif __name__ == '__main__':\n    os._exit(0)\n",
+                                        "assert f() == 1", "wrong_output"),
+        "exit_unless_main": ("import os\nif __name__ != '__main__':\n    os._exit(0)\ndef f():\n    return 2\n",
+                             "assert f() == 1", "early_exit"),
     }
 
 

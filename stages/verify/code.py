@@ -7,9 +7,19 @@ format). Each response runs once in the sandbox with all its tests; a failing on
 the failure kind (`code_exec:syntax_error`, `assertion`, `wrong_output`, `timeout`, `memory`,
 `crash`, `exception:<Type>`, `early_exit`, `forged`, ...). Rows without tests pass through
 unverified unless `require_tests`. An in-process (assert mode) verdict lists the introspection
-tools the solution mentions (frames, gc, ctypes, raw fd writes), the ways such code could forge
-it. Scores: `code_pass_rate` (tests passed) per response and
+tools the solution mentions (frames, gc, ctypes, raw fd writes, the runner's `__curate_` names),
+the ways such code could forge it. Scores: `code_pass_rate` (tests passed) per response and
 `code_task_pass_rate` (responses passing among the same parent's responses in the batch).
+
+The solution runs as an imported module, not as `__main__` (as in human-eval and evalplus, whose
+harnesses never run a demo block): an `if __name__ == "__main__":` block that reads stdin, loops
+or exits does not fail a correct function (module-level code still runs). In I/O mode results
+are compared as plain Python's `==` compares them in the test, standard-library values included
+(`Counter` equals a dict, a namedtuple a tuple, a deque no list; see judge.py), except that
+floats may differ by `float_tolerance` (absolute, default 1e-6 as EvalPlus's atol for float
+outputs; 0 compares exactly). The verdict's detail records the tolerance (`float_tolerance`) and
+the tests that passed only within it (`float_rounding`). Assert mode keeps `==` exact; a failed
+`==` on values within the tolerance says "float rounding" (`message` and `float_rounding`).
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ from curate.stages.base import Resources, Stage, StageResult
 from curate.stages.verify import rows as R
 from curate.stages.verify.isolation import SandboxUnavailableError, probe
 from curate.stages.verify.judge import verify_programs
-from curate.stages.verify.plan import introspection
+from curate.stages.verify.plan import FLOAT_TOLERANCE, introspection
 from curate.stages.verify.sandbox import Limits, shared_sandbox
 
 FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
@@ -73,14 +83,18 @@ class CodeExecution(Stage):
 
     def __init__(self, timeout_s: float = 4.0, memory_mb: int = 512, slots: int | None = None,
                  tests_key: str = "tests", require_tests: bool = False, allow_unsandboxed: bool = False,
-                 python: str | None = None):
-        self.preflight({"python": python, "allow_unsandboxed": allow_unsandboxed})
+                 python: str | None = None, float_tolerance: float = FLOAT_TOLERANCE):
+        self.preflight({"python": python, "allow_unsandboxed": allow_unsandboxed, "float_tolerance": float_tolerance})
+        self.float_tolerance = float(float_tolerance)
         self.limits = Limits(cpu_s=timeout_s, memory_mb=memory_mb)
         self.slots, self.allow_unsandboxed, self.python = slots, allow_unsandboxed, python
         self.tests_key, self.require_tests = tests_key, require_tests
 
     @classmethod
     def preflight(cls, params: dict) -> None:
+        tolerance = params.get("float_tolerance", FLOAT_TOLERANCE)
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+            raise ValueError(f"verify_code: float_tolerance must be a number >= 0 (absolute), not {tolerance!r}")
         caps = probe(params.get("python"))
         if not caps.jail and not params.get("allow_unsandboxed"):
             raise SandboxUnavailableError("verify_code: no sandbox here (tier none). Missing: " + caps.explain()
@@ -107,11 +121,19 @@ class CodeExecution(Stage):
         pass_rate: list[float | None] = [None] * batch.num_rows
         if jobs:
             sandbox = shared_sandbox(self.limits, self.slots, self.allow_unsandboxed, self.python)
-            for i, (solution, _), source, v in zip(jobs, pairs, sources, verify_programs(sandbox, pairs)):
+            verdicts_run = verify_programs(sandbox, pairs, self.float_tolerance)
+            for i, (solution, _), source, v in zip(jobs, pairs, sources, verdicts_run):
                 detail = {"kind": v.kind, "tests": f"{v.passed_tests}/{v.total_tests}", "tests_from": source,
                           "tier": sandbox.tier}
                 if v.detail and not v.passed:
                     detail["message"] = v.detail
+                if v.float_tolerance is not None:
+                    detail["float_tolerance"] = v.float_tolerance
+                if v.within_tolerance:
+                    detail["float_rounding"] = f"{v.within_tolerance} test(s) equal only within the float tolerance"
+                elif v.float_rounding:
+                    detail["float_rounding"] = ("the failed == compared values within the float tolerance; "
+                                                "assert mode is exact")
                 if v.strength == "in_process":
                     suspicious = introspection(solution)
                     if suspicious:

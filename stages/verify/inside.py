@@ -1,15 +1,32 @@
-"""The trusted runner that executes inside the jail (standard library only, run with `python -I -c`).
+"""The trusted runner that executes inside the jail (standard library only, under `python -I -S`).
 
-It reads its payload (marshal, written by the parent) from stdin and closes stdin before any
-candidate code runs, then reports one record per test over an inherited pipe (its fd number is in
+sandbox.py's bootstrap reads the payload (marshal, written by the parent) from stdin, loads this
+runner from it (precompiled) and calls main(payload), which closes stdin before any candidate
+code runs, then reports one record per test over an inherited pipe (its fd number is in
 the payload): one line per record, a dict written with ascii() that the parent reads with
 ast.literal_eval, carrying the run's nonce. (json would cost 7 ms of imports per run.) It decides
 nothing: the parent checks the records against what it expects.
-  io mode:     runs the solution, then evaluates each call and sends back its value, encoded
-               with exact builtin types (a subclass, say an int whose == is always true, cannot
-               be encoded). The expected values never enter the jail.
+
+The solution runs as an imported module named `solution` (registered in sys.modules), never as
+`__main__`: like human-eval and evalplus, whose harnesses exec the code without running its
+`if __name__ == "__main__":` demo block, a block that reads stdin, loops or exits is not run.
+The tests are the script: they run in the solution's namespace with `__name__ == "__main__"`, so
+a tests' own main block (`if __name__ == "__main__": test_f()`) does run.
+  io mode:     runs the solution, then evaluates each call and sends back its value in a canonical
+               encoding (`encode`) that the parent rebuilds with types of its own; no object made
+               in the jail leaves it, and the expected values never enter it. Encoded: builtin
+               values; the standard library's Counter, OrderedDict, defaultdict, deque, Fraction,
+               Decimal, range and dict key/item views; subclasses of builtin types that keep their
+               base's `==` (namedtuple, IntEnum, ...) as their base value; objects that keep
+               object's identity `==` (a generator, a function) and standard-library values
+               never equal to a builtin one (date, timedelta, UUID, a path) as an opaque value
+               equal to nothing a test can write. A value whose type defines its own `==` (say an int
+               whose == is always true) cannot be encoded: exception:TypeError.
   assert mode: runs the solution, then each top-level test statement, and reports ok or the
-               failure kind. Code in the same process could forge these (strength in_process).
+               failure kind. `assert a == b` compares with plain `==` only when both sides can be
+               encoded (otherwise both must be of one exact type); when it fails on numbers within
+               the payload's float tolerance the assertion message starts with "float rounding".
+               Code in the same process could forge these (strength in_process).
 """
 
 import builtins
@@ -17,20 +34,35 @@ import marshal
 import os
 import sys
 
+# Standard-library types the runner encodes, named by (module, name): they are looked up in
+# sys.modules when met (importing them up front would cost every run). "o": types whose == is
+# false against every builtin value, so against every literal a test can write (encoded opaque).
+STDLIB = {("collections", "Counter"): "ctr", ("collections", "OrderedDict"): "od",
+          ("collections", "defaultdict"): "dd", ("collections", "deque"): "dq",
+          ("fractions", "Fraction"): "fr", ("decimal", "Decimal"): "dec",
+          **{("datetime", name): "o" for name in ("date", "datetime", "time", "timedelta", "timezone")},
+          ("uuid", "UUID"): "o", ("pathlib", "PosixPath"): "o", ("pathlib", "PurePosixPath"): "o"}
 
-def main():
-    _write, _exit, _ascii, _type, _repr, _len = os.write, os._exit, ascii, type, repr, len
-    _settrace, _BaseException = sys.settrace, BaseException
-    chunks = []
-    while True:
-        chunk = os.read(0, 1 << 20)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    payload = marshal.loads(b"".join(chunks))
+
+def main(payload=None):
+    _write, _exit, _ascii, _type, _len = os.write, os._exit, ascii, type, len
+    _settrace, _BaseException, _AssertionError, _TypeError = sys.settrace, BaseException, AssertionError, TypeError
+    _isinstance, _bool, _abs, _getattr, _modules, _object = isinstance, bool, abs, getattr, sys.modules, object
+    # the real MRO, dict, name and module of a class, whatever its metaclass says
+    _mro, _cdict = type.__dict__["__mro__"].__get__, type.__dict__["__dict__"].__get__
+    _qualname, _module = type.__dict__["__qualname__"].__get__, type.__dict__["__module__"].__get__
+    if payload is None:  # run as a script: the payload is on stdin
+        chunks = []
+        while True:
+            chunk = os.read(0, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        payload = marshal.loads(b"".join(chunks))
     os.close(0)
     os.open("/dev/null", os.O_RDONLY)  # becomes fd 0 again
     nonce, channel = payload["nonce"], payload["channel"]
+    tolerance = payload.get("tol") or 0.0
     if payload.get("fence"):
         fence(payload["fence"])
 
@@ -40,7 +72,7 @@ def main():
 
     def kind(exc):
         t = _type(exc)
-        if t is AssertionError:
+        if t is AssertionError:  # looked up now (a patched builtins.AssertionError shows)
             return "assertion"
         if t is MemoryError:
             return "memory"
@@ -58,44 +90,125 @@ def main():
         except _BaseException:
             return "<unprintable>"
 
+    # how each builtin base type is read without calling a subclass's own methods
+    items = {list: ("l", list.__iter__), tuple: ("t", tuple.__iter__), set: ("set", set.__iter__),
+             frozenset: ("fs", frozenset.__iter__)}
+    bases = {int, float, complex, str, bytes, bytearray, dict, *items}
+    real, imag = complex.real.__get__, complex.imag.__get__
+    views = {_type({}.keys()): "dk", _type({}.items()): "di", range: "r"}
+
+    def classify(t):
+        """A standard-library tag, the builtin base whose == t keeps, object (identity ==) or None
+        (an == of its own). Not cached: a class can be changed between two calls."""
+        tag = STDLIB.get((_module(t), _qualname(t)))
+        if tag is not None:
+            module = _modules.get(_module(t))
+            if module is not None and _getattr(module, _qualname(t), None) is t:
+                return tag
+        for k in _mro(t):
+            if k in bases or k is _object:
+                return k
+            if "__eq__" in _cdict(k):
+                return None
+        return None
+
+    def pairs(iterable, depth):
+        return [[encode(k, depth), encode(v, depth)] for k, v in iterable]
+
+    def base_value(b, value, depth):
+        if b is int:
+            return {"i": int.__format__(value, "x")}  # hex: no 4,300-digit limit
+        if b is float:
+            return {"f": float.__repr__(value)}
+        if b is str:
+            return {"s": str.__str__(value)}
+        if b in items:
+            tag, iterate = items[b]
+            return {tag: [encode(v, depth) for v in iterate(value)]}
+        if b is dict:
+            return {"d": pairs(dict.items(value), depth)}
+        if b is bytes:
+            return {"y": bytes.hex(value)}
+        if b is bytearray:
+            return {"ya": bytearray.hex(value)}
+        return {"c": [float.__repr__(real(value)), float.__repr__(imag(value))]}  # complex
+
     def encode(value, depth=0):
         if depth > 64:
-            raise TypeError("value nested too deeply")
+            raise _TypeError("value nested too deeply")
+        depth += 1
         t = _type(value)
         if value is None:
             return None
         if t is bool:
             return {"b": value}
-        if t is int:
-            return {"i": str(value)}
-        if t is float:
-            return {"f": _repr(value)}
-        if t is str:
-            return {"s": value}
-        if t is bytes:
-            return {"y": value.hex()}
-        if t is complex:
-            return {"c": [_repr(value.real), _repr(value.imag)]}
-        if t is list or t is tuple or t is set or t is frozenset:
-            tag = {list: "l", tuple: "t", set: "set", frozenset: "fs"}[t]
-            return {tag: [encode(v, depth + 1) for v in value]}
-        if t is dict:
-            return {"d": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in value.items()]}
-        raise TypeError("cannot return a " + t.__name__ + " (only exact builtin types)")
+        if t in bases:
+            return base_value(t, value, depth)
+        tag = views.get(t)
+        if tag == "dk":
+            return {tag: [encode(k, depth) for k in value]}
+        if tag == "di":
+            return {tag: pairs(value, depth)}
+        if tag == "r":
+            return {tag: [encode(value.start), encode(value.stop), encode(value.step)]}
+        how = classify(t)
+        if how is None:
+            raise _TypeError("cannot return a " + _qualname(t) + ": its == is its own (values are compared outside "
+                             "the jail: builtin and standard-library ones, or objects with identity ==)")
+        if how is _object or how == "o":
+            return {"o": [_qualname(t), None]}
+        if how in bases:
+            return {"x": [_qualname(t), base_value(how, value, depth)]}
+        if how in ("ctr", "dd"):
+            return {how: pairs(dict.items(value), depth)}
+        if how == "od":
+            return {how: pairs(t.items(value), depth)}
+        if how == "dq":
+            return {how: [encode(v, depth) for v in t.__iter__(value)]}
+        if how == "dec":
+            return {how: t.__str__(value)}
+        n, d = value.numerator, value.denominator  # Fraction
+        if _type(n) is not int or _type(d) is not int or n.bit_length() > 80_000 or d.bit_length() > 80_000:
+            raise _TypeError("a Fraction of non-int or over-80,000-bit parts")  # the parent's limit
+        return {how: [int.__format__(n, "x"), int.__format__(d, "x")]}
 
-    def plain(value):
+    def encodable(value):
         try:
             encode(value)
             return True
         except _BaseException:
             return False
 
-    def strict_eq(a, b):
-        if plain(a) and plain(b):
-            return a == b
-        return _type(a) is _type(b) and a == b
+    def near(a, b, depth=0):
+        """Unequal, but equal within the float tolerance (numbers, and lists, tuples, dicts of them)."""
+        if depth > 64:
+            return False
+        ta, tb = _type(a), _type(b)
+        if ta in (int, float, complex) and tb in (int, float, complex) and (ta is not int or tb is not int):
+            return _abs(a - b) <= tolerance
+        if (_isinstance(a, list) and _isinstance(b, list)) or (_isinstance(a, tuple) and _isinstance(b, tuple)):
+            return _len(a) == _len(b) and all(x == y or near(x, y, depth + 1) for x, y in zip(a, b))
+        if _isinstance(a, dict) and _isinstance(b, dict) and a.keys() == b.keys():
+            return all(a[k] == b[k] or near(a[k], b[k], depth + 1) for k in a)
+        return False
 
-    namespace = {"__name__": "__main__", "__builtins__": builtins, "__curate_strict_eq__": strict_eq}
+    def strict_eq(a, b):
+        trusted = encodable(a) and encodable(b)
+        equal = a == b if trusted else _type(a) is _type(b) and a == b
+        if not equal and trusted and tolerance:
+            try:
+                shown = "%.200r == %.200r" % (a, b) if near(a, b) else None
+            except _BaseException:
+                shown = None
+            if shown:
+                raise _AssertionError("float rounding: " + shown + " is False, but they differ by less than %r "
+                                      "(assert mode compares exactly)" % tolerance)
+        return equal
+
+    module = _type(sys)("solution")
+    namespace = module.__dict__
+    namespace.update({"__builtins__": builtins, "__curate_strict_eq__": strict_eq})
+    _modules["solution"] = module
     try:
         code = compile(payload["solution"], "<solution>", "exec")
     except _BaseException as exc:
@@ -103,28 +216,35 @@ def main():
         _exit(0)
     try:
         exec(code, namespace)
+        namespace["__name__"] = "__main__"  # the tests are the script
         if payload.get("setup"):
             exec(compile(payload["setup"], "<setup>", "exec"), namespace)
     except _BaseException as exc:
         send({"t": "solution", "e": kind(exc), "m": message(exc)})
         _exit(0)
 
-    items = payload["calls"] if payload["mode"] == "io" else payload["tests"]
-    for i, source in enumerate(items):
+    io = payload["mode"] == "io"
+    cases = payload["calls"] if io else payload["tests"]
+    for i, source in enumerate(cases):
         _settrace(None)
         try:
-            if payload["mode"] == "io":
+            if io:
                 value = eval(compile(source, "<call %d>" % i, "eval"), namespace)
                 encoded = encode(value)
+                if _type(encoded) is dict and "o" in encoded:  # truthiness, for `assert f()`
+                    try:
+                        encoded["o"][1] = _bool(value)
+                    except _BaseException:
+                        pass
                 if _len(_ascii(encoded)) > 1_000_000:
-                    raise TypeError("return value too large")
+                    raise _TypeError("return value too large")
                 send({"t": "case", "i": i, "v": encoded})
             else:
                 exec(compile(source, "<test %d>" % i, "exec"), namespace)
                 send({"t": "case", "i": i, "ok": True})
         except _BaseException as exc:
             send({"t": "case", "i": i, "e": kind(exc), "m": message(exc)})
-    send({"t": "done", "count": _len(items)})
+    send({"t": "done", "count": _len(cases)})
     try:
         sys.stdout.flush()
     except _BaseException:
@@ -180,5 +300,5 @@ def fence(spec):
         raise OSError(ctypes.get_errno(), "seccomp")
 
 
-if __name__ == "__main__":  # `python -c` in the jail; importing it runs nothing
+if __name__ == "__main__":  # as `python -c` with the payload on stdin; importing it runs nothing
     main()

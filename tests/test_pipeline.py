@@ -176,8 +176,17 @@ def test_actor_stages_that_cannot_fit_are_a_clear_error(ray_local, tmp_path, alp
     from curate.errors import CurateError
 
     src = write_jsonl(tmp_path / "s.jsonl", alpaca_rows[:10])
-    respond = {"respond": {"backend": {"kind": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1"},
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # up: preflight's probe passes
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    respond = {"respond": {"backend": {"kind": "openai", "model": "m", "base_url": f"http://127.0.0.1:{server.server_port}/v1"},
                            "resources": {"num_cpus": 1, "concurrency": 2}}}
     cfg = load_config(None, input=[str(src)], db=str(tmp_path / "x.duckdb"), stages=[respond])
-    with pytest.raises(CurateError, match=r"actor stages need 2 CPU \(respond: 2\).*cluster has 2"):
-        run(cfg, progress="off")
+    try:
+        with pytest.raises(CurateError, match=r"actor stages need 2 CPU \(respond: 2\).*cluster has 2"):
+            run(cfg, progress="off")
+    finally:
+        server.shutdown()
+        server.server_close()

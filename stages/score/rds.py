@@ -69,6 +69,14 @@ class RDSEmbed(Stage):
     resources = Resources(num_cpus=1, actor=True, concurrency=1)  # set num_gpus: 1 to embed on a GPU
     batch_size = 512
 
+    @classmethod
+    def preflight(cls, params: dict) -> None:
+        """Before any Ray work (pipeline/preflight.py `check_model`): `model` is `default`, a folder
+        with a readable config.json and weights, or a Hugging Face id the cache or hub can give."""
+        from curate.pipeline.preflight import check_model
+
+        check_model(params.get("model"), f"{cls.name}.model")
+
     def __init__(self, model: str, max_length: int = 2048, vector: str = "rds", max_batch_tokens: int | None = None,
                  max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None):
         self.encoder = RDSEncoder(model, max_length, max_batch_tokens, max_batch_rows, device, dtype)

@@ -1,9 +1,15 @@
-"""Benchmark decontamination: drop training rows that share a word n-gram with a benchmark prompt.
+"""Benchmark decontamination: drop training rows that share a token n-gram with a benchmark prompt.
 
-Default n = 13, as in the GPT-3 and Tülu reports. Text is compared in normalised form (case,
-punctuation and white space folded). A benchmark text shorter than n words (but at least
-`min_words`) counts as one n-gram of its own length, so short prompts copied verbatim are
-caught too. Drops read `contaminated:<benchmark>`.
+Default n = 13, as in the GPT-3 and Tülu reports. Text is compared in normalised form
+(`curate.stages.text`: NFKC, case folded, punctuation and white space folded, combining marks
+kept); tokens are words, and characters in scripts written without spaces (Chinese, Japanese,
+Thai...), so there n-grams are character n-grams. A benchmark text shorter than n tokens (but at
+least `min_words`) counts as one n-gram of its own length, so short prompts copied verbatim are
+caught too.
+
+By default every turn is checked (system prompt, every user turn, every answer), each on its
+own; a drop reads `contaminated:<benchmark> turn <k> (<role>)`, k counting the conversation's
+messages from 1, naming the earliest turn that overlaps.
 """
 
 from __future__ import annotations
@@ -15,10 +21,11 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curate.errors import CurateError
 from curate.stages.base import Resources, Stage, StageResult
-from curate.stages.text import conversation_text, first_user_turn, last_assistant_turn, ngram_hashes, word_hashes
+from curate.stages.text import conversation_text, ngram_hashes, turn_positions, word_hashes
 
 PROMPT_FIELDS = ("text", "prompt", "instruction", "Instruction", "question", "input")
 
@@ -43,12 +50,40 @@ def benchmark_texts(path: str) -> list[str]:
 
 
 class Decontaminate(Stage):
+    """Drop rows that share an n-gram with a benchmark prompt; the reason names the benchmark
+    and the turn.
+
+    `fields`: which turns are checked. `all` (default): every turn, whatever its role;
+    `instruction`: the first user turn; `response`: the last assistant turn; `both`: those two;
+    `conversation`: all turns joined into one text (n-grams may then span turns; the reason
+    names no turn)."""
+
     name = "decontaminate"
     resources = Resources(num_cpus=1)
     batch_size = 2048
 
+    @classmethod
+    def preflight(cls, params: dict) -> None:
+        """Before any Ray work (pipeline/preflight.py): `benchmarks` given as an empty list or
+        mapping is an error (nothing would be checked); each path or glob in it must match at
+        least one readable file. Left out, the stage's own default set (if it has one) is used."""
+        import inspect
+
+        from curate.pipeline.preflight import PreflightError, check_files
+
+        benchmarks = params.get("benchmarks")
+        default = inspect.signature(cls.__init__).parameters["benchmarks"].default
+        if benchmarks is None or benchmarks == default:  # the stage's own default set: its business
+            return
+        if not benchmarks:
+            bundled = default is not inspect.Parameter.empty
+            raise PreflightError(f"{cls.name}.benchmarks", "empty, so no row would be checked for contamination",
+                                 "list benchmark prompt files (JSONL or JSON; globs allowed)"
+                                 + (", or leave the key out for the bundled set" if bundled else ", or remove the stage"))
+        check_files(benchmarks, f"{cls.name}.benchmarks", what="benchmark file")
+
     def __init__(self, benchmarks: list[str] | dict[str, str], ngram: int = 13, min_words: int = 8,
-                 fields: Literal["instruction", "response", "both", "conversation"] = "both"):
+                 fields: Literal["all", "instruction", "response", "both", "conversation"] = "all"):
         self.ngram = ngram
         self.fields = fields
         named = benchmarks if isinstance(benchmarks, dict) else {_stem(p): p for p in _expand(benchmarks)}
@@ -73,36 +108,67 @@ class Decontaminate(Stage):
         self.grams, self.owners = self.grams[order], self.owners[order]
         self.lengths = sorted(lengths)  # window sizes to slide over training text
 
-    def texts(self, batch: pa.Table) -> list[pa.Array]:
+    def turns(self, batch: pa.Table) -> np.ndarray:
+        """Indices into the flattened turns of `batch["messages"]` that `fields` selects,
+        ascending (so each row's turns come in conversation order)."""
         m = batch["messages"]
-        return {
-            "instruction": [first_user_turn(m)],
-            "response": [last_assistant_turn(m)],
-            "both": [first_user_turn(m), last_assistant_turn(m)],
-            "conversation": [conversation_text(m)],
-        }[self.fields]
+        total = int(pc.sum(pc.fill_null(pc.list_value_length(m), 0)).as_py() or 0)
+        if self.fields == "all":
+            return np.arange(total)
+        picks = {"instruction": [("user", False)], "response": [("assistant", True)],
+                 "both": [("user", False), ("assistant", True)]}[self.fields]
+        chosen = np.concatenate([turn_positions(m, role, last) for role, last in picks])
+        return np.unique(chosen[chosen >= 0])
+
+    def hits(self, text: pa.Array) -> np.ndarray:
+        """Per text: the index of the first benchmark it shares an n-gram with, or -1."""
+        hit = np.full(len(text), -1)
+        hashes, offsets = word_hashes(text)
+        for n in self.lengths:
+            g, rows = ngram_hashes(hashes, offsets, n, short_rows=False)
+            pos = np.searchsorted(self.grams, g)
+            pos[pos == len(self.grams)] = 0
+            match = self.grams[pos] == g
+            for row, owner in zip(rows[match], self.owners[pos[match]]):
+                if hit[row] < 0:
+                    hit[row] = owner
+        return hit
 
     def contamination(self, batch: pa.Table) -> list[str | None]:
-        """Per row: the first benchmark it overlaps, or None."""
-        hit = np.full(batch.num_rows, -1)
-        for text in self.texts(batch):
-            hashes, offsets = word_hashes(text)
-            for n in self.lengths:
-                g, rows = ngram_hashes(hashes, offsets, n, short_rows=False)
-                pos = np.searchsorted(self.grams, g)
-                pos[pos == len(self.grams)] = 0
-                match = self.grams[pos] == g
-                for row, owner in zip(rows[match], self.owners[pos[match]]):
-                    if hit[row] < 0:
-                        hit[row] = owner
-        return [self.names[h] if h >= 0 else None for h in hit]
+        """Per row: None, or what it overlaps: `<benchmark> turn <k> (<role>)` for its earliest
+        contaminated turn (k from 1 over all its messages), `<benchmark> (conversation)` when
+        `fields` is `conversation`."""
+        out: list[str | None] = [None] * batch.num_rows
+        if self.fields == "conversation":
+            for row, h in enumerate(self.hits(conversation_text(batch["messages"]))):
+                if h >= 0:
+                    out[row] = f"{self.names[h]} (conversation)"
+            return out
+        m = batch["messages"]
+        m = m.combine_chunks() if isinstance(m, pa.ChunkedArray) else m
+        flat = pc.list_flatten(m)
+        selected = self.turns(batch)
+        if len(selected) == 0:
+            return out
+        contents = flat.field("content")
+        hit = self.hits(contents if len(selected) == len(contents) else contents.take(pa.array(selected)))
+        found = np.flatnonzero(hit >= 0)
+        if len(found) == 0:
+            return out
+        parents = pc.list_parent_indices(m).to_numpy()
+        lengths = pc.fill_null(pc.list_value_length(m), 0).to_numpy(zero_copy_only=False)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        turn_idx = selected[found]
+        rows, first = np.unique(parents[turn_idx], return_index=True)  # earliest turn per row
+        roles = flat.field("role").take(pa.array(turn_idx[first])).to_pylist()
+        for row, t, h, role in zip(rows.tolist(), turn_idx[first].tolist(), hit[found][first].tolist(), roles):
+            out[row] = f"{self.names[h]} turn {t - starts[row] + 1} ({role})"
+        return out
 
     def __call__(self, batch: pa.Table) -> StageResult:
         found = self.contamination(batch)
         drop = pa.array([f is not None for f in found])
         reasons = pa.array([f"contaminated:{f}" for f in found if f is not None], pa.string())
-        import pyarrow.compute as pc
-
         return StageResult(kept=batch.filter(pc.invert(drop)), dropped=batch.filter(drop).append_column("reason", reasons))
 
 

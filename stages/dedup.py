@@ -3,6 +3,11 @@
 Both are GlobalStages: the stream computes a key per row in parallel CPU workers (a hash of the
 normalised text; a MinHash signature), the writer stores the keys, and after the stream
 `decide` drops every row but the first occurrence (input order), naming the id it duplicates.
+
+Both compare `dedup_text`: text normalised as in `curate.stages.text` (NFKC_Casefold, combining
+marks kept), turn by turn, a turn of emoji or punctuation only keeping its folded raw text. A row
+whose text is blank matches nothing. Near dedup shingles are token n-grams: word n-grams, and
+character n-grams in scripts written without spaces (Chinese, Japanese, Thai...).
 """
 
 from __future__ import annotations
@@ -15,15 +20,18 @@ import numpy as np
 import pyarrow as pa
 
 from curate.stages.base import GlobalStage, Resources, StageResult
-from curate.stages.text import conversation_text, first_user_turn, ngram_hashes, normalise, word_hashes
+from curate.stages.text import conversation_keys, first_user_turn, key_text, ngram_hashes, word_hashes
 
 
 def dedup_text(batch: pa.Table, on: str) -> pa.Array:
-    return first_user_turn(batch["messages"]) if on == "instruction" else conversation_text(batch["messages"])
+    """Per row, the already normalised text dedup compares (`key_text` of the first user turn for
+    `on="instruction"`, `conversation_keys` for `"conversation"`); "" for a blank one."""
+    return key_text(first_user_turn(batch["messages"])) if on == "instruction" else conversation_keys(batch["messages"])
 
 
 class ExactDedup(GlobalStage):
-    """Rows whose normalised instruction (or whole conversation) is equal: keep the first."""
+    """Rows whose normalised instruction (or whole conversation, turn by turn) is equal: keep the
+    first. A row whose text is blank (no instruction) matches no other row."""
 
     name = "exact_dedup"
     resources = Resources(num_cpus=1)
@@ -34,8 +42,14 @@ class ExactDedup(GlobalStage):
         self.on = on
 
     def __call__(self, batch: pa.Table) -> StageResult:
-        texts = normalise(dedup_text(batch, self.on)).to_pylist()
-        keys = pa.array([hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in texts], pa.binary())
+        texts = dedup_text(batch, self.on).cast(pa.binary()).to_pylist()  # UTF-8 bytes, no str round trip
+        keys = [hashlib.blake2b(t, digest_size=16).digest() for t in texts]
+        blank = [i for i, t in enumerate(texts) if not t]
+        if blank:  # a blank text is no duplicate of another: a key of its own (the id's)
+            ids = batch.column("id").to_pylist()
+            for i in blank:
+                keys[i] = hashlib.blake2b(b"\x00blank\x00" + ids[i].encode("utf-8"), digest_size=16).digest()
+        keys = pa.array(keys, pa.binary())
         return StageResult(kept=batch, keys=keys)
 
     def decide(self, batches) -> list[tuple[str, str]]:
@@ -50,7 +64,8 @@ class ExactDedup(GlobalStage):
 
 
 class MinHasher:
-    """MinHash signatures of word shingles, vectorised over a batch with NumPy.
+    """MinHash signatures of token shingles (`shingle` consecutive tokens: words, or characters
+    in scripts without spaces), vectorised over a batch with NumPy.
 
     Permutations are multiply-shift hashes (a·h + b mod 2^64, top 32 bits) with odd `a`, drawn
     from `seed`, so every worker computes the same signatures."""
@@ -62,9 +77,10 @@ class MinHasher:
         self.a = rng.integers(1, 2**63, num_perm, dtype=np.uint64) | np.uint64(1)
         self.b = rng.integers(0, 2**63, num_perm, dtype=np.uint64)
 
-    def signatures(self, text: pa.Array) -> np.ndarray:
-        """(rows, num_perm) uint32; a row without words gets all-max (it matches nothing)."""
-        hashes, offsets = word_hashes(text)
+    def signatures(self, text: pa.Array, normalised: bool = False) -> np.ndarray:
+        """(rows, num_perm) uint32; a row without tokens gets all-max (it matches nothing).
+        `normalised`: `text` is already normalised (`dedup_text`), so it is not normalised again."""
+        hashes, offsets = word_hashes(text, normalised=normalised)
         grams, rows = ngram_hashes(hashes, offsets, self.shingle)
         n_rows = len(offsets) - 1
         sig = np.full((n_rows, self.num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
@@ -84,8 +100,10 @@ class MinHasher:
 
 
 class NearDedup(GlobalStage):
-    """MinHash + LSH over word shingles: rows whose Jaccard similarity to an earlier kept row
-    reaches `threshold` are dropped, naming that row.
+    """MinHash + LSH over token shingles (word n-grams; character n-grams in Chinese, Japanese,
+    Thai..., as Data-Juicer's `tokenization: character`): rows whose Jaccard similarity to an
+    earlier kept row reaches `threshold` are dropped, naming that row. Rows without tokens pair
+    with nothing.
 
     Bands favour recall (`recall_weight` of the error mass on false negatives); every candidate
     pair is then verified on its signatures, accepting an estimated similarity of at least
@@ -113,7 +131,7 @@ class NearDedup(GlobalStage):
         self.max_bucket = max_bucket
 
     def __call__(self, batch: pa.Table) -> StageResult:
-        sig = self.hasher.signatures(dedup_text(batch, self.on))
+        sig = self.hasher.signatures(dedup_text(batch, self.on), normalised=True)
         keys = pa.array(_rows_as_bytes(sig), pa.binary())
         return StageResult(kept=batch, keys=keys)
 
@@ -130,7 +148,8 @@ class NearDedup(GlobalStage):
         return greedy_drops(ids, pairs)
 
     def candidate_pairs(self, sig: np.ndarray) -> np.ndarray:
-        """Verified pairs (i, j), i < j in input order, with estimated Jaccard ≥ verify_at."""
+        """Verified pairs (i, j), i < j in input order, with estimated Jaccard ≥ verify_at.
+        Rows without tokens (all-max signatures) pair with nothing: blank is not a duplicate."""
         n = len(sig)
         r = self.rows_per_band
         found = []
@@ -157,6 +176,9 @@ class NearDedup(GlobalStage):
                         keep = i < j
                         found.append(np.stack([i[keep], j[keep]], axis=1))
         both = np.concatenate(found).astype(np.int64)
+        blank = (sig == np.iinfo(np.uint32).max).all(axis=1)
+        if blank.any():
+            both = both[~(blank[both[:, 0]] | blank[both[:, 1]])]
         codes = np.unique(both[:, 0] * n + both[:, 1])  # one int per pair: a 1-D unique is far cheaper
         pairs = np.stack([codes // n, codes % n], axis=1)
         # Verified a slice at a time: both signatures of every pair at once would take

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from curate.stages.base import Resources, Stage, StageResult
 from curate.stages.prose import foreign_share, prose, prose_letters, scripts_of
-from curate.stages.text import first_user_turn, last_assistant_turn, ngram_hashes, word_hashes
+from curate.stages.text import first_user_turn, last_assistant_turn, ngram_hashes, token_counts, word_hashes
 from curate.storage.schema import SCORE_PREFIX
 
 DEFAULT_REFUSALS = (
@@ -243,9 +243,25 @@ class Filters(Stage):
         return None
 
 
+# Scripts written without spaces between words: a whitespace split counts a whole answer as one word.
+_SPACELESS = r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}]"
+
+
 def _word_count(text: pa.Array) -> pa.Array:
-    return pc.fill_null(pc.list_value_length(pc.utf8_split_whitespace(pc.utf8_trim_whitespace(text))), 0).cast(pa.int64()) \
-        if len(text) else pa.array([], pa.int64())
+    """Words per row: whitespace-separated, or for rows in a script without spaces, the tokens
+    near dedup uses (one per character there: `stages/text.py` token_counts)."""
+    if not len(text):
+        return pa.array([], pa.int64())
+    trimmed = pc.utf8_trim_whitespace(text)
+    counts = pc.list_value_length(pc.utf8_split_whitespace(trimmed)).cast(pa.int64())
+    counts = pc.fill_null(pc.if_else(pc.equal(pc.utf8_length(trimmed), 0), 0, counts), 0)  # "" splits into [""]
+    spaceless = pc.fill_null(pc.match_substring_regex(text, _SPACELESS), False)
+    if not pc.any(spaceless).as_py():
+        return counts
+    rows = np.flatnonzero(spaceless.to_numpy(zero_copy_only=False))
+    out = counts.to_numpy(zero_copy_only=False).copy()
+    out[rows] = token_counts(pc.take(text, pa.array(rows))).to_numpy(zero_copy_only=False)
+    return pa.array(out, pa.int64())
 
 
 def repeated_ngram_ratio(text: pa.Array, n: int) -> pa.Array:
@@ -266,10 +282,11 @@ def repeated_ngram_ratio(text: pa.Array, n: int) -> pa.Array:
 
 
 def non_alnum_ratio(text: pa.Array) -> pa.Array:
-    """Share of non-space characters that are neither letters nor digits."""
+    """Share of non-space characters that are neither letters (with their combining marks:
+    Devanagari vowel signs, Thai tone marks) nor digits."""
     spaces = pc.count_substring_regex(text, r"\s").to_numpy(zero_copy_only=False)
     total = (pc.utf8_length(text).to_numpy(zero_copy_only=False) - spaces).astype(float)
-    symbols = pc.count_substring_regex(text, r"[^\p{L}\p{N}\s]").to_numpy(zero_copy_only=False)
+    symbols = pc.count_substring_regex(text, r"[^\p{L}\p{M}\p{N}\s]").to_numpy(zero_copy_only=False)
     out = np.zeros(len(total))
     np.divide(symbols, total, out=out, where=total > 0)
     return pa.array(out)

@@ -3,6 +3,7 @@
 import glob
 import json
 import random
+import unicodedata
 
 import duckdb
 import numpy as np
@@ -172,14 +173,125 @@ def near_dup_pool(alpaca_rows):
     return rows, batch, brute_force_pairs(rows)
 
 
+# Scripts written without spaces: near dedup shingles characters there. The pools are built from
+# words of each script; the reference below tokenises on its own (unicodedata only), so these
+# check the tokenisation as well as MinHash + LSH.
+ZH_WORDS = ("我们 今天 明天 学习 工作 时间 问题 朋友 学校 老师 学生 城市 国家 世界 经济 发展 社会 文化 历史 科学 "
+            "技术 电脑 手机 网络 音乐 电影 图书 新闻 天气 季节 春天 夏天 秋天 冬天 早上 晚上 中午 周末 家庭 父母 "
+            "孩子 医生 医院 身体 健康 运动 跑步 游泳 旅行 飞机 火车 汽车 公园 山上 河边 大海 森林 动物 植物 花园 "
+            "水果 苹果 香蕉 米饭 面条 茶叶 咖啡 牛奶 鸡蛋 市场 商店 价格 便宜 漂亮 重要 简单 困难 快乐 安静 热闹 "
+            "认真 努力 希望 喜欢 觉得 知道 需要 开始 结束 准备 参加 讨论 研究 解决 提高 帮助 介绍 选择 保护 环境 "
+            "能源 农业 工厂 银行 公司 市长 会议 计划 目标 方法 结果 原因 影响 变化 机会 经验 能力 语言 文字 故事").split()
+JA_WORDS = ("わたし あなた きょう あした がっこう せんせい ともだち てんき さくら やま うみ かわ ごはん おちゃ "
+            "日本 東京 京都 大阪 電車 新聞 料理 写真 音楽 映画 会社 仕事 勉強 旅行 季節 天気 家族 時間 お店 公園 "
+            "たべます のみます いきます みます かきます よみます あそびます はなします").split()
+TH_WORDS = ("สวัสดี ขอบคุณ อาหาร ประเทศ ภาษา โรงเรียน ครู นักเรียน เมือง ตลาด ทะเล ภูเขา แม่น้ำ ต้นไม้ ดอกไม้ "
+            "กาแฟ ข้าว น้ำ บ้าน รถไฟ เพื่อน ครอบครัว อากาศ ฤดูฝน หนังสือ เพลง ทำงาน เรียน กิน ดื่ม เดินทาง").split()
+SPACELESS = ("CJK UNIFIED IDEOGRAPH", "HIRAGANA", "KATAKANA LETTER", "THAI CHARACTER")
+
+
+def reference_tokens(text: str) -> list[str]:
+    """NFKC + casefold; letters, marks and digits make words; a character of Han, kana or Thai is
+    a token of its own, with the marks after it."""
+    out, word, spaceless_last = [], "", False
+    for ch in unicodedata.normalize("NFKC", text).casefold():
+        cat = unicodedata.category(ch)
+        if cat[0] != "M" and unicodedata.name(ch, "").startswith(SPACELESS):
+            out += [word] if word else []
+            out.append(ch)
+            word, spaceless_last = "", True
+        elif cat[0] == "M" and not word and spaceless_last:
+            out[-1] += ch
+        elif cat[0] in "LMN":
+            word += ch
+            spaceless_last = False
+        else:
+            out += [word] if word else []
+            word, spaceless_last = "", False
+    return out + ([word] if word else [])
+
+
+def reference_pairs(rows, k=5):
+    """Exact Jaccard, on `reference_tokens` shingles, of every pair of rows sharing one."""
+    sets = []
+    for r in rows:
+        toks = reference_tokens(f"user: {r['instruction']}\nassistant: {r['output']}")
+        sets.append({tuple(toks[i: i + k]) for i in range(max(1, len(toks) - k + 1))})
+    index: dict[tuple, list[int]] = {}
+    for n, sh in enumerate(sets):
+        for g in sh:
+            index.setdefault(g, []).append(n)
+    inter: dict[tuple[int, int], int] = {}
+    for owners in index.values():
+        for a in range(len(owners)):
+            for b in range(a + 1, len(owners)):
+                inter[owners[a], owners[b]] = inter.get((owners[a], owners[b]), 0) + 1
+    return {key: c / (len(sets[key[0]]) + len(sets[key[1]]) - c) for key, c in inter.items()}
+
+
+def render(pieces) -> str:
+    """(word, script) pieces as text: English words apart by spaces, Chinese and Japanese words
+    run together with a comma every six words, Thai words run together with a space every four."""
+    out, prev, run = [], None, 0
+    for word, script in pieces:
+        if prev is not None and (script != prev or script == "en"):
+            out.append("，" if prev == "zh" and script == "zh" else " ")
+        elif script == prev:
+            run += 1
+            out.append({"zh": "，", "ja": "、", "th": " "}[script] if run % {"zh": 6, "ja": 6, "th": 4}[script] == 0 else "")
+        if script != prev:
+            run = 0
+        out.append(word)
+        prev = script
+    return "".join(out) + "。"
+
+
+def script_pool(docs, rnd, vocab):
+    """Rows of rendered docs, plus 240 near copies with 1-4 (or 20: no longer near) pieces swapped for others of their script."""
+    rows = [{"instruction": render(d[:6]), "input": "", "output": render(d[6:])} for d in docs]
+    planted = []
+    for n in rnd.sample(range(len(docs)), 240):
+        d = list(docs[n])
+        for _ in range(rnd.choice([1, 2, 3, 4, 20])):
+            i = rnd.randrange(6, len(d))
+            d[i] = (rnd.choice(vocab[d[i][1]]), d[i][1])
+        planted.append({"instruction": render(d[:6]), "input": "", "output": render(d[6:])})
+    rows += planted
+    batch = pa.table(sample_arrays([Ingest().parse(json.dumps(r, ensure_ascii=False), "x") for r in rows]))
+    return rows, batch, reference_pairs(rows)
+
+
+@pytest.fixture(scope="module")
+def chinese_pool():
+    rnd = random.Random(4)
+    docs = [[(rnd.choice(ZH_WORDS), "zh") for _ in range(rnd.randint(70, 110))] for _ in range(1200)]
+    return script_pool(docs, rnd, {"zh": ZH_WORDS})
+
+
+@pytest.fixture(scope="module")
+def mixed_pool(alpaca_rows):
+    """English (Alpaca sentences), Chinese, Japanese and Thai in every row."""
+    rnd = random.Random(5)
+    english = [r["output"].split()[:30] for r in alpaca_rows if len(r["output"].split()) >= 30]
+    docs = []
+    for n in range(1200):
+        doc = [(w, "en") for w in english[n % len(english)]]
+        doc += [(rnd.choice(ZH_WORDS), "zh") for _ in range(rnd.randint(25, 40))]
+        doc += [(rnd.choice(JA_WORDS), "ja") for _ in range(rnd.randint(10, 20))]
+        doc += [(rnd.choice(TH_WORDS), "th") for _ in range(rnd.randint(8, 16))]
+        docs.append(doc)
+    return script_pool(docs, rnd, {"en": ["quite", "really", "also", "indeed"], "zh": ZH_WORDS, "ja": JA_WORDS, "th": TH_WORDS})
+
+
+@pytest.mark.parametrize("pool", ["near_dup_pool", "chinese_pool", "mixed_pool"])
 @pytest.mark.parametrize("threshold", [0.7, 0.8])
-def test_near_dedup_agrees_with_brute_force_jaccard(near_dup_pool, threshold):
-    rows, batch, true = near_dup_pool
+def test_near_dedup_agrees_with_brute_force_jaccard(request, pool, threshold):
+    rows, batch, true = request.getfixturevalue(pool)
     above = {p for p, j in true.items() if j >= threshold}
     assert len(above) >= 80
 
     stage = NearDedup(threshold=threshold)
-    sig = stage.hasher.signatures(dedup_text(batch, "conversation"))
+    sig = stage.hasher.signatures(dedup_text(batch, "conversation"), normalised=True)
     found = {tuple(p) for p in stage.candidate_pairs(sig).tolist()}
     recall = len(found & above) / len(above)
     assert recall >= 0.95, recall
@@ -243,7 +355,8 @@ def test_decontamination_catches_planted_benchmark_prompts(ray_local, tmp_path, 
                      [{"decontaminate": {"benchmarks": [str(SHARED_DATA / "benchmarks" / "*.jsonl")]}}])
     got = drops(db, "decontaminate")
     for key, row in planted.items():
-        assert got.get(sid(row)) == f"contaminated:{key.split('/')[0]}", key
+        turn = "turn 2 (assistant)" if key.endswith("/r") else "turn 1 (user)"
+        assert got.get(sid(row)) == f"contaminated:{key.split('/')[0]} {turn}", key
     assert len(got) == len(planted)  # no clean Alpaca row is caught
 
 

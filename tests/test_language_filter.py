@@ -211,3 +211,20 @@ def test_pipeline_language_filter_on_the_cases(ray_local, tmp_path):
     assert kept == len(curated) and dropped == len(want_drop)
     scored = dict(q(db, "SELECT id, value FROM scores WHERE run_id = ? AND name = ?", report.run_id, UNDETERMINED))
     assert scored == {i: 1.0 for i in want_undetermined}
+
+
+def test_word_counts_and_symbol_ratio_hold_for_scripts_without_spaces_and_combining_marks():
+    """A Chinese or Thai answer is many words, not one; Hindi vowel signs are letters, not symbols."""
+    import pyarrow as pa
+
+    from curate.stages.filters import _word_count, non_alnum_ratio
+
+    texts = ["光合作用是植物利用阳光把二氧化碳和水转化为葡萄糖的过程",
+             "การสังเคราะห์ด้วยแสงเป็นกระบวนการของพืช",
+             "प्रकाश संश्लेषण पौधों की एक प्रक्रिया है",
+             "three plain words", ""]
+    counts = _word_count(pa.array(texts)).to_pylist()
+    assert counts[0] >= 20 and counts[1] >= 10, counts
+    assert counts[2:] == [7, 3, 0]
+    ratios = non_alnum_ratio(pa.array(texts[:3])).to_pylist()
+    assert max(ratios) < 0.05, ratios

@@ -3,16 +3,18 @@ names it (`stages.0.filters.min_words: unknown parameter`)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
 import os
 import re
 import sys
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, create_model,
+                      field_validator, model_validator)
 
 from curate.errors import CurateError
 from curate.pipeline.registry import selector_class, stage_class
@@ -203,6 +205,14 @@ def _parse_component(index: int, item, lookup, reserved: tuple[str, ...]) -> tup
 
 def _parse_stage(index: int, item) -> StageConfig:
     key, params, extra = _parse_component(index, item, stage_class, ("resources", "batch_size", "name"))
+    backend = params.get("backend")
+    if isinstance(backend, dict) and backend.get("kind") == "openai" and isinstance(backend.get("base_url"), str):
+        # `http://host:8000` → `http://host:8000/v1`, here so that preflight probes what the backend calls
+        from curate.generators.backends.openai_http import normalise_base_url
+
+        url = normalise_base_url(backend["base_url"])
+        if url != backend["base_url"].strip().rstrip("/"):  # a URL left as given keeps its run id
+            params["backend"] = {**backend, "base_url": url}
     config = StageConfig(key=key, name=extra.get("name", key), params=params,
                          resources=extra.get("resources") or {}, batch_size=extra.get("batch_size"))
     if getattr(stage_class(key), "pool", None) and ((config.resources.concurrency or 1) > 1 or config.resources.actor is False):
@@ -217,8 +227,11 @@ def _parse_selector(index: int, item) -> SelectorConfig:
     return SelectorConfig(key=key, name=extra.get("name", key), params=params)
 
 
+@functools.lru_cache(maxsize=None)
 def _params_model(cls) -> type[BaseModel]:
-    """A pydantic model of a stage's constructor, so parameters are checked before any Ray work."""
+    """A pydantic model of a stage's constructor, so parameters are checked before any Ray work.
+    A parameter that takes a list of strings but not a string (`benchmarks: list[str] | dict`)
+    also takes one string, as a list of one (`benchmarks: bench/*.jsonl`)."""
     fields = {}
     for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
         if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
@@ -226,8 +239,32 @@ def _params_model(cls) -> type[BaseModel]:
         ann = p.annotation if p.annotation is not inspect.Parameter.empty else Any
         if isinstance(ann, str):
             ann = eval(ann, vars(inspect.getmodule(cls)))  # noqa: S307 - annotations of our own code
+        if _takes_list_not_string(ann):
+            ann = Annotated[ann, BeforeValidator(_one_or_list)]
         fields[p.name] = (ann, ... if p.default is inspect.Parameter.empty else p.default)
     return create_model(f"{cls.__name__}Params", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def _takes_list_not_string(ann) -> bool:
+    """A type that validates a list of strings but not a string (list[str], list[str] | None, ...)."""
+    try:
+        adapter = TypeAdapter(ann)
+    except Exception:  # noqa: BLE001 - a type pydantic cannot build an adapter for: left as it is
+        return False
+    try:
+        adapter.validate_python("x")
+        return False
+    except ValidationError:
+        pass
+    try:
+        adapter.validate_python(["x"])
+        return True
+    except ValidationError:
+        return False
+
+
+def _one_or_list(value):
+    return [value] if isinstance(value, str) else value
 
 
 def format_errors(e: ValidationError) -> str:
@@ -248,7 +285,13 @@ def format_errors(e: ValidationError) -> str:
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None, **values) -> RunConfig:
-    """Read a YAML config (optional), apply `key=value` overrides and keyword values, validate."""
+    """Read a YAML config (optional), apply `key=value` overrides and keyword values, validate.
+
+    An override's key is a dotted path from the top (`shard_size`, `stages.3.near_dedup.threshold`)
+    or starts with a stage's or selector's name (`near_dedup.threshold`, `random_half.budget`;
+    see `component_path`). A config file that sets no `db` (nor do `overrides` or `values`)
+    writes `<name>.duckdb`, after its `name` or else its file name (`default_db`); with no
+    config file the default stays `curated.duckdb`. Raises CurateError."""
     data: dict = {}
     if path:
         if not os.path.exists(path):
@@ -264,10 +307,12 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, **v
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise CurateError(f"--set takes key=value, got {item!r}")
-        _set_path(data, key.strip(), parse_yaml(raw) if raw else "")
+        _set_override(data, key.strip(), parse_yaml(raw) if raw else "")
     data.update({k: v for k, v in values.items() if v is not None})
     if data.get("vars"):
         data = {k: (v if k == "vars" else _substitute(v, data["vars"])) for k, v in data.items()}
+    if path and data.get("db") is None:
+        data["db"] = default_db(path, data.get("name"))
     try:
         config = RunConfig(**data)
     except ValidationError as e:
@@ -301,22 +346,142 @@ def _substitute(value, variables: dict):
     return value
 
 
-def _set_path(data: dict, dotted: str, value) -> None:
-    keys = dotted.split(".")
-    node = data
-    for i, k in enumerate(keys[:-1]):
-        nxt = keys[i + 1]
-        if isinstance(node, list):
-            node = node[int(k)]
+def default_db(config_path: str, name=None) -> str:
+    """`<name>.duckdb` in the working directory: the config's `name`, else its file name without
+    the extension, with characters other than letters, digits, `.`, `-` and `_` made `_`."""
+    base = str(name) if name not in (None, "") else os.path.splitext(os.path.basename(config_path))[0]
+    return (re.sub(r"[^\w.-]+", "_", base).strip("._") or "curated") + ".duckdb"
+
+
+COMPONENT_LISTS = ("stages", "selectors")
+
+
+def component_names(items, reserved: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
+    """(key, configured name, name in the run) of each entry of a raw `stages` or `selectors`
+    list. The run names a stage whose name is taken `<name>_2`, `<name>_3`, ... as
+    pipeline/dag.py `stage_plans` does (`reserved`: names taken from the start, `ingest` and
+    `store` for stages); a malformed entry gives (None, None, None) (validation names it)."""
+    out, seen = [], set(reserved)
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, str):
+            key, params = item, {}
+        elif isinstance(item, dict) and len(item) == 1:
+            (key, params), = item.items()
+        else:
+            out.append((None, None, None))
             continue
-        if k not in node or node[k] is None:
-            node[k] = [] if nxt.isdigit() else {}
-        node = node[k]
-    last = keys[-1]
-    if isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
+        name = params.get("name", key) if isinstance(params, dict) else key
+        name, base, n = str(name), str(name), 2
+        if reserved:
+            while name in seen:
+                name, n = f"{base}_{n}", n + 1
+            seen.add(name)
+        out.append((key, base, name))
+    return out
+
+
+def component_path(data: dict, name: str, override: str, required: bool = True) -> list | None:
+    """The path (`["stages", 3, "near_dedup"]`) of the stage or selector that `name` names in
+    the raw config `data`: a stage's name in the run (a second `near_dedup` is `near_dedup_2`) or a
+    selector's name. Raises CurateError (`override` is the whole --set, for the message) when
+    several stages share it (naming each and how to address it), when a stage and a selector
+    both have it, or (with `required`; else None) when nothing has it."""
+    found, shared = [], []
+    for field in COMPONENT_LISTS:
+        names = component_names(data.get(field), ("ingest", "store") if field == "stages" else ())
+        for i, (key, base, run_name) in enumerate(names):
+            if key is None:
+                continue
+            if run_name == name or base == name:
+                shared.append((field, i, key, run_name))
+            if run_name == name:
+                found.append((field, i, key, run_name))
+    if len(shared) > 1:
+        where = "; ".join(f"{f}.{i} ({f[:-1]} {key}, {'named' if f == 'selectors' else 'run as'} {rn})"
+                          for f, i, key, rn in shared)
+        how = " and ".join(f"{rn}.…" if f == "stages" and rn != name else f"{f}.{i}.{key}.…" for f, i, key, rn in shared)
+        raise CurateError(f"--set {override}: {name} names {len(shared)} entries: {where}; address them as {how}")
+    if not found and not required:
+        return None
+    if not found:
+        listed = []
+        for field in COMPONENT_LISTS:
+            names = [rn for key, _, rn in component_names(data.get(field), ("ingest", "store") if field == "stages" else ())
+                     if key is not None]
+            listed.append(f"{field}: {', '.join(names) if names else '(none)'}")
+        raise CurateError(f"--set {override}: {name!r} is neither a config key nor the name of a stage or selector "
+                          f"({'; '.join(listed)}; config keys: {', '.join(RunConfig.model_fields)})")
+    field, i, key, _ = found[0]
+    _entry_params(data[field], i)
+    return [field, i, key]
+
+
+def _entry_params(items: list, i: int) -> dict:
+    """Entry i of a stages/selectors list as `{key: {params}}` (a bare `- exact_dedup` or
+    `exact_dedup:` with no parameters gets an empty mapping); returns its parameters."""
+    item = items[i]
+    if isinstance(item, str):
+        items[i] = item = {item: {}}
+    (key, params), = item.items()
+    if params is None:
+        item[key] = params = {}
+    return params
+
+
+def _set_override(data: dict, dotted: str, value) -> None:
+    """Apply one --set: `dotted` from the top, or from a stage's or selector's name."""
+    keys = dotted.split(".")
+    if keys[0] not in RunConfig.model_fields:
+        # a bare unknown key (`--set colour=blue`) is left for validation to name
+        path = component_path(data, keys[0], dotted, required=len(keys) > 1)
+        keys = [*path, *keys[1:]] if path else keys
+    _set_path(data, keys, value, dotted)
+
+
+def _set_path(data: dict, keys: list, value, override: str) -> None:
+    """Set `value` at the path `keys` in the raw config, making mappings (or lists, before an
+    index) on the way; an entry of `stages` or `selectors` is passed through its key
+    (`stages.3.near_dedup.threshold`), which must be the entry's."""
+    node, depth = data, 0
+    while True:
+        k, last = keys[depth], depth == len(keys) - 1
+        where = ".".join(str(x) for x in keys[:depth])
+        if isinstance(node, list):
+            k = _list_index(node, k, where, override)
+            if depth == 1 and keys[0] in COMPONENT_LISTS and not last:
+                params = _entry_params(node, k)
+                entry_key = next(iter(node[k]))
+                if str(keys[depth + 1]) != entry_key:
+                    raise CurateError(f"--set {override}: {where}.{k} is {entry_key}, not {keys[depth + 1]} "
+                                      f"(address it as {where}.{k}.{entry_key}.… or by its name)")
+                if depth + 1 == len(keys) - 1:  # stages.3.near_dedup={...}: all its parameters
+                    node[k] = {entry_key: value}
+                    return
+                node, depth = params, depth + 2
+                continue
+        elif not isinstance(node, dict):
+            raise CurateError(f"--set {override}: {where} is {node!r}, not a mapping")
+        if last:
+            node[k] = value
+            return
+        if isinstance(node, dict) and (k not in node or node[k] is None):
+            node[k] = [] if str(keys[depth + 1]).isdigit() else {}
+        node, depth = node[k], depth + 1
+
+
+def _list_index(node: list, k, where: str, override: str) -> int:
+    try:
+        i = int(k)
+    except ValueError:
+        raise CurateError(f"--set {override}: {where} is a list: expected an index, got {k!r}") from None
+    if not 0 <= i < len(node):
+        span = f"0 to {len(node) - 1}" if node else "none: it is empty"
+        extra = ""
+        if where in COMPONENT_LISTS:
+            extra = f" ({', '.join(rn for key, _, rn in component_names(node, ('ingest', 'store') if where == 'stages' else ()) if key)})"
+        raise CurateError(f"--set {override}: {where} has {len(node)} entries (indices {span}){extra}; "
+                          f"no {where}.{k}" + ("; stages and selectors can also be addressed by name" if extra else ""))
+    return i
 
 
 def config_to_dict(config: RunConfig) -> dict:

@@ -23,7 +23,7 @@ from curate.errors import CurateError
 from curate.storage import schema as S
 from curate.storage.export_target import Staging
 from curate.storage.shapes import Shape, Unfit
-from curate.storage.store import Store
+from curate.storage.store import Store, drops_relation
 
 FORMATS = ("hf", "parquet", "jsonl")
 BATCH_ROWS = 10_000
@@ -43,7 +43,7 @@ class ExportResult:
 
 def export(db: str, out: str, format: str = "hf", run_id: str | None = None, selection: str | None = None, *,
            shape: str | None = None, template: str | None = None, overwrite: bool = False,
-           skip_unfit: bool = False) -> ExportResult:
+           skip_unfit: bool = False, drops: bool = False) -> ExportResult:
     """Write the curated rows of a run (default: the latest finished one), or of one selection,
     to `out`: a folder (hf) or a file (parquet, jsonl), rows shaped as `shape` (default
     messages) or rendered by the Jinja `template` file.
@@ -53,9 +53,16 @@ def export(db: str, out: str, format: str = "hf", run_id: str | None = None, sel
     result and the card, and left out); ExportTargetError: `out` is the database, the working
     directory or a folder holding either, or something curate did not write (unless
     `overwrite`). On any error the target is left as it was.
+
+    With `drops`, the run's rejected rows instead (`export_drops`): no selection, shape or template.
     """
     if format not in FORMATS:
         raise CurateError(f"unknown export format {format!r}: use {', '.join(FORMATS)}")
+    if drops:
+        given = [o for o, v in (("--selection", selection), ("--shape", shape), ("--template", template)) if v]
+        if given:
+            raise CurateError(f"--drops writes the rejected rows as they are: it takes no {', '.join(given)}")
+        return export_drops(db, out, format, run_id, overwrite=overwrite)
     shaper = Shape(shape or ("template" if template else "messages"), template)
     with Store(db, read_only=True) as store:
         run_id = _resolve_run(store, db, run_id)
@@ -79,6 +86,84 @@ def export(db: str, out: str, format: str = "hf", run_id: str | None = None, sel
                 _write_card(store, run_id, selection, rows, staging.path, shaper, skips)
             staging.commit()
     return ExportResult(os.path.abspath(out), rows, run_id, shaper.name, skips.count, dict(skips.reasons), skips.examples)
+
+
+DROP_SCHEMA = pa.schema([
+    ("status", pa.string()),  # dropped | quarantined
+    ("stage", pa.string()),
+    ("reason", pa.string()),  # a drop's reason; a quarantined row's error
+    ("kind", pa.string()),  # the reason's kind (drops.kind); null for quarantined rows
+    ("value", pa.float64()),  # the value the reason names (drops.value), or null
+    ("id", pa.string()),  # null for quarantined rows (never parsed into a sample)
+    ("source", pa.string()),
+    ("row", pa.int64()),  # position in its source file
+    ("messages", S.SAMPLE_SCHEMA.field("messages").type),
+    ("origin", pa.string()),
+    ("parent_ids", pa.list_(pa.string())),
+    ("meta", pa.string()),
+    ("raw", pa.string()),  # a quarantined row's raw text
+])
+
+
+def export_drops(db: str, out: str, format: str = "hf", run_id: str | None = None, *,
+                 overwrite: bool = False) -> ExportResult:
+    """Write the rejected rows of a run (default: the latest finished one) to `out`, one row
+    each (DROP_SCHEMA): every drop (status `dropped`) with its stage, reason, kind and value and
+    the sample's messages, origin, source, parent_ids and meta, then every quarantined input row
+    (status `quarantined`: stage, reason = the error, source, row, raw text), ordered by status,
+    stage, source and row. `meta` is an object in JSONL, a JSON string in Parquet and HF.
+    Written beside `out` and renamed into place, as `export`. Raises CurateError for an unknown
+    format or run, ExportTargetError for a target curate may not replace."""
+    if format not in FORMATS:
+        raise CurateError(f"unknown export format {format!r}: use {', '.join(FORMATS)}")
+    with Store(db, read_only=True) as store:
+        run_id = _resolve_run(store, db, run_id)
+        query = f"""
+            SELECT 'dropped' AS status, d.stage, d.reason, d.kind, d.value, d.id, d.source, d."row",
+                   s.messages, s.origin, s.parent_ids, s.meta, NULL AS raw
+            FROM {drops_relation(store.con)} d LEFT JOIN samples s ON s.run_id = d.run_id AND s.id = d.id
+            WHERE d.run_id = $run
+            UNION ALL
+            SELECT 'quarantined', q.stage, q.error, NULL, NULL, NULL, q.source, q."row", NULL, NULL, NULL, NULL, q.raw
+            FROM quarantine q WHERE q.run_id = $run
+            ORDER BY status, stage, source, "row", id"""
+        reader = store.con.cursor().sql(query, params={"run": run_id}).to_arrow_reader(BATCH_ROWS)
+        batches = (b.cast(DROP_SCHEMA) for b in reader)
+        with Staging(out, db, folder=format == "hf", overwrite=overwrite) as staging:
+            if format == "jsonl":
+                rows = _write_jsonl(_drop_dicts(batches), staging.path)
+            else:
+                schema = DROP_SCHEMA.with_metadata({b"curate.export": json.dumps({"run_id": run_id, "rows": "drops"}).encode()})
+                batches = (pa.RecordBatch.from_arrays(b.columns, schema=schema) for b in batches)
+                if format == "parquet":
+                    rows = _write_parquet(batches, schema, staging.path)
+                else:
+                    rows = _write_hf(batches, schema, staging.path, staging.work)
+                    _write_drops_card(store, run_id, rows, staging.path)
+            staging.commit()
+    return ExportResult(os.path.abspath(out), rows, run_id, "drops")
+
+
+def _drop_dicts(batches) -> Iterator[dict]:
+    for batch in batches:
+        for row in batch.to_pylist():
+            if row["meta"] is not None:
+                row["meta"] = json.loads(row["meta"]) if row["meta"] else {}
+            yield row
+
+
+def _write_drops_card(store: Store, run_id: str, rows: int, out: str) -> None:
+    name = store.con.execute("SELECT name FROM runs WHERE run_id = ?", [run_id]).fetchone()[0]
+    kinds = store.con.execute(f"""
+        SELECT stage, kind, count(*) FROM {drops_relation(store.con)} WHERE run_id = ? GROUP BY ALL ORDER BY 3 DESC, 1, 2
+    """, [run_id]).fetchall()
+    quarantined = store.con.execute("SELECT count(*) FROM quarantine WHERE run_id = ?", [run_id]).fetchone()[0]
+    lines = [f"# {name or 'curate'}: rejected rows", "",
+             f"The rows run `{run_id}` dropped (with their stage, reason, kind and value) and the input rows it "
+             f"quarantined: {rows} rows, {quarantined} of them quarantined.", "",
+             "| stage | kind | rows |", "|---|---|---|", *[f"| {st} | {k} | {n} |" for st, k, n in kinds], ""]
+    with open(os.path.join(out, "README.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
 
 
 def _resolve_run(store: Store, db: str, run_id: str | None) -> str:

@@ -44,6 +44,10 @@ CREATE TABLE IF NOT EXISTS drops (
     run_id VARCHAR, stage VARCHAR, id VARCHAR, reason VARCHAR,
     shard VARCHAR, source VARCHAR, "row" BIGINT
 );
+-- The reason's kind and the value it names (`repeated_ngram_ratio>0.3 (0.305)`: kind
+-- repeated_ngram_ratio, value 0.305), derived from the reason as drops are inserted (DROP_KIND).
+ALTER TABLE drops ADD COLUMN IF NOT EXISTS kind VARCHAR;
+ALTER TABLE drops ADD COLUMN IF NOT EXISTS value DOUBLE;
 CREATE TABLE IF NOT EXISTS quarantine (
     run_id VARCHAR, stage VARCHAR, source VARCHAR, "row" BIGINT,
     raw VARCHAR, error VARCHAR, shard VARCHAR
@@ -89,6 +93,17 @@ CREATE TABLE IF NOT EXISTS selection_info (
     pool BIGINT, rows BIGINT, seconds DOUBLE, created_at TIMESTAMP,
     PRIMARY KEY (run_id, name)
 );
+-- Coverage (selectors/coverage.py): cosine distance from a pool row to its nearest selected row,
+-- mean and 90th percentile over `coverage_rows` pool rows (all, or a sample), in the vectors named
+-- `coverage_vectors`; the same for random draws of the same size (mean of `random_draws` draws).
+-- NULL where the run has no vectors. Added to databases made before coverage was measured.
+ALTER TABLE selection_info ADD COLUMN IF NOT EXISTS coverage_vectors VARCHAR;
+ALTER TABLE selection_info ADD COLUMN IF NOT EXISTS coverage_rows BIGINT;
+ALTER TABLE selection_info ADD COLUMN IF NOT EXISTS coverage_mean DOUBLE;
+ALTER TABLE selection_info ADD COLUMN IF NOT EXISTS coverage_p90 DOUBLE;
+ALTER TABLE selection_info ADD COLUMN IF NOT EXISTS random_coverage_mean DOUBLE;
+ALTER TABLE selection_info ADD COLUMN IF NOT EXISTS random_coverage_p90 DOUBLE;
+ALTER TABLE selection_info ADD COLUMN IF NOT EXISTS random_draws INTEGER;
 -- Each vLLM engine a run attempt started: how long it took to load and how busy it was.
 CREATE TABLE IF NOT EXISTS llm_engines (
     run_id VARCHAR, attempt INTEGER, model VARCHAR,
@@ -127,6 +142,10 @@ CREATE OR REPLACE VIEW run_totals AS
 """
 
 
+COVERAGE_COLUMNS = ("coverage_vectors", "coverage_rows", "coverage_mean", "coverage_p90",
+                    "random_coverage_mean", "random_coverage_p90", "random_draws")
+
+
 def connect(path: str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open a DuckDB file, turning the single-writer lock conflict into a clear error."""
     if read_only and not os.path.exists(path):
@@ -153,6 +172,7 @@ class Store:
         self.con = connect(path, read_only=read_only)
         if not read_only:
             _migrate_shards(self.con)
+            _migrate_drops(self.con)
             self.con.execute(DDL)
             self.con.execute("SET checkpoint_threshold = '1GB'")
 
@@ -256,9 +276,10 @@ class Store:
         return (row[0], row[1]) if row else None
 
     def write_selection(self, run_id: str, name: str, selector: str, params: str, pool: int,
-                        picked: list[tuple], seconds: float) -> None:
+                        picked: list[tuple], seconds: float, coverage: dict | None = None) -> None:
         """Replace a named selection of a run in one transaction. `picked` holds (id, score) or
-        (id, score, cluster) tuples, best first."""
+        (id, score, cluster) tuples, best first; `coverage` the figures of selectors/coverage.py
+        (keys named as the COVERAGE_COLUMNS of selection_info), or None."""
         table = pa.table({
             "id": pa.array([p[0] for p in picked], pa.string()),
             "rank": pa.array(range(1, len(picked) + 1), pa.int32()),
@@ -271,8 +292,22 @@ class Store:
             con.register("_picked", table)
             con.execute("INSERT INTO selections SELECT ?, ?, id, rank, score, cluster FROM _picked", [run_id, name])
             con.unregister("_picked")
-            con.execute("INSERT INTO selection_info VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        [run_id, name, selector, params, pool, len(picked), seconds, _now()])
+            coverage = coverage or {}
+            con.execute(f"INSERT INTO selection_info (run_id, name, selector, params, pool, rows, seconds, created_at, "
+                        f"{', '.join(COVERAGE_COLUMNS)}) VALUES ({', '.join(['?'] * (8 + len(COVERAGE_COLUMNS)))})",
+                        [run_id, name, selector, params, pool, len(picked), seconds, _now(),
+                         *(coverage.get(c) for c in COVERAGE_COLUMNS)])
+
+    def selection_coverage_missing(self, run_id: str, name: str) -> bool:
+        row = self.con.execute("SELECT coverage_mean IS NULL FROM selection_info WHERE run_id = ? AND name = ?",
+                               [run_id, name]).fetchone()
+        return bool(row and row[0])
+
+    def set_selection_coverage(self, run_id: str, name: str, coverage: dict) -> None:
+        """Add coverage figures to a selection written without them (by an earlier version)."""
+        assignments = ", ".join(f"{c} = ?" for c in COVERAGE_COLUMNS)
+        self.con.execute(f"UPDATE selection_info SET {assignments} WHERE run_id = ? AND name = ?",
+                         [*(coverage.get(c) for c in COVERAGE_COLUMNS), run_id, name])
 
     # ------------------------------------------------------------------ shard commits
 
@@ -335,8 +370,7 @@ class Store:
         store_drops = "SELECT count(*) FROM drops WHERE run_id = $run AND stage = 'store'"
         before = con.execute(store_drops, {"run": run_id}).fetchone()[0]
         moved = self._earlier_copies_take_over(run_id, shard) if phase == 0 else 0
-        con.execute(f"""
-            INSERT INTO drops
+        _insert_drops(con, f"""
             SELECT $run, 'store', k.id, 'duplicate_of:' || k.id, $shard, k.source, k.{row}
             FROM (SELECT *, row_number() OVER (PARTITION BY id ORDER BY {row}, meta) AS nth
                   FROM _new WHERE {status} = {kept}) k
@@ -363,8 +397,8 @@ class Store:
             ) b
             WHERE nth = 1 AND NOT EXISTS (SELECT 1 FROM samples s WHERE s.run_id = $run AND s.id = b.id)
         """, p)
-        con.execute(f"""
-            INSERT INTO drops SELECT $run, {stage}, id, {reason}, $shard, source, {row}
+        _insert_drops(con, f"""
+            SELECT $run, {stage}, id, {reason}, $shard, source, {row}
             FROM _batch WHERE {status} = {dropped}
         """, p)
         con.execute(f"""
@@ -405,8 +439,8 @@ class Store:
         """, p)
         n = con.execute("SELECT count(*) FROM _moved").fetchone()[0]
         if n:
-            con.execute("""INSERT INTO drops SELECT $run, 'store', id, 'duplicate_of:' || id, old_shard, old_source, old_row
-                           FROM _moved""", {"run": run_id})
+            _insert_drops(con, """SELECT $run, 'store', id, 'duplicate_of:' || id, old_shard, old_source, old_row
+                                  FROM _moved""", {"run": run_id})
             con.execute("""UPDATE samples SET shard = $shard, "row" = m.new_row, source = m.source, meta = m.meta,
                                               origin = m.origin, parent_ids = m.parent_ids
                            FROM _moved m WHERE samples.run_id = $run AND samples.id = m.id""", p)
@@ -502,8 +536,7 @@ class Store:
                 return 0
             con.register("_gdrops", table)
             kept_before = con.execute("SELECT count(*) FROM samples WHERE run_id = $run AND kept", {"run": run_id}).fetchone()[0]
-            con.execute("""
-                INSERT INTO drops
+            _insert_drops(con, """
                 SELECT $run, $stage, d.id, d.reason, s.shard, s.source, s."row"
                 FROM (SELECT DISTINCT ON (id) * FROM _gdrops) d
                 JOIN samples s ON s.run_id = $run AND s.id = d.id AND s.kept
@@ -530,6 +563,47 @@ class Store:
 
 def _sql_str(text: str) -> str:
     return text.replace("'", "''")
+
+
+# A drop's kind and value, derived from its reason in one place, as SQL over the reason: the kind
+# is the reason up to its first `:`, `<`, `>`, `=`, `(` or space, less a trailing `_of`
+# (`duplicate_of:<id>` → duplicate, `language:de (0.97)` → language, `response_words<3 (1)` →
+# response_words, `code_exec:timeout` → code_exec); the value is the number in parentheses that
+# ends the reason (0.97, 1), else NULL.
+DROP_KIND = ("CASE WHEN {r} IS NULL THEN NULL ELSE coalesce(nullif(regexp_replace("
+             "regexp_extract({r}, '^[^:<>=( ]*'), '_of$', ''), ''), {r}) END")
+DROP_VALUE = r"TRY_CAST(nullif(regexp_extract({r}, '\(([^()\s]+)\)\s*$', 1), '') AS DOUBLE)"
+DROP_COLUMNS = ("run_id", "stage", "id", "reason", "shard", "source", "row")
+
+
+def _insert_drops(con: duckdb.DuckDBPyConnection, select: str, params=None) -> None:
+    """Every insert into `drops`: `select` yields DROP_COLUMNS; kind and value are derived from
+    the reason (DROP_KIND, DROP_VALUE)."""
+    cols = ", ".join(f'"{c}"' for c in DROP_COLUMNS)
+    con.execute(f"""INSERT INTO drops ({cols}, kind, value)
+                    SELECT d.*, {DROP_KIND.format(r='d.reason')}, {DROP_VALUE.format(r='d.reason')}
+                    FROM ({select}) d({cols})""", params)
+
+
+def drops_relation(con: duckdb.DuckDBPyConnection) -> str:
+    """`drops` to read from, with `kind` and `value`: the table, or, in a database made before
+    they were stored and opened read-only (so not migrated), a subquery deriving them."""
+    cols = {r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'drops'").fetchall()}
+    if "kind" in cols:
+        return "drops"
+    return (f"(SELECT *, {DROP_KIND.format(r='reason')} AS kind, {DROP_VALUE.format(r='reason')} AS value "
+            "FROM drops)")
+
+
+def _migrate_drops(con: duckdb.DuckDBPyConnection) -> None:
+    """Databases made before drops had `kind` and `value`: add them, derived from each reason."""
+    cols = {r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'drops'").fetchall()}
+    if cols and "kind" not in cols:
+        con.execute("ALTER TABLE drops ADD COLUMN kind VARCHAR")
+        con.execute("ALTER TABLE drops ADD COLUMN value DOUBLE")
+        con.execute(f"UPDATE drops SET kind = {DROP_KIND.format(r='reason')}, value = {DROP_VALUE.format(r='reason')}")
 
 
 def _migrate_shards(con: duckdb.DuckDBPyConnection) -> None:

@@ -318,12 +318,14 @@ def test_ray_job_submit_demo(ray_head, tmp_path):
         assert rows_in == kept + t_dropped + t_quarantined, (rows_in, kept, t_dropped, t_quarantined)
         assert rows_in == seeds
         assert (kept, t_dropped, t_quarantined) == (curated, dropped, quarantined)
+        selected = con.execute("SELECT count(*) FROM selections WHERE run_id = ? AND name = 'random_half'", [run_id]).fetchone()[0]
+        assert 0 < selected < curated
     finally:
         con.close()
 
-    # The Hugging Face export.
+    # The Hugging Face export: the demo exports its selection.
     import datasets
 
     ds = datasets.load_from_disk(str(out))
-    assert len(ds) == curated
-    assert f"exported {curated} rows" in logs
+    assert len(ds) == selected
+    assert f"exported {selected} rows" in logs

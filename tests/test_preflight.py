@@ -154,7 +154,7 @@ def test_cli_a_missing_model_folder_stops_the_run(tmp_path):
 
 
 def test_cli_a_base_url_without_v1_that_404s_says_add_v1(tmp_path, server):
-    root = server()
+    root = server() + "/api"  # a path without a version (a bare host gets /v1 added: test_config_papercuts)
     last = cli_error(tmp_path, "name: p\ninput: demo\ningest: {require_response: false}\nstages:\n"
                                f"  - respond: {{backend: {{kind: openai, model: served-model, base_url: '{root}'}}}}\n",
                      r"stages\.0\.respond\.backend\.base_url: GET .*/models answered 404", "cli: base_url 404 (no /v1)")
@@ -331,8 +331,9 @@ def test_openai_server_probe(tmp_path, server, monkeypatch):
     root = server()
     backend = lambda url, model="served-model", **kw: {"respond": {"backend": {"kind": "openai", "model": model, "base_url": url, **kw}}}
     preflight_of(tmp_path, [backend(root + "/v1")])()
-    expect_error(preflight_of(tmp_path, [backend(root)]),
-                 rf"^stages\.0\.respond\.backend\.base_url: GET {root}/models answered 404 .*; set base_url to {root}/v1$", "404 without /v1")
+    preflight_of(tmp_path, [backend(root)])()  # a bare host: /v1 is added
+    expect_error(preflight_of(tmp_path, [backend(root + "/api")]),
+                 rf"^stages\.0\.respond\.backend\.base_url: GET {root}/api/models answered 404 .*; set base_url to {root}/api/v1$", "404 without /v1")
     expect_error(preflight_of(tmp_path, [backend(root + "/v1", model="other")]),
                  r"^stages\.0\.respond\.backend\.model: the server at .* serves served-model, not 'other'; set model to one of those",
                  "model not served")

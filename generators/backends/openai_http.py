@@ -24,12 +24,29 @@ from curate.generators.backends.chat_template import fold_system, refuses_system
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
+def normalise_base_url(base_url: str) -> str:
+    """A server's API root as the backend calls it: `http://host:8000` and `http://host:8000/`
+    become `http://host:8000/v1` (OpenAI-compatible servers, `vllm serve` included, answer
+    under /v1); a URL with a path (`.../v1`, `https://api.example.com/openai/v1`) is kept as
+    given, less a trailing `/`."""
+    from urllib.parse import urlsplit
+
+    url = base_url.strip()
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.scheme in ("http", "https") and parts.netloc and parts.path in ("", "/") and not parts.query:
+        return url.rstrip("/") + "/v1"
+    return url.rstrip("/")
+
+
 class OpenAIBackend(Backend):
     def __init__(self, model: str, base_url: str = "http://127.0.0.1:8000/v1", api_key_env: str = "OPENAI_API_KEY",
                  concurrency: int = 8, timeout_s: float = 120.0, max_retries: int = 5, backoff_s: float = 1.0,
                  max_backoff_s: float = 30.0):
         self.model = model
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.url = normalise_base_url(base_url) + "/chat/completions"
         self.api_key_env = api_key_env
         self.concurrency = concurrency
         self.timeout_s = timeout_s

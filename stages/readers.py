@@ -353,7 +353,8 @@ def _read_csv(path: str, loc: dict) -> Iterator[RawRecord]:
         if len(fields) != len(header):
             yield RawRecord(row, _csv_line(fields), f"CSV row has {len(fields)} fields, the header has {len(header)}")
             continue
-        raw = json.dumps(dict(zip(header, fields)), ensure_ascii=False)
+        # An empty cell is a missing value, as pandas reads it (NaN) and as Parquet stores it (null).
+        raw = json.dumps(dict(zip(header, (f if f != "" else None for f in fields))), ensure_ascii=False)
         if bad_utf8 and "\\x" in raw:
             yield RawRecord(row, raw, bad_utf8)
             continue

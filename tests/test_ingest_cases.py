@@ -425,3 +425,24 @@ def test_the_pipeline_reads_its_own_exports_back(ray_local, tmp_path):
         assert (again.kept, again.quarantined) == (7, 0), fmt
         assert_counts_add_up(db, again.run_id)
         assert curated(db) == want, fmt
+
+
+def test_an_empty_csv_cell_is_missing_like_nan_in_parquet(tmp_path):
+    """pandas writes NaN as an empty CSV cell: it must read as null, as the Parquet copy does."""
+    import pandas as pd
+
+    from curate.stages.ingest import Ingest
+    from curate.stages.readers import plan_shards, read_shard, resolve_inputs
+
+    frame = pd.DataFrame({"instruction": ["a", "b"], "input": ["", "x"], "output": ["one two", "three four"],
+                          "difficulty": [1.5, float("nan")]})
+    frame.to_csv(tmp_path / "qa.csv", index=False)
+    frame.to_parquet(tmp_path / "qa.parquet")
+    metas = {}
+    for name in ("qa.csv", "qa.parquet"):
+        spec, = plan_shards(resolve_inputs([str(tmp_path / name)]), 100)
+        rows = [Ingest().parse(r.raw, "s") for r in read_shard(spec)]
+        metas[name] = [json.loads(r["meta"]) for r in rows]
+        assert [m[1]["content"] for m in (r["messages"] for r in rows)] == ["one two", "three four"]
+    assert metas["qa.csv"][1].get("difficulty") is None and "difficulty" in metas["qa.csv"][1]
+    assert metas["qa.parquet"][1].get("difficulty") is None

@@ -55,8 +55,9 @@ class VerifyConstraints(Stage):
     `constraints`). A row without constraints passes through unverified, or is dropped
     (`constraints:no_constraints`) when `require_constraints`. A constraint of an unknown type, or
     with kwargs its type cannot take (missing, extra, a relation other than "at least"/"less
-    than"), fails the row and is named in the verdict's detail (`unknown` / `invalid`); the
-    others that fail are listed in `failed`. Score `constraints_satisfied`: the share satisfied."""
+    than"), fails the row with its own reason (`constraints:unknown_constraint:<id>`,
+    `constraints:invalid_constraint:<id>`: the data is at fault, not the response) and is named in
+    the verdict's detail (`unknown` / `invalid`); the others that fail are listed in `failed`. Score `constraints_satisfied`: the share satisfied."""
 
     name = "verify_constraints"
     resources = Resources(num_cpus=1)
@@ -87,12 +88,15 @@ class VerifyConstraints(Stage):
                 except (TypeError, ValueError, AttributeError):
                     invalid.append(c["id"])
             bad = failed + unknown + invalid
-            detail = {"kind": "passed" if not bad else "unsatisfied", "checked": len(constraints), "failed": failed}
+            # A constraint that cannot be checked is the data's fault, not the response's: say so.
+            kind = "unknown_constraint" if unknown else "invalid_constraint" if invalid else "unsatisfied" if bad else "passed"
+            detail = {"kind": kind, "checked": len(constraints), "failed": failed}
             if unknown:
                 detail["unknown"] = unknown
             if invalid:
                 detail["invalid"] = invalid
-            verdicts.append(R.RowVerdict(self.verifier, not bad, "checker", detail,
-                                         f"{self.verifier}:" + ",".join(bad)))
+            reason = f"{self.verifier}:" + ",".join(failed) if failed and not (unknown or invalid) else \
+                f"{self.verifier}:{kind}:" + ",".join(unknown or invalid)
+            verdicts.append(R.RowVerdict(self.verifier, not bad, "checker", detail, reason))
             satisfied.append(1 - len(bad) / len(constraints))
         return R.result(batch, verdicts, {"constraints_satisfied": satisfied})

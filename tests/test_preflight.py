@@ -298,6 +298,7 @@ def test_embedding_models(tmp_path, monkeypatch):
     expect_error(preflight_of(tmp_path, [{"embed": {"model": str(tmp_path / "minilm")}}]),
                  r"^stages\.0\.embed\.model: no embedding model folder at .*minilm", "embed model missing")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # other test modules set it at import
     expect_error(preflight_of(tmp_path, [{"embed": {"model": "BAAI/bge-small-en-v1.5"}}]),
                  r"embed\.model: BAAI/bge-small-en-v1\.5 is neither a folder here .*this stage loads local files only",
                  "embed model not cached")

@@ -34,7 +34,8 @@ def _add_stage_results(db):
     con.executemany("INSERT INTO verdicts VALUES (?, ?, 'math', ?, 'exact', ?)",
                     [(run_id, i, k % 3 != 0, "" if k % 3 else "wrong_answer: 4 != 5") for k, i in enumerate(ids)])
     con.executemany("INSERT INTO selections VALUES (?, 'diverse', ?, ?, NULL, ?)", [(run_id, i, k + 1, k % 4) for k, i in enumerate(ids[:20])])
-    con.execute("INSERT INTO selection_info VALUES (?, 'diverse', 'kmeans_diversity', '{}', ?, 20, 0.1, now())", [run_id, len(ids)])
+    con.execute("INSERT INTO selection_info (run_id, name, selector, params, pool, rows, seconds, created_at) "
+                "VALUES (?, 'diverse', 'kmeans_diversity', '{}', ?, 20, 0.1, now())", [run_id, len(ids)])
     con.close()
 
 

@@ -161,14 +161,9 @@ class EvolInstruct(Stage):
 
     @classmethod
     def preflight(cls, params: dict) -> None:
-        """Before any Ray work: the backend's model folder and max_model_len (vllm) or server
-        (openai), and its chat template file (pipeline/preflight.py `check_backend`); then a local
-        model with no chat template (generators/backends/chat_template.py)."""
-        from curate.generators.backends.chat_template import preflight
-        from curate.pipeline.preflight import check_backend
+        from curate.pipeline.preflight import check_llm_backend
 
-        check_backend(params.get("backend"), f"{cls.name}.backend")
-        preflight(params.get("backend"))
+        check_llm_backend(params.get("backend"), f"{cls.name}.backend")
 
     def operation_for(self, sample_id: str) -> str:
         """Uniform over the operations, fixed by (seed, generation, row): reruns pick the same."""

@@ -126,17 +126,13 @@ class SelfInstruct(Stage):
 
     @classmethod
     def preflight(cls, params: dict) -> None:
-        """Before any Ray work: the backend's model folder and max_model_len (vllm) or server
-        (openai), and its chat template file (pipeline/preflight.py `check_backend`); the
-        embedding model when `similarity` is `embedding`; then a local model with no chat
-        template (generators/backends/chat_template.py)."""
-        from curate.generators.backends.chat_template import preflight
-        from curate.pipeline.preflight import check_backend, check_embedding_model
+        """Before any Ray work: the backend (pipeline/preflight.py `check_llm_backend`) and the
+        embedding model when `similarity` is `embedding`."""
+        from curate.pipeline.preflight import check_embedding_model, check_llm_backend
 
-        check_backend(params.get("backend"), f"{cls.name}.backend")
+        check_llm_backend(params.get("backend"), f"{cls.name}.backend")
         if params.get("similarity") == "embedding":
             check_embedding_model(params.get("embedding_model"), f"{cls.name}.embedding_model", local_only=False)
-        preflight(params.get("backend"))
 
     def new_index(self):
         """An empty similarity index (the embedding model is loaded once per stage)."""

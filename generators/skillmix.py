@@ -189,14 +189,9 @@ class SkillMix(Stage):
 
     @classmethod
     def preflight(cls, params: dict) -> None:
-        """Before any Ray work: the backend's model folder and max_model_len (vllm) or server
-        (openai), and its chat template file (pipeline/preflight.py `check_backend`); then a local
-        model with no chat template (generators/backends/chat_template.py)."""
-        from curate.generators.backends.chat_template import preflight
-        from curate.pipeline.preflight import check_backend
+        from curate.pipeline.preflight import check_llm_backend
 
-        check_backend(params.get("backend"), f"{cls.name}.backend")
-        preflight(params.get("backend"))
+        check_llm_backend(params.get("backend"), f"{cls.name}.backend")
 
     def __call__(self, batch: pa.Table) -> StageResult:
         ids = batch["id"].to_pylist()

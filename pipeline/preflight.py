@@ -486,3 +486,13 @@ def check_backend(spec, key: str) -> None:
     elif kind == "openai":
         probe_server(spec.get("base_url", "http://127.0.0.1:8000/v1"), key, spec.get("model"),
                      spec.get("api_key_env") or "OPENAI_API_KEY")
+
+
+def check_llm_backend(spec, key: str) -> None:
+    """Everything an LLM stage's backend needs before any Ray work: `check_backend` (model
+    folder and max_model_len, or the server), then a local model with no chat template
+    (generators/backends/chat_template.py `preflight`)."""
+    from curate.generators.backends.chat_template import preflight
+
+    check_backend(spec, key)
+    preflight(spec)

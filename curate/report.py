@@ -1,7 +1,8 @@
 """`curate report`: one self-contained HTML page about a run, from its DuckDB tables.
 
 Sections: the stage funnel with drop reasons, score distributions, cluster sizes, selection
-composition (by origin and skill), verifier pass rates, LLM tokens and cache, time per stage.
+composition (by origin and skill) and coverage (beside a random draw's), verifier pass rates,
+LLM tokens and cache, time per stage.
 Plots are drawn with matplotlib (Agg) and embedded as base64 PNG, so the page opens anywhere
 without network access. A section with nothing to show says so rather than vanishing.
 """
@@ -124,6 +125,7 @@ def _selections(con, run_id) -> Section:
     info = _rows(con, "SELECT name, selector, pool, rows, round(seconds, 3), params::VARCHAR FROM selection_info WHERE run_id = ? ORDER BY name", [run_id])
     if not info:
         return Section("selections", "Selections", _empty("no selection in this run"))
+    coverage = _coverage_table(con, run_id)
     by_origin = _rows(con, """
         SELECT sel.name, s.origin, count(*) FROM selections sel JOIN samples s ON s.run_id = sel.run_id AND s.id = sel.id
         WHERE sel.run_id = ? GROUP BY ALL ORDER BY 1, 3 DESC""", [run_id])
@@ -134,12 +136,40 @@ def _selections(con, run_id) -> Section:
             WHERE sel.run_id = ? AND s.meta LIKE '%"skills"%')
         GROUP BY ALL ORDER BY 1, 3 DESC LIMIT 30""", [run_id])
     body = _table(["selection", "selector", "pool", "rows", "seconds", "parameters"], info)
+    body += "<h3>Coverage</h3>" + coverage
     body += "<h3>By origin</h3>" + _plot_bars(sorted({r[1] for r in by_origin}),
                                               {n: [next((r[2] for r in by_origin if r[0] == n and r[1] == o), 0)
                                                    for o in sorted({r[1] for r in by_origin})] for n in sorted({r[0] for r in by_origin})},
                                               "rows") + _table(["selection", "origin", "rows"], by_origin)
     body += "<h3>By skill</h3>" + (_table(["selection", "skill", "rows"], by_skill) if by_skill else _empty("no SkillMix rows selected"))
     return Section("selections", "Selection composition", body)
+
+
+def _coverage_table(con, run_id) -> str:
+    """Each selection's coverage distance beside a random draw's of the same size (lower covers
+    better): mean and 90th percentile of the cosine distance from a pool row to its nearest pick."""
+    columns = {r[0] for r in _rows(con, "SELECT column_name FROM information_schema.columns WHERE table_name = 'selection_info'", [])}
+    if "coverage_mean" not in columns:
+        return _empty("this database predates coverage figures: rerun the selectors to add them")
+    rows = _rows(con, """
+        SELECT name, coverage_mean, random_coverage_mean,
+               round(100 * (coverage_mean - random_coverage_mean) / nullif(random_coverage_mean, 0), 1),
+               coverage_p90, random_coverage_p90, coverage_vectors, coverage_rows, random_draws
+        FROM selection_info WHERE run_id = ? ORDER BY name""", [run_id])
+    measured = [r for r in rows if r[1] is not None]
+    body = ""
+    if measured:
+        body += _plot_bars([r[0] for r in measured], {"selection": [r[1] for r in measured],
+                                                      "random, same size": [r[2] for r in measured]},
+                           "mean cosine distance to nearest pick")
+    body += _table(["selection", "mean distance", "random: mean", "vs random %", "p90 distance", "random: p90",
+                    "vectors", "pool rows measured", "random draws"],
+                   [r if r[1] is not None else (r[0], None, None, None, None, None, "no vectors in this run", None, None)
+                    for r in rows])
+    body += ("<p>Coverage: the cosine distance from each pool row (or a sample of the pool) to its nearest selected row; "
+             "lower covers the pool better. Random: draws of the same size ranked as the <code>random</code> selector "
+             "ranks rows, measured on the same pool rows.</p>")
+    return body
 
 
 def _verifiers(con, run_id) -> Section:

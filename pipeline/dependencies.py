@@ -31,6 +31,8 @@ SELECTOR_REQUIRES = {
     "kmeans_diversity": lambda p: {f"vectors:{p['vectors']}"} | {f"scores:{p[k]}" for k in ("weight_by", "refine_by") if p.get(k)},
     "deita": lambda p: {f"vectors:{p['vectors']}"} | {f"scores:{s}" for s in ([p["score"]] if isinstance(p["score"], str) else p["score"])},
     "ifd": lambda p: {f"scores:{p['prefix']}{p['score']}"} | ({f"vectors:{p['vector']}"} if p.get("clusters") else set()),
+    "facility_location": lambda p: {f"vectors:{p['vectors']}"} | ({f"scores:{p['weight_by']}"} if p.get("weight_by") else set()),
+    "k_center": lambda p: {f"vectors:{p['vectors']}"},
 }
 
 # Generators make rows: a dedup after one dedups its new rows, which is a reason to put it first.

@@ -33,6 +33,8 @@ SELECTORS = {
     "less": "curate.selectors.less:LessSelector",
     "kmeans_diversity": "curate.selectors.kmeans:KMeansDiversity",
     "deita": "curate.selectors.deita:DeitaSelection",
+    "facility_location": "curate.selectors.facility_location:FacilityLocation",
+    "k_center": "curate.selectors.k_center:KCenter",
 }
 
 

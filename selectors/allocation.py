@@ -28,6 +28,15 @@ def split_budget(budget: int, weights: np.ndarray, rng: np.random.Generator) -> 
     return quota
 
 
+def allocation_weights(sizes: np.ndarray, allocation: Allocation) -> np.ndarray:
+    """Each cluster's weight in the budget split: 1 (uniform), n_c (proportional) or √n_c (sqrt)."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if allocation not in ("uniform", "proportional", "sqrt"):
+        raise ValueError(f"allocation is uniform, proportional or sqrt, got {allocation!r}")
+    return {"uniform": (sizes > 0).astype(np.float64), "proportional": sizes.astype(np.float64),
+            "sqrt": np.sqrt(sizes)}[allocation]
+
+
 def cluster_quotas(sizes: np.ndarray, budget: int, allocation: Allocation, rng: np.random.Generator,
                    redistribute: bool = False) -> np.ndarray:
     """Rows to take from each cluster.
@@ -37,8 +46,7 @@ def cluster_quotas(sizes: np.ndarray, budget: int, allocation: Allocation, rng: 
     selection may be smaller than B); `redistribute` hands it to clusters with rows to spare,
     by the same rule."""
     sizes = np.asarray(sizes, dtype=np.int64)
-    weights = {"uniform": (sizes > 0).astype(np.float64), "proportional": sizes.astype(np.float64),
-               "sqrt": np.sqrt(sizes)}[allocation]
+    weights = allocation_weights(sizes, allocation)
     taken = np.minimum(split_budget(budget, weights, rng), sizes)
     while redistribute:
         shortfall = budget - int(taken.sum())

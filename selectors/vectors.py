@@ -108,6 +108,24 @@ class VectorSource:
             out[pc.index_in(batch.column("id"), value_set=ids).to_numpy()] = vecs
         return out
 
+    def fetch(self, ids: pa.Array, batch_rows: int = BATCH_ROWS) -> np.ndarray:
+        """The vectors of `ids` (distinct ids of the pool's rows), as one (len(ids), d) array in the
+        order given: one streaming pass, each vector placed in its row as it arrives."""
+        ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+        self.con.register("_fetch_ids", pa.table({"id": ids}))
+        out = None
+        try:
+            query = ("SELECT v.id, v.vec FROM vectors v WHERE v.run_id = $run AND v.name = $name "
+                     "AND v.id IN (SELECT id FROM _fetch_ids)")
+            for batch in self._stream(query, batch_rows):
+                vecs = as_matrix(batch.column("vec"))
+                if out is None:
+                    out = np.zeros((len(ids), vecs.shape[1]), np.float32)
+                out[pc.index_in(batch.column("id"), value_set=ids).to_numpy()] = vecs
+        finally:
+            self.con.unregister("_fetch_ids")
+        return out if out is not None else np.zeros((len(ids), 0), np.float32)
+
     def ordered(self, order_sql: str, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         """Rows in an order (SQL over v.id and the score columns), streamed: stop reading early."""
         yield from self._stream(self._select(order=f"ORDER BY {order_sql}"), batch_rows)

@@ -96,6 +96,11 @@ def test_a_selector_before_the_scores_it_needs_is_rejected_before_anything_runs(
         load_config(None, stages=[{"semdedup": {}}, {"embed": {}}])  # reordered: reads vectors not made yet
     with pytest.raises(CurateError, match=r"needs vectors 'other'.*makes vectors embed"):
         load_config(None, stages=[{"embed": {}}, {"ifd": {"model": "m"}}], selectors=[{"deita": {"score": "ifd", "vectors": "other"}}])
+    for coverage_selector in ("facility_location", "k_center"):
+        with pytest.raises(CurateError, match=rf"selectors\.0\.{coverage_selector} needs vectors 'embed'"):
+            load_config(None, stages=[{"filters": {}}], selectors=[{coverage_selector: {"budget": 10}}])
+    with pytest.raises(CurateError, match=r"selectors\.0\.facility_location needs scores 'quality'"):
+        load_config(None, stages=[{"embed": {}}], selectors=[{"facility_location": {"weight_by": "quality"}}])
     ok = load_config(None, stages=[{"embed": {}}, {"semdedup": {}}],
                      selectors=[{"kmeans_diversity": {"budget": 10, "k": 4}}])
     assert [s.key for s in ok.stages] == ["embed", "semdedup"]

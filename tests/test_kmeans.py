@@ -1,18 +1,21 @@
 """KMeansDiversity (kMQ) and DEITA-style selection: allocation, sampling, coverage on real
-embeddings, and an end-to-end run through the pipeline with export."""
+embeddings (the Alpaca pool, and one with planted near-duplicate groups), picks kept apart, and
+an end-to-end run through the pipeline with export."""
 
 import json
 import os
+import sys
 
 import duckdb
 import numpy as np
 import pytest
 
-from conftest import write_jsonl
+from conftest import ROOT, write_jsonl
 
 pytest.importorskip("faiss")
 pytest.importorskip("sentence_transformers")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(ROOT))
 
 from curate.selectors.allocation import cluster_quotas, pick, refined_quotas, sampling_keys, split_budget, within_cluster_order  # noqa: E402
 from curate.selectors.clustering import Assigner, fit_centroids  # noqa: E402
@@ -85,13 +88,15 @@ def coverage(vectors: np.ndarray, chosen: np.ndarray) -> float:
 
 
 def test_kmeans_ten_percent_covers_the_pool_better_than_random(alpaca_vectors):
+    """The orders inside clusters alone (no vectors handed over: no similarity check)."""
     n = len(alpaca_vectors)
     budget = n // 10
     central, sampled, rand = [], [], []
     for seed in range(5):
         cluster, distance = Assigner(fit_centroids(alpaca_vectors, budget // 2, seed=seed))(alpaca_vectors)
         for within, out in (("central", central), ("sample", sampled)):
-            selector = KMeansDiversity(budget=budget, k=budget // 2, within=within, seed=seed, redistribute=True)
+            selector = KMeansDiversity(budget=budget, k=budget // 2, within=within, seed=seed, redistribute=True,
+                                       allocation="uniform")
             chosen = selector.choose(cluster, distance, None, None, selector.k, budget)
             assert len(chosen) == budget and len(set(chosen.tolist())) == budget
             assert np.bincount(cluster[chosen], minlength=selector.k).max() <= 3  # balanced: two per cluster, a few redistributed
@@ -101,7 +106,7 @@ def test_kmeans_ten_percent_covers_the_pool_better_than_random(alpaca_vectors):
     # balanced clusters cover clearly better; a uniform draw inside clusters barely differs.
     assert np.mean(central) < np.mean(rand) - 0.015, (central, rand)
     assert np.mean(sampled) < np.mean(rand) + 0.01, (sampled, rand)
-    selector = KMeansDiversity(budget=budget, k=budget // 2, seed=0, redistribute=True)
+    selector = KMeansDiversity(budget=budget, k=budget // 2, seed=0, redistribute=True, within="central", allocation="uniform")
     cluster, distance = Assigner(fit_centroids(alpaca_vectors, budget // 2, seed=0))(alpaca_vectors)
     assert coverage(alpaca_vectors, selector.choose(cluster, distance, None, None, budget // 2, budget)) == central[0]
 
@@ -122,6 +127,68 @@ def test_deita_greedy_respects_its_threshold(alpaca_vectors):
         assert alpaca_vectors[score_order[i]] @ alpaca_vectors[blocker] > 0.6
         assert np.flatnonzero(score_order == blocker)[0] < i  # admitted earlier in score order
     assert greedy.offer(alpaca_vectors[:5])[0].tolist() == [-2] * 5  # full: nothing more is considered
+
+
+# ---------------------------------------------------------------------------- near duplicates (issue 19)
+
+
+@pytest.fixture(scope="module")
+def pools(alpaca_rows):
+    """Real embeddings of instruction + response: 600 Alpaca rows, and 200 Alpaca rows each followed
+    by 1–3 paraphrase-like variants (answer re-ordered, sentences dropped, another answer)."""
+    from bench.selection import embed, planted_pool, row_text
+
+    planted, _ = planted_pool(alpaca_rows[:200])
+    return {"alpaca": embed([row_text(r) for r in alpaca_rows[:600]]), "planted": embed([row_text(r) for r in planted])}
+
+
+def _pairs_above(vecs, picked, threshold):
+    sims = vecs[picked] @ vecs[picked].T
+    return int((sims[np.triu_indices(len(picked), 1)] > threshold).sum())
+
+
+@pytest.mark.parametrize("pool", ["alpaca", "planted"])
+def test_default_kmq_covers_better_than_random_with_no_near_duplicate_picks(pools, pool, tmp_path):
+    """Through `select` on a real store: the default (facility location inside clusters, picks at
+    most 0.9 apart) against random and against the rows nearest each centroid (the old default)."""
+    vecs = pools[pool]
+    n, budget = len(vecs), len(vecs) // 10
+    store = _vector_store(tmp_path / "p.duckdb", [f"{i:05d}" for i in range(n)], vecs)
+    ours, central, rand = [], [], []
+    for seed in range(5):
+        for selector, out in ((KMeansDiversity(budget=budget, k=16, seed=seed), ours),
+                              (KMeansDiversity(budget=budget, k=16, seed=seed, within="central", max_similarity=None,
+                                               allocation="uniform"), central)):
+            picked = np.array([int(i) for i, _, _ in selector.select(store.con, "r", "_pool", budget)])
+            out.append((coverage(vecs, picked), _pairs_above(vecs, picked, 0.9), len(set(picked.tolist()))))
+        rand.append(coverage(vecs, np.random.default_rng(seed).choice(n, budget, replace=False)))
+    store.close()
+    mean = lambda rows, i: float(np.mean([r[i] for r in rows]))  # noqa: E731
+    assert mean(ours, 0) < np.mean(rand) - 0.03, (ours, rand)
+    assert all(r[1] == 0 for r in ours) and all(r[2] == budget for r in ours)  # no pair above 0.9, budget filled
+    assert mean(ours, 0) < mean(central, 0) - 0.02
+    if pool == "planted":
+        # Nearest the centroid takes a group's variants together: what issue 19 measured.
+        assert mean(central, 1) > 10 and mean(central, 0) > np.mean(rand)
+
+
+def test_filtered_orders_keep_picks_apart_and_fill_the_budget(pools):
+    vecs = pools["planted"]
+    n, budget = len(vecs), len(vecs) // 5
+    centroids = fit_centroids(vecs, 8, seed=0)
+    cluster, distance = Assigner(centroids)(vecs)
+    for within in ("central", "sample"):
+        plain = KMeansDiversity(budget=budget, k=8, within=within, max_similarity=None, redistribute=True).choose(
+            cluster, distance, None, None, 8, budget, vectors=vecs, centroids=centroids)
+        kept = KMeansDiversity(budget=budget, k=8, within=within, max_similarity=0.8, redistribute=True).choose(
+            cluster, distance, None, None, 8, budget, vectors=vecs, centroids=centroids)
+        assert _pairs_above(vecs, plain, 0.8) > 0
+        assert _pairs_above(vecs, kept, 0.8) == 0 and len(set(kept.tolist())) == budget
+        assert coverage(vecs, kept) < coverage(vecs, plain)
+    # Without redistribution a cluster that runs out of admissible rows leaves its shortfall unfilled (kMQ).
+    tight = KMeansDiversity(budget=n // 2, k=8, within="central", max_similarity=0.6, allocation="uniform").choose(
+        cluster, distance, None, None, 8, n // 2, vectors=vecs, centroids=centroids)
+    assert _pairs_above(vecs, tight, 0.6) == 0 and len(tight) < n // 2
 
 
 # ---------------------------------------------------------------------------- through the pipeline
@@ -156,7 +223,8 @@ def test_embed_semdedup_select_and_export(ray_local, tmp_path, alpaca_rows):
     con.close()
     assert len(picked) == round(0.1 * report.kept) and all(c is not None for _, c in picked)
     assert {i for i, _ in picked} <= kept  # semantic duplicates are out of the pool
-    assert len({c for _, c in picked[:8]}) == 8  # round-robin ranking: the first 8 span all clusters
+    used = {c for _, c in picked}
+    assert len({c for _, c in picked[:len(used)]}) == len(used) >= 6  # round-robin ranking: the first picks span the clusters
 
     out = tmp_path / "diverse.jsonl"
     with pytest.raises(SystemExit) as e:
@@ -224,7 +292,7 @@ def test_fit_on_a_sample_assign_in_batches_independent_of_arrival_order(tmp_path
     results = []
     for name, order in (("a", np.arange(2000)), ("b", shuffled)):
         store = _vector_store(tmp_path / f"{name}.duckdb", [ids[i] for i in order], vecs[order])
-        selector = KMeansDiversity(budget=100, k=10, fit_sample=300, seed=1)
+        selector = KMeansDiversity(budget=100, k=10, fit_sample=300, seed=1, max_similarity=None)  # clusters tighter than 0.9
         results.append(selector.select(store.con, "r", "_pool", 100))
         source = VectorSource(store.con, "r", "_pool", "embed")
         assert source.sample(300, 1).shape == (300, 16)

@@ -63,3 +63,18 @@ def test_curated_view_shows_the_latest_run(ray_local, tmp_path, alpaca_rows):
     assert con.execute("SELECT count(*) FROM curated").fetchone()[0] == b.kept
     assert con.execute("SELECT count(*) FROM curated_all").fetchone()[0] == a.kept + b.kept
     con.close()
+
+
+def test_coverage_selectors_are_registered_and_checked_by_the_config():
+    from curate.pipeline.registry import selector_class
+
+    assert selector_class("facility_location").name == "facility_location"
+    assert selector_class("k_center").name == "k_center"
+    config = load_config(None, input=["demo"], selectors=[{"facility_location": {"budget": 0.05, "weight_by": "ifd", "name": "fl"}},
+                                                          {"k_center": {"budget": 100}}])
+    assert [(s.key, s.name) for s in config.selectors] == [("facility_location", "fl"), ("k_center", "k_center")]
+    assert config.selectors[0].params["neighbors"] == 32 and config.selectors[1].params["exact_rows"] == 10_000
+    with pytest.raises(CurateError, match="kmeans_diversity: within"):
+        load_config(None, input=["demo"], selectors=[{"kmeans_diversity": {"within": "nearest"}}])
+    with pytest.raises(ValueError, match="neighbors"):
+        selector_class("facility_location")(neighbors=0)

@@ -92,6 +92,7 @@ def start_engines(specs: list[dict], gpus_available: float) -> list:
     threads."""
     import ray
 
+    prepare_models(specs)
     actors = []
     for spec in specs:
         gpus = float(spec.get("tensor_parallel_size", 1)) if gpus_available >= 1 else 0.0
@@ -105,6 +106,24 @@ def start_engines(specs: list[dict], gpus_available: float) -> list:
             actor.load.remote()
         actors.append(actor)
     return actors
+
+
+def prepare_models(specs: list[dict]) -> None:
+    """Before the engine actors start: build curate's built-in model (`model: default`,
+    curate/models.py) here in the driver when a spec names it and the Ray cluster is this
+    machine alone, so that it is built once, with its progress bar in the driver's terminal, and
+    every actor finds it (on a cluster each node builds its own copy, under the same lock). A
+    no-op when it is built already (after a checksum check, ~0.5 s). Raises CurateError when it
+    cannot be built."""
+    from curate.models import ensure_default_model, is_default
+
+    if not any(isinstance(s, dict) and is_default(s.get("model")) for s in specs):
+        return
+    import ray
+
+    if ray.is_initialized() and len(ray.nodes()) > 1:
+        return
+    ensure_default_model(progress=True)
 
 
 def engine_stats(actors: list) -> list[dict]:

@@ -30,7 +30,9 @@ class VllmBackend(Backend):
             torch_threads = _in_process_cpu_engine(cpu_threads)
         from vllm import LLM
 
-        self.model = model
+        from curate.models import resolve_model
+
+        self.model = model = resolve_model(model)  # `default`: curate's built-in model folder (curate/models.py)
         kwargs = dict(model=model, dtype=dtype, tensor_parallel_size=tensor_parallel_size, seed=seed,
                       enforce_eager=enforce_eager)
         if max_model_len:

@@ -36,19 +36,31 @@ def pick_dtype(device: str, dtype: str | None = None):
     return torch.bfloat16 if device.startswith("cuda") else torch.float32
 
 
+def resolve_model(model: str) -> str:
+    """The folder (or hub id) to load: `default` is curate's built-in model (curate/models.py,
+    built on first use; CurateError when it cannot be); any other name is returned as it is."""
+    from curate.models import resolve_model as resolve
+
+    return resolve(model)
+
+
 def load_tokenizer(model: str):
+    """The model's tokenizer; one without a chat template gets TULU_TEMPLATE. `model`: a
+    folder, a hub id, or `default`."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model)
+    tok = AutoTokenizer.from_pretrained(resolve_model(model))
     if tok.chat_template is None:
         tok.chat_template = TULU_TEMPLATE
     return tok
 
 
 def load_causal_lm(model: str, device: str | None = None, dtype: str | None = None, attn: str | None = None):
-    """(model in eval mode on its device, tokenizer, device)."""
+    """(model in eval mode on its device, tokenizer, device). `model`: a folder, a hub id, or
+    `default` (curate's built-in Gemma 3 270M, built once on first use: curate/models.py)."""
     from transformers import AutoModelForCausalLM
 
+    model = resolve_model(model)
     device = pick_device(device)
     kwargs = {"dtype": pick_dtype(device, dtype)}
     if attn:

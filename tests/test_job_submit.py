@@ -329,3 +329,50 @@ def test_ray_job_submit_demo(ray_head, tmp_path):
     ds = datasets.load_from_disk(str(out))
     assert len(ds) == selected
     assert f"exported {selected} rows" in logs
+
+
+def _entrypoint(tmp_path, *overrides: str, working_dir: str | None = "gcs://_ray_pkg_0123456789abcdef.zip"):
+    """jobs/run.py as the job supervisor starts it: with the RAY_JOB_CONFIG_JSON_ENV_VAR it sets
+    (the job's runtime env), run from a copy of the checkout, without Ray."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    if working_dir is not None:
+        env["RAY_JOB_CONFIG_JSON_ENV_VAR"] = json.dumps({"runtime_env": {"working_dir": working_dir}, "metadata": {}})
+    return subprocess.run([sys.executable, str(ROOT / "jobs" / "run.py"), str(ROOT / "jobs" / "configs" / "demo.yaml"),
+                           *[a for o in overrides for a in ("--set", o)]],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_a_relative_output_under_working_dir_is_refused_before_anything_runs(tmp_path):
+    t0 = time.monotonic()
+    job = _entrypoint(tmp_path)  # demo.yaml: db curated.duckdb, export ./out/demo, both relative
+    assert job.returncode == 2, job.stderr
+    assert "db 'curated.duckdb'" in job.stderr and "export.out './out/demo'" in job.stderr
+    assert "temporary copy of the working dir" in job.stderr and "--set db=/" in job.stderr
+    assert time.monotonic() - t0 < 30 and not list(tmp_path.iterdir()), "it ran (or wrote) before refusing"
+
+    job = _entrypoint(tmp_path, f"db={tmp_path}/demo.duckdb")  # one fixed, the export still relative
+    assert job.returncode == 2 and "export.out './out/demo'" in job.stderr and "db '" not in job.stderr
+
+    job = _entrypoint(tmp_path, "work_dir=phases", f"db={tmp_path}/demo.duckdb", f"export.out={tmp_path}/out")
+    assert job.returncode == 2 and "work_dir 'phases'" in job.stderr
+
+
+def test_relative_outputs_are_fine_outside_a_job_working_dir():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("job_run", ROOT / "jobs" / "run.py")
+    job_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job_run)
+    from curate.pipeline.config import load_config
+
+    config = load_config(str(ROOT / "jobs" / "configs" / "demo.yaml"))
+    env = os.environ.pop("RAY_JOB_CONFIG_JSON_ENV_VAR", None)
+    try:
+        assert job_run.job_working_dir() is None
+        job_run.refuse_outputs_in_the_job_copy(config)  # a plain `python jobs/run.py`: relative paths are the cwd's
+        os.environ["RAY_JOB_CONFIG_JSON_ENV_VAR"] = json.dumps({"runtime_env": {}, "metadata": {}})
+        job_run.refuse_outputs_in_the_job_copy(config)  # a job without --working-dir runs in the submitter's cwd
+    finally:
+        os.environ.pop("RAY_JOB_CONFIG_JSON_ENV_VAR", None)
+        if env is not None:
+            os.environ["RAY_JOB_CONFIG_JSON_ENV_VAR"] = env

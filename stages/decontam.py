@@ -78,9 +78,9 @@ class Decontaminate(Stage):
         if not benchmarks:
             bundled = default is not inspect.Parameter.empty
             raise PreflightError(f"{cls.name}.benchmarks", "empty, so no row would be checked for contamination",
-                                 "list benchmark prompt files (JSONL or JSON; globs allowed)"
+                                 "list benchmark prompt files (JSONL or JSON; globs allowed; `bundled`: curate's own set)"
                                  + (", or leave the key out for the bundled set" if bundled else ", or remove the stage"))
-        check_files(benchmarks, f"{cls.name}.benchmarks", what="benchmark file")
+        check_files(expand_bundled(benchmarks), f"{cls.name}.benchmarks", what="benchmark file")
 
     def __init__(self, benchmarks: list[str] | dict[str, str], ngram: int = 13, min_words: int = 8,
                  fields: Literal["all", "instruction", "response", "both", "conversation"] = "all"):
@@ -172,9 +172,34 @@ class Decontaminate(Stage):
         return StageResult(kept=batch.filter(pc.invert(drop)), dropped=batch.filter(drop).append_column("reason", reasons))
 
 
+BUNDLED = "bundled"  # in `benchmarks`: the benchmark-style prompts shipped in curate/data/bench_*.jsonl
+
+
+def bundled_benchmarks() -> list[str]:
+    """The benchmark-style prompt files shipped with curate (curate/data/bench_*.jsonl: Python
+    functions, math word problems, instruction-following and open questions, written for this
+    project), wherever curate is installed. Raises CurateError when the installation lacks them."""
+    import curate
+
+    for base in curate.__path__:
+        found = sorted(glob.glob(os.path.join(base, "data", "bench_*.jsonl")))
+        if found:
+            return found
+    raise CurateError("the bundled benchmark prompts (curate/data/bench_*.jsonl) are missing from this installation")
+
+
+def expand_bundled(patterns):
+    """`patterns` with the name `bundled` replaced by the bundled files (a list stays a list)."""
+    if patterns == BUNDLED:
+        return bundled_benchmarks()
+    if isinstance(patterns, (list, tuple)):
+        return [f for p in patterns for f in (bundled_benchmarks() if p == BUNDLED else [p])]
+    return patterns
+
+
 def _expand(paths: list[str]) -> list[str]:
     out = []
-    for p in paths:
+    for p in expand_bundled(list(paths)):
         matches = sorted(glob.glob(os.path.expanduser(p))) if glob.has_magic(p) else [p]
         if not matches:
             raise CurateError(f"decontaminate: no benchmark file matches {p}")

@@ -2,6 +2,7 @@
 
 import glob
 import json
+import os
 import random
 import unicodedata
 
@@ -376,3 +377,32 @@ def test_ngram_windows_of_a_batch_with_fewer_words_than_n():
     hashes, offsets = word_hashes(pa.array(["Name three primary colors.", "Red, blue and yellow."]))
     grams, rows = ngram_hashes(hashes, offsets, 13)
     assert sorted(rows.tolist()) == [0, 1] and len(set(grams.tolist())) == 2
+
+
+def test_the_bundled_benchmarks_are_found_from_any_directory(tmp_path, monkeypatch):
+    """`benchmarks: [bundled]` (what full.yaml ships) names curate's own prompt files wherever
+    the run starts; a bundled prompt is caught, a clean one is not, and the name mixes with paths."""
+    import pyarrow as pa
+
+    from curate.pipeline.preflight import PreflightError
+    from curate.stages.decontam import Decontaminate, benchmark_texts, bundled_benchmarks
+
+    monkeypatch.chdir(tmp_path)  # nothing named curate/data here
+    files = bundled_benchmarks()
+    assert len(files) >= 4 and all(os.path.isabs(f) and os.path.isfile(f) for f in files)
+    Decontaminate.preflight({"benchmarks": ["bundled"]})
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text(json.dumps({"prompt": "Name every moon of a planet that nobody has discovered yet, in alphabetical order please."}) + "\n")
+    stage = Decontaminate(benchmarks=["bundled", str(mine)])
+    assert "mine" in stage.names and len(stage.names) == len(files) + 1
+    with pytest.raises(PreflightError, match="no benchmark file matches"):
+        Decontaminate.preflight({"benchmarks": ["bundled", str(tmp_path / "missing-*.jsonl")]})
+
+    prompt = next(t for t in benchmark_texts(files[0]) if len(t.split()) >= 16)
+    batch = pa.table({"id": ["a", "b"], "messages": [
+        [{"role": "user", "content": prompt}, {"role": "assistant", "content": "ok"}],
+        [{"role": "user", "content": "Write a haiku about the first snow falling on a quiet mountain village at dawn."},
+         {"role": "assistant", "content": "ok"}]]})
+    result = stage(batch)
+    assert result.kept.column("id").to_pylist() == ["b"]
+    assert result.dropped.column("reason").to_pylist()[0].startswith("contaminated:" + os.path.basename(files[0]).removesuffix(".jsonl"))

@@ -70,7 +70,8 @@ def test_coverage_selectors_are_registered_and_checked_by_the_config():
 
     assert selector_class("facility_location").name == "facility_location"
     assert selector_class("k_center").name == "k_center"
-    config = load_config(None, input=["demo"], selectors=[{"facility_location": {"budget": 0.05, "weight_by": "ifd", "name": "fl"}},
+    config = load_config(None, input=["demo"], stages=[{"embed": {}}, {"ifd": {"model": "m"}}],
+                         selectors=[{"facility_location": {"budget": 0.05, "weight_by": "ifd", "name": "fl"}},
                                                           {"k_center": {"budget": 100}}])
     assert [(s.key, s.name) for s in config.selectors] == [("facility_location", "fl"), ("k_center", "k_center")]
     assert config.selectors[0].params["neighbors"] == 32 and config.selectors[1].params["exact_rows"] == 10_000

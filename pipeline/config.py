@@ -162,6 +162,9 @@ class RunConfig(Strict):
             "shard_size": self.shard_size,
             "stages": [s.model_dump(exclude={"resources"}) for s in self.stages],
         }
+        for stage in body["stages"]:  # a model stage's output cache on or off: the same rows, the same run id as before it existed
+            if isinstance(stage["params"].get("cache"), bool):
+                del stage["params"]["cache"]
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

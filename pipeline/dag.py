@@ -73,6 +73,10 @@ def stage_plans(config: RunConfig, run_id: str | None = None) -> list[StagePlan]
             from curate.generators.cache import cache_path_for
 
             params["cache"] = os.path.abspath(cache_path_for(config.db))
+        elif params.get("cache") is True:  # model stages (embed, ifd, rds_embed): their output cache beside the database
+            from curate.storage.model_cache import model_cache_path_for
+
+            params["cache"] = os.path.abspath(model_cache_path_for(config.db))
         if scope is not None and isinstance(params.get("backend"), dict):
             from curate.generators.engines import scoped
 

@@ -7,6 +7,10 @@ accepted. Texts are encoded in order of length so a mini-batch pads to similar l
 vectors are L2-normalised (cosine = dot product). They leave as `_vec:<vectors>`
 (list<float32>) with the model name in `_vecmodel:<vectors>`; the writer stores them in
 `vectors`, where selectors read them.
+
+Vectors are cached by (model, text, output parameters) in `<db>.model_cache.duckdb`
+(storage/model_cache.py): a rerun with another threshold or filter embeds only new texts.
+`cache: false` turns it off.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import pyarrow as pa
 from curate.stages.base import Resources, Stage, StageResult
 from curate.stages.text import conversation_text, first_user_turn, last_assistant_turn
 from curate.storage import schema as S
+from curate.storage.model_cache import CachedRows, model_fingerprint
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -87,7 +92,9 @@ class Embed(Stage):
     def __init__(self, model: str | None = None, vectors: str = "embed",
                  field: Literal["instruction", "instruction_response", "conversation"] = "instruction",
                  template: str | None = None, encode_batch_size: int | None = None, max_seq_length: int | None = None,
-                 device: str | None = None, fp16: bool = True, threads: int | None = None):
+                 device: str | None = None, fp16: bool = True, threads: int | None = None, cache: bool | str = True):
+        """`cache`: true, the model-output cache beside the database (the runner gives its path;
+        a stage built by hand without a path has none); false, off; a path, that file."""
         if template is not None:
             try:
                 template.format(instruction="", response="", conversation="")
@@ -98,6 +105,7 @@ class Embed(Stage):
         self.vectors, self.field, self.template = vectors, field, template
         self.encode_batch_size, self.max_seq_length = encode_batch_size, max_seq_length
         self.device, self.fp16, self.threads = device, fp16, threads
+        self.cached = CachedRows(cache, "embed", self.model_name)
         self._model = None
 
     @property
@@ -111,12 +119,30 @@ class Embed(Stage):
         self.model  # noqa: B018 - loads it
 
     def __call__(self, batch: pa.Table) -> StageResult:
-        vecs = self.encode(texts_to_embed(batch, self.field, self.template))
+        vecs = self.encode_cached(texts_to_embed(batch, self.field, self.template))
         n, dim = vecs.shape
         column = pa.ListArray.from_arrays(pa.array(np.arange(0, n * dim + 1, dim, dtype=np.int32)), pa.array(vecs.ravel()))
         kept = batch.append_column(S.VEC_PREFIX + self.vectors, column)
         kept = kept.append_column(S.VECMODEL_PREFIX + self.vectors, pa.array([self.model_name] * n, pa.string()))
         return StageResult(kept=kept)
+
+    def encode_cached(self, texts: list[str]) -> np.ndarray:
+        """`encode`, through the cache: only texts it does not hold are encoded (each once)."""
+        if not texts:
+            return self.encode(texts)
+
+        def compute(rows: list[int]) -> list[tuple[bytes, None]]:
+            return [(v.tobytes(), None) for v in self.encode([texts[i] for i in rows])]
+
+        found = self.cached.rows(texts, self.cache_identity, compute)
+        return np.frombuffer(b"".join(v for v, _ in found), np.float32).reshape(len(texts), -1)
+
+    def cache_identity(self) -> tuple[str, dict]:
+        """(model fingerprint, what else changes a vector): the text is the rest of the key."""
+        model = self.model
+        dtype = str(next(model.parameters()).dtype)
+        return model_fingerprint(self.model_path), {"v": 1, "max_seq_length": model.max_seq_length, "dtype": dtype,
+                                                    "device": str(model.device).split(":")[0], "normalize": True}
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """(rows, dim) float32, L2-normalised, in the order given; encoded longest first so a

@@ -13,6 +13,10 @@ Truncation as Cherry's filters: a row is skipped when its prompt fills the `max_
 when prompt + answer exceed it (the answer would be cut in one pass and not the other), or when
 the prompt or answer span is empty. A skipped row is dropped with the reason by default
 (`on_skip: drop`; Cherry never selects it either), or kept without scores (`on_skip: keep`).
+
+The stage caches each row's three losses and skip reason by (model, conversation, max_length,
+direct_prefix, dtype, device) in `<db>.model_cache.duckdb` (storage/model_cache.py; `cache:
+false` turns it off); `ifd` and `ic_ifd` are derived from them, so `variant` needs no new pass.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ import pyarrow as pa
 
 from curate.stages.base import Resources, Stage, StageResult
 from curate.stages.score import lm as L
-from curate.storage.schema import SCORE_PREFIX
+from curate.storage.model_cache import CachedRows, model_fingerprint
+from curate.storage.schema import SCORE_PREFIX, canonical_messages
 
 SCORE_NAMES = ("ifd", "ic_ifd", "loss_answer_given_prompt", "loss_answer", "loss_prompt")
+LOSS_NAMES = ("loss_answer_given_prompt", "loss_answer", "loss_prompt")  # what a model pass gives; the rest derives
 
 
 @dataclass
@@ -97,22 +103,42 @@ class IFDScorer:
     def __init__(self, model: str, max_length: int = 512, variant: str = "loss_ratio", direct_prefix: str = "",
                  max_batch_tokens: int | None = None, max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None):
         self.lm, self.tok, self.device = L.load_causal_lm(model, device, dtype)
+        self.model = model
         self.max_length, self.variant, self.direct_prefix = max_length, variant, direct_prefix
         self.max_batch_tokens, self.max_batch_rows = max_batch_tokens or L.default_batch_tokens(self.device), max_batch_rows
 
-    def score(self, convs: list[list[dict]]) -> tuple[dict[str, np.ndarray], list[str | None]]:
-        """Per score name, one float64 per row (NaN where skipped); and the skip reasons."""
+    def losses(self, convs: list[list[dict]]) -> tuple[np.ndarray, list[str | None]]:
+        """(rows, 3) float64 losses in LOSS_NAMES order (NaN where skipped); and the skip reasons."""
         seqs, reasons = plan_sequences(self.tok, convs, self.max_length, self.direct_prefix)
-        losses = span_losses(self.lm, seqs, L.pad_id(self.tok), self.device, self.max_batch_tokens, self.max_batch_rows)
-        merged: dict[int, dict[str, float]] = {}
-        for s, spans in zip(seqs, losses):
-            merged.setdefault(s.row, {}).update(spans)
-        cols = {name: np.full(len(convs), np.nan) for name in SCORE_NAMES}
-        for row, m in merged.items():
-            aq, a, q = m["answer_given_prompt"], m["answer"], m["prompt"]
+        spans = span_losses(self.lm, seqs, L.pad_id(self.tok), self.device, self.max_batch_tokens, self.max_batch_rows)
+        out = np.full((len(convs), len(LOSS_NAMES)), np.nan)
+        column = {"answer_given_prompt": 0, "answer": 1, "prompt": 2}
+        for s, m in zip(seqs, spans):
+            for name, value in m.items():
+                out[s.row, column[name]] = value
+        return out, reasons
+
+    def scores(self, losses: np.ndarray, reasons: list[str | None]) -> dict[str, np.ndarray]:
+        """Per score name, one float64 per row (NaN where skipped), from `losses`."""
+        cols = {name: np.full(len(losses), np.nan) for name in SCORE_NAMES}
+        for row, reason in enumerate(reasons):
+            if reason is not None:
+                continue
+            aq, a, q = losses[row]
             cols["ifd"][row], cols["ic_ifd"][row] = ifd_scores(aq, a, q, self.variant)
             cols["loss_answer_given_prompt"][row], cols["loss_answer"][row], cols["loss_prompt"][row] = aq, a, q
-        return cols, reasons
+        return cols
+
+    def score(self, convs: list[list[dict]]) -> tuple[dict[str, np.ndarray], list[str | None]]:
+        """Per score name, one float64 per row (NaN where skipped); and the skip reasons."""
+        losses, reasons = self.losses(convs)
+        return self.scores(losses, reasons), reasons
+
+    def cache_identity(self) -> tuple[str, dict]:
+        """(model fingerprint, what else changes a row's losses): the conversation is the rest of the key."""
+        return model_fingerprint(L.resolve_model(self.model)), {
+            "v": 1, "max_length": self.max_length, "direct_prefix": self.direct_prefix, "dtype": str(self.lm.dtype),
+            "device": str(self.device).split(":")[0]}
 
 
 class IFDScore(Stage):
@@ -132,12 +158,25 @@ class IFDScore(Stage):
 
     def __init__(self, model: str, max_length: int = 512, variant: Literal["loss_ratio", "ppl_ratio"] = "loss_ratio",
                  direct_prefix: str = "", on_skip: Literal["drop", "keep"] = "drop", prefix: str = "",
-                 max_batch_tokens: int | None = None, max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None):
+                 max_batch_tokens: int | None = None, max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None,
+                 cache: bool | str = True):
+        """`cache`: true, the model-output cache beside the database (the runner gives its path;
+        a stage built by hand without a path has none); false, off; a path, that file."""
         self.scorer = IFDScorer(model, max_length, variant, direct_prefix, max_batch_tokens, max_batch_rows, device, dtype)
         self.on_skip, self.prefix = on_skip, prefix
+        self.cached = CachedRows(cache, "ifd", model)
 
     def __call__(self, batch: pa.Table) -> StageResult:
-        cols, reasons = self.scorer.score(L.conversations(batch))
+        convs = L.conversations(batch)
+
+        def compute(rows: list[int]) -> list[tuple[bytes, str | None]]:
+            losses, reasons = self.scorer.losses([convs[i] for i in rows])
+            return [(v.tobytes(), r) for v, r in zip(losses, reasons)]
+
+        found = self.cached.rows([canonical_messages(c) for c in convs], self.scorer.cache_identity, compute)
+        losses = np.frombuffer(b"".join(v for v, _ in found), np.float64).reshape(len(convs), len(LOSS_NAMES))
+        reasons = [r for _, r in found]
+        cols = self.scorer.scores(losses, reasons)
         for name, values in cols.items():
             batch = batch.append_column(SCORE_PREFIX + self.prefix + name, pa.array(values, pa.float64(), from_pandas=True))
         skipped = np.array([r is not None for r in reasons], dtype=bool)

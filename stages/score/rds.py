@@ -4,6 +4,9 @@ e = sum_t (t / sum_t' t') h_t over the real tokens of the whole conversation, L2
 Batched by length with right padding: the weights run over each row's own tokens only (the
 reference computes them over the padded width, correct only at batch size 1). Only the last
 layer is computed and kept (no lm_head, no list of all hidden states).
+
+The stage caches each row's vector by (model, conversation, max_length, dtype, device) in
+`<db>.model_cache.duckdb` (storage/model_cache.py; `cache: false` turns it off).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import pyarrow as pa
 
 from curate.stages.base import Resources, Stage, StageResult
 from curate.stages.score import lm as L
-from curate.storage.schema import VEC_PREFIX, VECMODEL_PREFIX
+from curate.storage.model_cache import CachedRows, model_fingerprint
+from curate.storage.schema import VEC_PREFIX, VECMODEL_PREFIX, canonical_messages
 
 
 def conversation_ids(tok, convs: list[list[dict]], max_length: int) -> list[list[int]]:
@@ -61,6 +65,11 @@ class RDSEncoder:
                 out[idx] = weighted_mean_pool(hidden, lengths).cpu().numpy()
         return out
 
+    def cache_identity(self) -> tuple[str, dict]:
+        """(model fingerprint, what else changes a vector): the conversation is the rest of the key."""
+        return model_fingerprint(L.resolve_model(self.model_name)), {
+            "v": 1, "max_length": self.max_length, "dtype": str(self.lm.dtype), "device": str(self.device).split(":")[0]}
+
 
 class RDSEmbed(Stage):
     """Adds `_vec:<vector>` (and the model in `_vecmodel:<vector>`) to every row."""
@@ -78,13 +87,22 @@ class RDSEmbed(Stage):
         check_model(params.get("model"), f"{cls.name}.model")
 
     def __init__(self, model: str, max_length: int = 2048, vector: str = "rds", max_batch_tokens: int | None = None,
-                 max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None):
+                 max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None, cache: bool | str = True):
+        """`cache`: true, the model-output cache beside the database (the runner gives its path;
+        a stage built by hand without a path has none); false, off; a path, that file."""
         self.encoder = RDSEncoder(model, max_length, max_batch_tokens, max_batch_rows, device, dtype)
         self.vector = vector
+        self.cached = CachedRows(cache, "rds", model)
 
     def __call__(self, batch: pa.Table) -> StageResult:
-        vecs = self.encoder.encode(L.conversations(batch))
-        dim = vecs.shape[1]
+        convs = L.conversations(batch)
+
+        def compute(rows: list[int]) -> list[tuple[bytes, None]]:
+            return [(v.tobytes(), None) for v in self.encoder.encode([convs[i] for i in rows])]
+
+        found = self.cached.rows([canonical_messages(c) for c in convs], self.encoder.cache_identity, compute)
+        dim = self.encoder.lm.config.hidden_size
+        vecs = np.frombuffer(b"".join(v for v, _ in found), np.float32).reshape(len(convs), dim)
         column = pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), dim).cast(pa.list_(pa.float32()))
         batch = batch.append_column(VEC_PREFIX + self.vector, column)
         batch = batch.append_column(VECMODEL_PREFIX + self.vector, pa.array([self.encoder.model_name] * batch.num_rows, pa.string()))

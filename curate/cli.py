@@ -25,7 +25,7 @@ def _db(db: str) -> str:
 
         from curate.errors import CurateError
 
-        here = sorted(f for f in glob.glob("*.duckdb") if not f.endswith(".llm_cache.duckdb"))
+        here = sorted(f for f in glob.glob("*.duckdb") if not f.endswith((".llm_cache.duckdb", ".model_cache.duckdb")))
         if here:
             raise CurateError(f"database not found: {db} (a config without `db` writes <its name>.duckdb); "
                               f"here: {', '.join(here[:8])}: pass --db FILE")
@@ -40,22 +40,41 @@ def run(
     set_: Optional[List[str]] = typer.Option(None, "--set", help="override a config value: key.path=value (repeatable)"),
     progress: str = typer.Option("auto", "--progress", help="auto | table | lines | off"),
     export: bool = typer.Option(True, "--export/--no-export", help="run the config's export: step at the end"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="show Ray's, vLLM's and other libraries' output in the terminal too (it always goes to the run log)"),
 ):
-    """Run a pipeline: ingest → stages → DuckDB. Reruns of the same config resume."""
+    """Run a pipeline: ingest → stages → DuckDB. Reruns of the same config resume.
+
+    The terminal shows curate's own lines; the libraries' output (Ray, vLLM, ...) goes to a run
+    log beside the database, `<db>.logs/<name>-<time>.log`, whose path the summary prints."""
+    from curate.logs import RunLog, log_path
     from curate.pipeline.config import load_config
     from curate.pipeline.runner import run as run_pipeline
 
     cfg = load_config(config, set_, input=list(input) if input else None, db=db)
-    try:
-        report = run_pipeline(cfg, progress=progress)
-    except KeyboardInterrupt:  # the runner said how to resume; typer would exit 130 anyway
-        raise typer.Exit(130) from None
-    typer.echo(report.summary())
-    if export and cfg.export:
-        from curate.storage.export import export as do_export
+    path = log_path(cfg.db, cfg.name)
+    log = RunLog(path, verbose=verbose)
+    failed = None
+    with log:
+        try:
+            report = run_pipeline(cfg, progress=progress)
+            typer.echo(report.summary())
+            if export and cfg.export:
+                from curate.storage.export import export as do_export
 
-        out = do_export(cfg.db, run_id=report.run_id, **cfg.export.model_dump())
-        typer.echo(f"exported {out.rows} rows ({cfg.export.format}) → {out.path}")
+                out = do_export(cfg.db, run_id=report.run_id, **cfg.export.model_dump())
+                typer.echo(f"exported {out.rows} rows ({cfg.export.format}) → {out.path}")
+        except KeyboardInterrupt:  # the runner said how to resume; typer would exit 130 anyway
+            failed = 130
+        except Exception as e:  # the error line, then where the libraries' output went (if any)
+            if show_traceback(e):
+                raise
+            text, failed = one_line(e)
+            typer.echo(text, err=True)
+    if failed is not None:
+        if not log.discard_if_empty():  # an error before Ray started leaves no log worth naming
+            typer.echo(f"log: {path}", err=True)
+        raise typer.Exit(failed)
+    typer.echo(f"log: {path}")
 
 
 @app.command()

@@ -65,10 +65,14 @@ class EngineHost:
         self.spec = {k: v for k, v in spec.items() if k not in ACTOR_OPTIONS}
         self.backend = None
         self._loading = threading.Lock()
+        self._load_started: float | None = None
 
     def load(self) -> None:
+        import time
+
         with self._loading:
             if self.backend is None:
+                self._load_started = time.time()
                 from curate.generators.backends import make_backend
 
                 self.backend = make_backend(self.spec)
@@ -79,6 +83,18 @@ class EngineHost:
 
     def started(self) -> bool:
         return self.backend is not None
+
+    def live(self) -> dict:
+        """The engine's progress now, for the driver's progress display (a cheap call, polled
+        every few seconds): `state` idle (not started), loading (since `loading_since`) or
+        running, with the engine loop's counters (engine_loop.py `EngineLoop.live`)."""
+        model = self.spec.get("model")
+        backend = self.backend
+        loop = getattr(backend, "loop", None)
+        if backend is None or loop is None:
+            state = "loading" if self._load_started is not None and backend is None else "idle"
+            return {"state": state, "model": model, "loading_since": self._load_started}
+        return {"state": "running", "model": model, "load_seconds": getattr(backend, "load_seconds", None), **loop.live()}
 
     def stats(self) -> dict | None:
         """Load time and use of the engine (None if it never started): the runner stores them."""
@@ -131,6 +147,34 @@ def engine_stats(actors: list) -> list[dict]:
     import ray
 
     return [st for st in ray.get([a.stats.remote() for a in actors], timeout=60) if st is not None]
+
+
+def engine_labels(specs: list[dict], stages: list[tuple[str, dict]]) -> list[str]:
+    """For each engine spec, the names of the stages that send it their batches, joined
+    (`self_instruct, respond`): what the progress display calls the engine."""
+    users: dict[str, list[str]] = {}
+    for name, params in stages:
+        spec = params.get("backend")
+        if isinstance(spec, dict) and spec.get("kind", "vllm") == "vllm":
+            users.setdefault(engine_name(spec), []).append(name)
+    return [", ".join(users.get(engine_name(spec), [])) or engine_name(spec) for spec in specs]
+
+
+def engine_live(actors: list, timeout: float = 2.0) -> list[dict | None]:
+    """Each engine actor's `live()` answer, None for one that did not answer within `timeout`
+    seconds (busy starting up, or gone): the progress display must never wait on an engine."""
+    import ray
+
+    refs = [a.live.remote() for a in actors]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    ready = set(ready)
+    out = []
+    for ref in refs:
+        try:
+            out.append(ray.get(ref) if ref in ready else None)
+        except Exception:  # a dead actor: the stream will say why
+            out.append(None)
+    return out
 
 
 def find_engine(spec: dict):

@@ -146,13 +146,13 @@ def _run_phase(config: RunConfig, phase: Phase, following: Phase | None, ahead: 
         folder = handoff_dir(config.db, run_id, phase.index, config.work_dir)
         store.write_handoff(run_id, {s.shard: s.path for s in specs})
         open_gate(folder)
-    bar = Progress([step.name for step in phase.steps], len(shards), len(done), mode=progress,
-                   phase=phase.index if multi else None)
+    bar = Progress(phase.steps, len(shards), len(done), mode=progress, phase=phase.index if multi else None,
+                   engines=env.engine_progress)
     writer = ShardWriter(store, run_id, phase.steps, paths, bar.shard_committed, phase.index)
     try:
         if specs:
             env.start()
-            _stream(specs, phase.stream, writer, ahead)
+            _stream(specs, phase.stream, writer, ahead, on_batch=bar.batch_arrived)
             env.stream_ended()
         committed = store.committed_shards(run_id, phase.index)
         for spec in todo:  # shards with no rows at all: blank files, or no survivor of the phase before
@@ -218,10 +218,13 @@ def _batches(specs: list[ShardSpec], plans: list[StagePlan]):
     return iter(build_dataset(specs, plans).iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0))
 
 
-def _stream(specs: list[ShardSpec], plans: list[StagePlan], writer: ShardWriter, ahead: EarlyStream | None = None) -> None:
+def _stream(specs: list[ShardSpec], plans: list[StagePlan], writer: ShardWriter, ahead: EarlyStream | None = None,
+            on_batch=None) -> None:
     batches = ahead if ahead is not None else _batches(specs, plans)
     try:
         for batch in batches:
+            if on_batch is not None:
+                on_batch(batch)  # live counts, before the shard commits
             writer.add(batch)
     finally:  # on an interruption too: stop Ray Data's executor thread before Ray itself shuts down
         close = getattr(batches, "close", None)
@@ -300,6 +303,7 @@ class RayEnvironment:
         self.stack = ExitStack()
         self.ray_started = False
         self.engines: list | None = None
+        self.engine_names: list[str] | None = None
         self.stream_end = None
 
     def __enter__(self) -> RayEnvironment:
@@ -316,6 +320,19 @@ class RayEnvironment:
 
             # Before Ray Data plans the stages, so the engines load while the stream starts.
             self.engines = start_engines(vllm_specs([p.params for p in self.plans]), ray.cluster_resources().get("GPU", 0))
+
+    def engine_progress(self) -> list[tuple[str, dict | None]]:
+        """(the stages an engine serves, its live progress) per engine of the run: polled by
+        the progress display every few seconds."""
+        engines = self.engines
+        if not engines:
+            return []
+        from curate.generators.engines import engine_labels, engine_live, vllm_specs
+
+        if self.engine_names is None:
+            specs = vllm_specs([p.params for p in self.plans])
+            self.engine_names = engine_labels(specs, [(p.name, p.params) for p in self.plans])
+        return list(zip(self.engine_names, engine_live(engines)))
 
     def stream_ended(self) -> None:
         self.stream_end = time.time()

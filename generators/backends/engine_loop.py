@@ -48,6 +48,8 @@ class EngineStats:
     first_request_at: float | None = None  # time.time()
     last_output_at: float | None = None
     peak_in_flight: int = 0  # most requests in the engine at once, over all callers
+    finished: int = 0  # requests answered
+    generated_tokens: int = 0  # tokens generated so far, unfinished requests' included (see `live`)
 
 
 class EngineLoop:
@@ -60,6 +62,10 @@ class EngineLoop:
         self._fatal: BaseException | None = None
         self._torch_threads = torch_threads
         self._built = threading.Event()
+        self._submitted = 0  # requests callers handed in (admitted or still in the inbox)
+        self._submit_lock = threading.Lock()
+        self._running = 0  # requests in the engine now
+        self._token_counter = False  # whether engine outputs are counted per step (`_count_tokens`)
         self.llm = None
         self._thread = threading.Thread(target=self._run, args=(build,), name="vllm-engine-loop", daemon=True)
         self._thread.start()
@@ -75,6 +81,8 @@ class EngineLoop:
         if not token_ids:
             return []
         job = _Job([{"prompt_token_ids": ids} for ids in token_ids], params, outputs=[None] * len(token_ids))
+        with self._submit_lock:
+            self._submitted += len(token_ids)
         self._inbox.put(job)
         while not job.done.wait(timeout=5):
             if not self._thread.is_alive():  # a bug in the loop must not leave callers waiting forever
@@ -82,6 +90,46 @@ class EngineLoop:
         if job.error is not None:
             raise job.error
         return job.outputs
+
+    def live(self) -> dict:
+        """The engine's progress now, cheap enough to poll every few seconds from another
+        thread (the runner's progress display asks the engine actor): requests handed in,
+        answered, in the engine and waiting to enter it; tokens generated so far (unfinished
+        requests' tokens included where the engine's outputs can be counted per step, else
+        those of answered requests); busy seconds."""
+        st = self.stats
+        submitted = self._submitted
+        return {"submitted": submitted, "finished": st.finished, "running": self._running,
+                "waiting": max(0, submitted - st.finished - self._running),
+                "tokens": st.generated_tokens if self._token_counter else st.completion_tokens,
+                "completion_tokens": st.completion_tokens, "prompt_tokens": st.prompt_tokens,
+                "busy_seconds": st.busy_seconds, "time": time.time()}
+
+    def _count_tokens(self, engine) -> None:
+        """Count the tokens each engine step makes, as it makes them: the `LLM` asks its
+        engine for final outputs only, so a long generation would show no tokens until its
+        requests end. The engine core's per-step outputs carry each request's new token ids;
+        wrap `get_output` to count them. Best effort: without it, tokens count at the end of
+        each request."""
+        core = getattr(engine, "engine_core", None)
+        get_output = getattr(core, "get_output", None)
+        if get_output is None:
+            return
+        stats = self.stats
+
+        def counted():
+            out = get_output()
+            try:
+                stats.generated_tokens += sum(len(o.new_token_ids or ()) for o in out.outputs)
+            except Exception:  # another vLLM's output shape: count finished requests instead
+                self._token_counter = False
+            return out
+
+        try:
+            core.get_output = counted
+            self._token_counter = True
+        except Exception:
+            pass
 
     def _run(self, build: Callable[[], Any]) -> None:
         try:
@@ -105,9 +153,11 @@ class EngineLoop:
 
     def _serve(self) -> None:
         engine = self.llm.llm_engine
+        self._count_tokens(engine)
         pending: dict[str, tuple[_Job, int]] = {}
         while True:
             self._admit(pending, wait=not pending)
+            self._running = len(pending)
             if not pending:
                 continue
             start = time.perf_counter()
@@ -116,7 +166,9 @@ class EngineLoop:
             except BaseException as e:  # the engine is broken: every waiting caller gets the error
                 for job in {id(j): j for j, _ in pending.values()}.values():
                     job.fail(e)
+                self.stats.finished += len(pending)
                 pending.clear()
+                self._running = 0
                 continue
             self.stats.steps += 1
             self.stats.busy_seconds += time.perf_counter() - start
@@ -127,10 +179,12 @@ class EngineLoop:
                 job.outputs[i] = out
                 self.stats.prompt_tokens += len(out.prompt_token_ids or [])
                 self.stats.completion_tokens += sum(len(c.token_ids) for c in out.outputs)
+                self.stats.finished += 1
                 job.remaining -= 1
                 if job.remaining == 0:
                     self.stats.last_output_at = time.time()
                     job.done.set()
+            self._running = len(pending)
 
     def _admit(self, pending: dict, wait: bool) -> None:
         """Move queued jobs into the engine; block for one when the engine is idle."""
@@ -145,6 +199,7 @@ class EngineLoop:
             try:
                 ids = self.llm.enqueue(job.prompts, job.params, use_tqdm=False)
             except BaseException as e:  # a bad request fails its caller, not the others
+                self.stats.finished += len(job.prompts)  # answered, with the error
                 job.fail(e)
                 continue
             if self.stats.first_request_at is None:

@@ -223,8 +223,13 @@ class Progress:
         elapsed = max(1e-9, time.monotonic() - self.start)
         with self.lock:
             parts = [f"[{duration(elapsed)}] shards {self.done}/{self.total}{self.label}{self._eta(elapsed)}"]
-            parts += [self.stage_text(s, elapsed) for s, kind in self.steps if kind != "store"]
+            # The engines first: on a long config the line is long, and they are what moves.
             parts += [self.engine_text(label, live) for label, live in self.engine_rows]
+            stages = [s for s, kind in self.steps if kind != "store"]
+            waiting = [s for s in stages if not any(self.counts(s))]
+            parts += [self.stage_text(s, elapsed) for s in stages if s not in waiting]
+            if waiting:  # no row has reached them yet: one word each, not "0 in" each
+                parts.append(f"waiting: {', '.join(waiting)}")
         return " | ".join(parts)
 
     def table(self) -> Table:

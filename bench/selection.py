@@ -310,6 +310,7 @@ def selectors_to_compare(budget: int) -> dict:
                                                      allocation="uniform"),  # kMQ as published, no score
         "facility_location": lambda seed: FacilityLocation(budget=budget, seed=seed),
         "k_center": lambda seed: KCenter(budget=budget, seed=seed),
+        "k_center_gonzalez": lambda seed: KCenter(budget=budget, seed=seed, cover_fraction=0.0),  # plain Gonzalez: before issue 19
     }
 
 

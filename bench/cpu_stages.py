@@ -78,7 +78,8 @@ def main() -> None:
 
     import ray
 
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    from curate.pipeline.runner import LOCAL_RAY_SYSTEM_CONFIG
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, _system_config=LOCAL_RAY_SYSTEM_CONFIG)
     benchmarks = str(shared_data() / "benchmarks" / "*.jsonl")
     stages = {
         "filters": {"filters": {"min_response_words": 3, "max_repeated_ngram_ratio": 0.5, "max_non_alnum_ratio": 0.5}},

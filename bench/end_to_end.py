@@ -96,7 +96,8 @@ def main() -> None:
 
     import ray
 
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    from curate.pipeline.runner import LOCAL_RAY_SYSTEM_CONFIG
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, _system_config=LOCAL_RAY_SYSTEM_CONFIG)
     with tempfile.TemporaryDirectory(prefix="curate-bench-") as tmp:
         pool = alpaca_pool(rows, Path(tmp) / "pool.jsonl")
         config = load_config(None, input=[str(pool)], db=os.path.join(tmp, "bench.duckdb"), shard_size=min(args.shard_size, rows // 4 or 1),

@@ -223,7 +223,8 @@ def one_round(model: str, prompts_file: str, prompts: list[str], args, work: str
                   f"({r['steps']} engine steps, {r['busy_s']:.1f} s)")
 
     def run_pipeline() -> None:
-        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        from curate.pipeline.runner import LOCAL_RAY_SYSTEM_CONFIG
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, _system_config=LOCAL_RAY_SYSTEM_CONFIG)
         try:
             pipe.update(pipeline(model, prompts, args, work))
         finally:

@@ -27,7 +27,8 @@ def ray_local():
     """One embedded Ray for the in-process tests (the runner reuses an initialised Ray)."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from curate.pipeline.runner import LOCAL_RAY_SYSTEM_CONFIG
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _system_config=LOCAL_RAY_SYSTEM_CONFIG)
     yield
     ray.shutdown()
 

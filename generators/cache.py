@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime, timezone
 
-import duckdb
 import pyarrow as pa
 
+from curate.storage.shared_file import connect_in_turn
 from curate.generators.backends.base import Backend, ChatRequest, Completion, request_key
 
 DDL = """
@@ -58,21 +56,8 @@ class LLMCache:
             with self._open(read_only) as con:
                 yield con
 
-    @contextmanager
     def _open(self, read_only: bool):
-        deadline = time.monotonic() + self.lock_wait_s
-        while True:
-            try:
-                con = duckdb.connect(self.path, read_only=read_only)
-                break
-            except duckdb.IOException as e:
-                if "lock" not in str(e).lower() or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05 + random.random() * 0.1)
-        try:
-            yield con
-        finally:
-            con.close()
+        return connect_in_turn(self.path, self.lock_wait_s, read_only=read_only)
 
     def get_many(self, keys: list[str]) -> dict[str, list[dict]]:
         if not keys:

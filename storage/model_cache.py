@@ -20,15 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import threading
-import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
-import duckdb
 import pyarrow as pa
+
+from curate.storage.shared_file import connect_in_turn
 
 DDL = """
 CREATE TABLE IF NOT EXISTS model_cache (
@@ -116,20 +115,8 @@ class ModelCache:
 
     @contextmanager
     def _connect(self):
-        with self._in_process:
-            deadline = time.monotonic() + self.lock_wait_s
-            while True:
-                try:
-                    con = duckdb.connect(self.path)
-                    break
-                except duckdb.IOException as e:  # another process holds the file: wait our turn
-                    if "lock" not in str(e).lower() or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05 + random.random() * 0.1)
-            try:
-                yield con
-            finally:
-                con.close()
+        with self._in_process, connect_in_turn(self.path, self.lock_wait_s) as con:
+            yield con
 
     def lookup(self, keys: list[str], kind: str, model: str) -> dict[str, tuple[bytes, str | None]]:
         """The stored (value, note) of each key found; one query. Logs the batch: misses are

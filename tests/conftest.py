@@ -93,3 +93,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def headless_chromium(user_data_dir) -> list[str]:
+    """The command line that starts Debian's Chromium headless here (no network of its own, a
+    fresh profile in `user_data_dir`); skips the test when neither chromium nor
+    chromium-browser is on PATH (install.sh installs chromium with apt as root)."""
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("neither chromium nor chromium-browser is on PATH (install.sh installs chromium with apt as root)")
+    return [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+            f"--user-data-dir={user_data_dir}"]

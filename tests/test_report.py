@@ -3,13 +3,12 @@ headless Chromium renders it (tests/test_report_browser.py checks the rendered p
 
 import json
 import re
-import shutil
 import subprocess
 
 import duckdb
 import pytest
 
-from conftest import curate_cmd, write_jsonl
+from conftest import curate_cmd, headless_chromium, write_jsonl
 from curate.report import SECTIONS
 
 
@@ -62,12 +61,7 @@ def test_report_has_every_section_and_renders_in_chromium(tmp_path, alpaca_rows)
     assert "selected rows per cluster (pool sizes unknown)" in page and "could not be recomputed" in page
     assert page.count('class="example-cluster"') == 4 and 'id="drop-examples"' in page
 
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("neither chromium nor chromium-browser is on PATH (install.sh installs chromium with apt as root)")
-    common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-              f"--user-data-dir={tmp_path / 'chrome'}"]
+    common = headless_chromium(tmp_path / "chrome")
     dom = subprocess.run([*common, "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     for section in SECTIONS:

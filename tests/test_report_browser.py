@@ -15,7 +15,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from conftest import curate_cmd, write_jsonl
+from conftest import curate_cmd, headless_chromium, write_jsonl
 
 pytest.importorskip("faiss")
 pytest.importorskip("sentence_transformers")
@@ -160,12 +160,7 @@ def test_report_page_has_what_the_issue_asked_for(report):
 
 
 def test_report_renders_in_headless_chromium(report, tmp_path):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("neither chromium nor chromium-browser is on PATH (install.sh installs chromium with apt as root)")
-    common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-              f"--user-data-dir={tmp_path / 'chrome'}"]
+    common = headless_chromium(tmp_path / "chrome")
     dom = subprocess.run([*common, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=180)
     assert dom.returncode == 0, dom.stderr[-2000:]
     _check_page(dom.stdout)

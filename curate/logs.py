@@ -32,6 +32,8 @@ _CURATE_ROOTS: tuple[str, ...] = ()
 _HELPERS = ("/rich/", "/click/", "/typer/", "/tqdm/", "/colorama/", "/threading.py", "/contextlib.py",
             "/tqdm_ray.py")  # Ray Data wraps `print` (ray.experimental.tqdm_ray.safe_print)
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# Cursor moves, line erases and cursor hiding: a live display redrawing itself (rich's Live).
+_CURSOR = re.compile(r"\x1b\[(?:\d*[ABCDEFGHJK]|\?25[lh]|\d*;\d*[Hf])|\r(?!\n)")
 
 
 def _curate_roots() -> tuple[str, ...]:
@@ -90,9 +92,9 @@ class _Router(io.TextIOBase):
             return self.original.write(text)
         if _from_curate(sys._getframe(1)):
             self.terminal.write(text)
-            if "\x1b[" not in text:  # a live display's redraws stay out of the file
+            if "\x1b[" not in text:
                 self.log.write(text, own=True)
-            elif "\n" in text:
+            elif not _CURSOR.search(text):  # colours only: the text, plain; a live display's redraws stay out
                 self.log.write(_ANSI.sub("", text), own=True)
         else:
             if self.verbose:

@@ -198,6 +198,7 @@ class Progress:
     def _print(self, text: str) -> None:
         with self.lock:
             self.last_line = time.monotonic()
+            self.last_body = text.split("] ", 1)[-1]  # without the clock
             print(text, file=sys.stderr, flush=True)
 
     def _eta(self, elapsed: float) -> str:
@@ -226,7 +227,8 @@ class Progress:
             # The engines first: on a long config the line is long, and they are what moves.
             parts += [self.engine_text(label, live) for label, live in self.engine_rows]
             stages = [s for s, kind in self.steps if kind != "store"]
-            waiting = [s for s in stages if not any(self.counts(s))]
+            # Global stages (dedup) report at the barrier, after the stream: not "waiting" then.
+            waiting = [s for s in stages if not any(self.counts(s)) and self.done < self.total]
             parts += [self.stage_text(s, elapsed) for s in stages if s not in waiting]
             if waiting:  # no row has reached them yet: one word each, not "0 in" each
                 parts.append(f"waiting: {', '.join(waiting)}")
@@ -263,7 +265,9 @@ class Progress:
             if not self.console.is_terminal:  # rich ends a non-terminal's last render without one
                 self.console.file.write("\n")
         elif self.mode != "off":
-            self._print(self.line())
+            final = self.line()
+            if final.split("] ", 1)[-1] != getattr(self, "last_body", None):  # not the last line again
+                self._print(final)
 
 
 def _batch_counts(batch, steps: list[tuple[str, str]]) -> dict[str, dict[str, list[int]]]:

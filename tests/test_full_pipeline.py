@@ -39,9 +39,9 @@ def test_full_config_runs_end_to_end(ray_local, tmp_path):
     db = str(tmp_path / "full.duckdb")
     overrides = [f"vars.model={model}", f"vars.scorer={model}", "vars.max_model_len=2048", f"db={db}",
                  f"input={tmp_path / 'seeds.jsonl'}", "shard_size=5", f"export.out={tmp_path / 'out'}",
-                 f"stages.10.decontaminate.benchmarks=[{SHARED_DATA / 'benchmarks'}/*.jsonl]",
+                 f"decontaminate.benchmarks=[{SHARED_DATA / 'benchmarks'}/*.jsonl]",
                  "stages.0.self_instruct.seed_examples=2", "stages.0.self_instruct.max_rounds=2",
-                 "stages.7.filters.drop_unfinished=false",  # a random model's replies all stop at max_tokens
+                 "filters.drop_unfinished=false",  # a random model's replies all stop at max_tokens
                  "selectors.0.kmeans_diversity.k=3"]
     for i, key in enumerate(["self_instruct", "evol_instruct", "skillmix", "respond"]):
         overrides.append(f"stages.{i}.{key}.max_tokens=24")

@@ -397,7 +397,7 @@ def test_the_full_config_passes_preflight_quickly(tmp_path):
     model = model_folder(tmp_path / "tiny", max_positions=2048)
     cfg = load_config(str(ROOT / "jobs" / "configs" / "full.yaml"),
                       [f"vars.model={model}", f"vars.scorer={model}", f"db={tmp_path / 'f.duckdb'}",
-                       f"stages.10.decontaminate.benchmarks=[{SHARED_DATA / 'benchmarks'}/*.jsonl]"])
+                       f"decontaminate.benchmarks=[{SHARED_DATA / 'benchmarks'}/*.jsonl]"])
     plans = stage_plans(cfg, run_id="preflight-test")
     start = time.perf_counter()
     run_preflight(cfg, plans)

@@ -40,6 +40,7 @@ class RunReport:
     expanded: int  # input rows that generators replaced by new rows
     generated: int  # rows generators made
     selections: list[dict]  # the selections written by this attempt
+    quarantine_reasons: list[tuple[str, str, int]] = ()  # the most frequent (stage, error, rows)
 
     def summary(self) -> str:
         gen = f" + {self.generated} generated" if self.generated else ""
@@ -47,6 +48,10 @@ class RunReport:
         text = (f"run {self.run_id} (attempt {self.attempt}): {self.rows_in} rows in{gen} = {self.kept} kept + "
                 f"{self.dropped} dropped + {self.quarantined} quarantined{exp}; "
                 f"{self.shards - self.shards_skipped} of {self.shards} shards processed → {self.db}")
+        for stage, error, n in self.quarantine_reasons:
+            text += f"\nquarantined by {stage}: {n} × {error}"
+        if self.quarantine_reasons and self.quarantined > sum(n for *_, n in self.quarantine_reasons):
+            text += f"\n(all of them: curate export --drops --db {self.db} --out rejected.jsonl -f jsonl)"
         for s in self.selections:
             text += f"\nselection {s['name']}: {s['rows']} of {s['pool']} rows"
         return text
@@ -94,8 +99,10 @@ def run(config: RunConfig, progress: str = "auto") -> RunReport:
             raise
         store.end_run(run_id, "finished")
         totals = store.totals(run_id)
+        reasons = store.quarantine_reasons(run_id) if totals["quarantined"] else []
     _remove_handoff(config, run_id)
-    report = RunReport(run_id, config.db, attempt, len(shards), skipped, **totals, selections=selections)
+    report = RunReport(run_id, config.db, attempt, len(shards), skipped, **totals, selections=selections,
+                       quarantine_reasons=reasons)
     return _check_counts(report)
 
 

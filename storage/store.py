@@ -261,6 +261,12 @@ class Store:
         row = self.con.execute(f"SELECT {', '.join(cols)} FROM run_totals WHERE run_id = ?", [run_id]).fetchone()
         return dict(zip(cols, row)) if row else dict.fromkeys(cols, 0)
 
+    def quarantine_reasons(self, run_id: str, limit: int = 3) -> list[tuple[str, str, int]]:
+        """The most frequent (stage, error, rows) among the run's quarantined rows."""
+        return [tuple(r) for r in self.con.execute(
+            "SELECT stage, error, count(*) AS n FROM quarantine WHERE run_id = ? GROUP BY ALL ORDER BY n DESC, error LIMIT ?",
+            [run_id, limit]).fetchall()]
+
     def latest_run(self, finished: bool = False) -> str | None:
         """The run most recently started or resumed; with `finished`, the latest that finished."""
         where = "WHERE status = 'finished'" if finished else ""

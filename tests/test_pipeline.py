@@ -108,6 +108,19 @@ def test_malformed_lines_are_quarantined_and_counts_add_up(ray_local, tmp_path, 
     assert "must be a JSON object" in errors[305]
     raws = dict(q(db, 'SELECT "row", raw FROM quarantine'))
     assert raws[300] == "{broken json" and raws[305] == '"a string"'
+    # The summary names the most frequent reasons (3 of 6 distinct here) and where the rest are.
+    summary = report.summary().splitlines()
+    named = [line for line in summary if line.startswith("quarantined by ingest: 1 × ")]
+    assert len(named) == 3 and all(line.split(" × ", 1)[1] in errors.values() for line in named), summary
+    assert any(line.startswith("(all of them: curate export --drops") for line in summary), summary
+
+
+def test_a_run_that_quarantines_every_row_says_why_and_how_to_fix_it(ray_local, tmp_path):
+    src = write_jsonl(tmp_path / "prompts.jsonl", [{"instruction": f"Name {n} colours of the sea."} for n in range(2, 9)])
+    report = run(load_config(None, input=[str(src)], db=str(tmp_path / "p.duckdb")), progress="off")
+    assert (report.rows_in, report.kept, report.quarantined) == (7, 0, 7)
+    line = next(line for line in report.summary().splitlines() if line.startswith("quarantined by ingest: 7 × missing response"))
+    assert "ingest.require_response: false" in line
 
 
 def test_filters_stage_drops_with_reasons(ray_local, tmp_path):

@@ -107,3 +107,17 @@ def headless_chromium(user_data_dir) -> list[str]:
     return [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
             f"--user-data-dir={user_data_dir}"]
+
+
+# For each row of selection $name in run $run: whether its lineage (parent_ids, walked up) reaches
+# an input seed with no parents, and the number of hops it took.
+SELECTION_LINEAGE = """
+WITH RECURSIVE walk(start, id, hops) AS (
+    SELECT id, id, 0 FROM samples WHERE run_id = $run AND id IN (SELECT id FROM selections WHERE run_id = $run AND name = $name)
+    UNION ALL
+    SELECT w.start, p.parent, w.hops + 1
+    FROM walk w JOIN (SELECT id, unnest(parent_ids) AS parent FROM samples WHERE run_id = $run) p ON p.id = w.id
+)
+SELECT w.start, bool_or(s.origin = 'seed' AND len(s.parent_ids) = 0), max(w.hops)
+FROM walk w JOIN samples s ON s.run_id = $run AND s.id = w.id GROUP BY w.start
+"""

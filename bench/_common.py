@@ -36,12 +36,14 @@ class PeakRSS:
     the sum of resident sets (`mib`, as the bench has always reported; pages shared between
     processes, such as libraries and Ray's object store, count once per process) and the sum of
     proportional set sizes (`pss_mib`, /proc/<pid>/smaps_rollup: a shared page is split among
-    the processes that map it, so the sum is the memory the run really takes)."""
+    the processes that map it, so the sum is the memory the run really takes). `at_peak`: the
+    processes at the summed-RSS peak, (RSS MiB, PSS MiB, name), largest first."""
 
-    def __init__(self, interval: float = 0.2):
+    def __init__(self, interval: float = 0.5):
         self.interval = interval
         self.peak = 0
         self.peak_pss = 0
+        self.at_peak: list[tuple[int, int, str]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -49,13 +51,17 @@ class PeakRSS:
         me = psutil.Process()
         while not self._stop.is_set():
             rss = pss = 0
+            parts = []
             for p in [me, *me.children(recursive=True)]:
                 try:
-                    rss += p.memory_info().rss
-                    pss += _pss_bytes(p.pid)
+                    r, q = p.memory_info().rss, _pss_bytes(p.pid)
+                    parts.append((r >> 20, q >> 20, _process_name(p)))
+                    rss += r
+                    pss += q
                 except (psutil.Error, OSError):
                     pass
-            self.peak = max(self.peak, rss)
+            if rss > self.peak:
+                self.peak, self.at_peak = rss, sorted(parts, reverse=True)
             self.peak_pss = max(self.peak_pss, pss)
             self._stop.wait(self.interval)
 
@@ -74,6 +80,18 @@ class PeakRSS:
     @property
     def pss_mib(self) -> float | None:
         return round(self.peak_pss / 2**20, 1) if self.peak_pss else None
+
+    def breakdown(self, top: int = 6) -> str:
+        """The largest processes at the peak, one line: `name RSS/PSS MiB, ...`."""
+        return ", ".join(f"{name} {r:,}/{q:,}" for r, q, name in self.at_peak[:top])
+
+
+def _process_name(p: psutil.Process) -> str:
+    """A Ray worker's title (`ray::MapWorker(...)`, `ray::_StatsActor`), else the program's name."""
+    cmd = p.cmdline()
+    if cmd and cmd[0].startswith("ray::"):
+        return cmd[0].split()[0].split(".")[0][:60]
+    return " ".join(Path(c).name for c in cmd[:3])[:60] if cmd else p.name()
 
 
 def _pss_bytes(pid: int) -> int:

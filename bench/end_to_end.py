@@ -3,8 +3,11 @@ selection) on a pool built from the Alpaca data, against the same stages run by 
 sequence: the dedup (filters, exact and near dedup, through curate), then a bare
 `SentenceTransformer.encode` of the survivors (same model, threads and batch size), then faiss
 k-means over their vectors. With phases, the pipeline's embed stage sees only the survivors too,
-so the two should take about as long. Also the naive one-process parse-and-insert script for
-the part it can do.
+so the two should take about as long. Each side starts an embedded Ray of its own (both pay
+Ray's worker start-up, neither finds the other's workers warm) and is sampled for peak memory
+the same way. The by-hand side fits k-means only; the pipeline's kMQ also picks rows (facility
+location in each cluster, ~1 s here). Also the naive one-process parse-and-insert script for the
+part it can do.
 
     python bench/end_to_end.py --quick      # 3,000 rows, under a minute
     python bench/end_to_end.py              # 100,000 rows
@@ -21,6 +24,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -78,6 +82,20 @@ def by_hand_sequence(pool: Path, db: str, shard_size: int, dedup_stages: list[di
             "kmeans_s": round(kmeans_s, 2), "total_s": round(dedup_s + embed_s + kmeans_s, 2)}
 
 
+@contextmanager
+def fresh_ray():
+    """An embedded Ray of its own for one side of the comparison, so that neither finds the
+    other's workers already started (both pay the same worker start-up)."""
+    import ray
+
+    from curate.pipeline.runner import LOCAL_RAY_SYSTEM_CONFIG
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, _system_config=LOCAL_RAY_SYSTEM_CONFIG)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -94,15 +112,11 @@ def main() -> None:
         stages.append({"embed": {"field": "instruction", "threads": os.cpu_count() or 1}})
         selectors.append({"kmeans_diversity": {"budget": 0.1, "k": 64 if args.quick else 1024, "name": "diverse"}})
 
-    import ray
-
-    from curate.pipeline.runner import LOCAL_RAY_SYSTEM_CONFIG
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, _system_config=LOCAL_RAY_SYSTEM_CONFIG)
     with tempfile.TemporaryDirectory(prefix="curate-bench-") as tmp:
         pool = alpaca_pool(rows, Path(tmp) / "pool.jsonl")
         config = load_config(None, input=[str(pool)], db=os.path.join(tmp, "bench.duckdb"), shard_size=min(args.shard_size, rows // 4 or 1),
                              stages=stages, selectors=selectors)
-        with PeakRSS() as mem:
+        with fresh_ray(), PeakRSS() as mem:
             start = time.perf_counter()
             report = run(config, progress="off")
             total_s = time.perf_counter() - start
@@ -116,21 +130,22 @@ def main() -> None:
             stage_rows_s[f"select:{name}"] = round(pool_rows / secs, 1) if secs else None
         con.close()
 
-        by_hand = None
+        by_hand = hand_mem = None
         if not args.no_embed:
-            by_hand = by_hand_sequence(pool, os.path.join(tmp, "hand.duckdb"), config.shard_size, stages[:-1],
-                                       embed_threads=stages[-1]["embed"]["threads"], k=selectors[0]["kmeans_diversity"]["k"])
+            with fresh_ray(), PeakRSS() as hand_mem:
+                by_hand = by_hand_sequence(pool, os.path.join(tmp, "hand.duckdb"), config.shard_size, stages[:-1],
+                                           embed_threads=stages[-1]["embed"]["threads"], k=selectors[0]["kmeans_diversity"]["k"])
 
         start = time.perf_counter()
         ref_rows = reference(pool, os.path.join(tmp, "ref.duckdb"))
         ref_s = time.perf_counter() - start
-    ray.shutdown()
 
     print(report.summary())
     print(f"pipeline: {rows / total_s:,.0f} rows/s end to end ({total_s:.1f} s, Ray worker start-up included); "
           f"reference script: {rows / ref_s:,.0f} rows/s ({ref_s:.1f} s, {ref_rows} rows)")
     print("rows each stage saw: " + ", ".join(f"{k} {v:,}" for k, v in stage_rows_in.items()) + f"; vectors stored: {embedded:,}")
-    print(f"peak memory of the run, all processes: {mem.mib:,.0f} MiB summed RSS, {mem.pss_mib or 0:,.0f} MiB summed PSS")
+    print(f"peak memory of the run, all processes: {mem.mib:,.0f} MiB summed RSS, {mem.pss_mib or 0:,.0f} MiB summed PSS; "
+          f"at the peak (RSS/PSS MiB): {mem.breakdown()}")
     print("rows/s per stage: " + ", ".join(f"{k} {v:,}" for k, v in stage_rows_s.items() if v))
     result = {
         "bench": "end_to_end", "rows": rows, "total_s": round(total_s, 2),
@@ -142,7 +157,9 @@ def main() -> None:
         print(f"by hand in sequence: dedup {by_hand['dedup_s']:.1f} s, embed {by_hand['survivors']:,} survivors "
               f"{by_hand['embed_s']:.1f} s, k-means {by_hand['kmeans_s']:.1f} s = {by_hand['total_s']:.1f} s; "
               f"pipeline / by hand: {total_s / by_hand['total_s']:.2f}× the time")
-        result.update(by_hand_s=round(by_hand["total_s"], 2), by_hand=by_hand,
+        print(f"peak memory by hand: {hand_mem.mib:,.0f} MiB summed RSS, {hand_mem.pss_mib or 0:,.0f} MiB summed PSS")
+        result.update(by_hand_s=round(by_hand["total_s"], 2), by_hand=by_hand, by_hand_peak_rss_mib=hand_mem.mib,
+                      by_hand_peak_pss_mib=hand_mem.pss_mib,
                       time_vs_by_hand=round(total_s / by_hand["total_s"], 3))
     print(json.dumps(result))
 

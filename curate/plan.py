@@ -16,9 +16,6 @@ from curate.errors import CurateError
 GENERATED_ORIGIN = {"respond": "response", "evol_instruct": "evol", "self_instruct": "selfinstruct",
                     "skillmix": "skillmix", "add_constraints": "constrained"}
 EXTRA_WRITES = {
-    "verify_code": lambda p: ["scores:code_pass_rate", "scores:code_task_pass_rate"],
-    "verify_constraints": lambda p: ["scores:constraints_satisfied"],
-    "filters": lambda p: ["scores:language:undetermined"] if p.get("languages") else [],
     "add_constraints": lambda p: ["meta.constraints"],
 }
 META_READS = {

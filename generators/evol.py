@@ -18,17 +18,15 @@ original once normalised; the paper's LLM "equal" judge is not used), `refusal_r
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 
 import pyarrow as pa
 
-from curate.generators.backends.base import ChatRequest, Sampling
+from curate.generators.backends.base import ChatRequest, Completion, Sampling
+from curate.generators.base import FollowUp, LLMTask, instruction, row_meta, sampling_record
 from curate.generators.prompts_io import fill, template
 from curate.generators.replies import is_closer, is_interjection, trailing_remarks, unwrap
-from curate.generators.respond import on_subset, stage_backend
-from curate.stages.base import Resources, Stage, StageResult
-from curate.storage import schema as S
+from curate.stages.base import Resources
 
 TEMPLATE_VERSION = "evol/2"
 OPERATIONS = ("constraints", "deepen", "concretize", "reasoning", "complicate_input", "breadth")
@@ -135,8 +133,22 @@ def _norm(text: str) -> str:
     return " ".join(re.findall(r"[^\W_]+", text.lower()))
 
 
-class EvolInstruct(Stage):
+class EvolInstruct(LLMTask):
+    """One Evol-Instruct generation over a batch (Xu et al. 2023, WizardLM, arXiv:2304.12244).
+    Per row: its first user turn rewritten by the operation `operation_for(id)` picks
+    (`evolution_prompt`), then, when the rewrite survives elimination, the rewrite answered. A
+    success is a new row [user: rewrite, assistant: answer] (origin `evol`) that replaces its
+    parent; a failure is a dropped row with the reason (`elimination_reason`) and the raw
+    rewrite in `meta.raw`, its parent kept. `meta`: the LLM task meta (generators/base.py) of
+    the answer call (`sampling`, `finish_reason`: None without an answer; `completion_tokens`
+    of both calls), with `operation`, `generation`, `evolve_finish_reason`, `evolve_sampling`.
+    Rows whose meta has a `keep_verifiable` key pass through. Raises ValueError for unknown
+    operations or a backend without a model."""
+
     name = "evol_instruct"
+    generator = "evol_instruct"
+    origin = "evol"
+    template_version = TEMPLATE_VERSION
     # As Respond: whole shards per engine call, two at a time in one actor, so one shard's calls
     # are queued in the engine while the other's last sequences finish. Each batch is evolved on its own.
     resources = Resources(num_cpus=0.05, actor=True, concurrency=1, calls_per_actor=2)
@@ -151,61 +163,44 @@ class EvolInstruct(Stage):
         self.operations = list(operations)
         self.generation = generation
         self.seed = seed
-        self.model = backend["model"]
         self.evolve_sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed + generation)
         self.answer_sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=response_max_tokens, seed=seed + generation)
-        self.backend = stage_backend(backend, cache)
+        super().__init__(backend, cache)
         # Rows whose meta holds any of these keys (unit tests, a reference answer) pass through
         # unevolved: a rewritten task would no longer match them, and the verifiers need them.
         self.keep_verifiable = list(keep_verifiable)
-
-    @classmethod
-    def preflight(cls, params: dict) -> None:
-        from curate.pipeline.preflight import check_llm_backend
-
-        check_llm_backend(params.get("backend"), f"{cls.name}.backend")
 
     def operation_for(self, sample_id: str) -> str:
         """Uniform over the operations, fixed by (seed, generation, row): reruns pick the same."""
         h = hashlib.blake2b(f"{self.seed}:{self.generation}:{sample_id}".encode(), digest_size=8).digest()
         return self.operations[int.from_bytes(h, "little") % len(self.operations)]
 
-    def __call__(self, batch: pa.Table) -> StageResult:
-        if self.keep_verifiable:
-            metas = [json.loads(m) if m else {} for m in batch["meta"].to_pylist()]
-            verifiable = [any(k in m for k in self.keep_verifiable) for m in metas]
-            if any(verifiable):
-                return on_subset(batch, [not v for v in verifiable], self._evolve)
-        return self._evolve(batch)
+    def selects(self, batch: pa.Table) -> list[bool] | None:
+        if not self.keep_verifiable:
+            return None
+        return [not any(k in m for k in self.keep_verifiable) for m in map(row_meta, batch["meta"].to_pylist())]
 
-    def _evolve(self, batch: pa.Table) -> StageResult:
-        ids = batch["id"].to_pylist()
-        instructions = [next(m["content"] for m in conv if m["role"] == "user") for conv in batch["messages"].to_pylist()]
-        ops = [self.operation_for(i) for i in ids]
-        evolved_raw = self.backend.generate([ChatRequest([{"role": "user", "content": evolution_prompt(op, ins)}], self.evolve_sampling)
-                                             for op, ins in zip(ops, instructions)])
-        evolved = [parse_evolved(r[0].text) for r in evolved_raw]
-        to_answer = [i for i, e in enumerate(evolved) if e and elimination_reason(instructions[i], e, None) is None]
-        answers = dict(zip(to_answer, self.backend.generate(
-            [ChatRequest([{"role": "user", "content": evolved[i]}], self.answer_sampling) for i in to_answer])))
-        rows, failed_parents = [], []
-        for i, (op, raw) in enumerate(zip(ops, evolved_raw)):
-            answer = answers.get(i)
-            response = answer[0].text.strip() if answer else None
-            reason = elimination_reason(instructions[i], evolved[i], response)
-            user = evolved[i] or raw[0].text
-            messages = [{"role": "user", "content": user or "(empty output)"}]
-            if response:
-                messages.append({"role": "assistant", "content": response})
-            meta = {"generator": "evol_instruct", "operation": op, "generation": self.generation, "model": self.model,
-                    "template": TEMPLATE_VERSION, "evolve_finish_reason": raw[0].finish_reason,
-                    "finish_reason": answer[0].finish_reason if answer else None,
-                    "completion_tokens": raw[0].completion_tokens + (answer[0].completion_tokens if answer else 0)}
-            if reason:
-                meta["raw"] = raw[0].text
-                failed_parents.append(i)
-            rows.append({"id": S.sample_id(messages), "messages": messages, "origin": "evol", "source": f"evol_instruct:{self.model}",
-                         "parent_ids": [ids[i]], "meta": json.dumps(meta, sort_keys=True), S.PARENT: i, "reason": reason})
-        generated = pa.table({**S.sample_arrays(rows), S.PARENT: pa.array([r[S.PARENT] for r in rows], pa.int64()),
-                              "reason": pa.array([r["reason"] for r in rows], pa.string())})
-        return StageResult(kept=batch.take(pa.array(failed_parents, pa.int64())), generated=generated)
+    def requests(self, batch: pa.Table) -> list[list[ChatRequest]]:
+        return [[ChatRequest([{"role": "user", "content": evolution_prompt(self.operation_for(i), instruction(conv))}], self.evolve_sampling)]
+                for i, conv in zip(batch["id"].to_pylist(), batch["messages"].to_pylist())]
+
+    def parse(self, row: dict, completions: list[list[Completion]]) -> list[dict] | FollowUp:
+        """Round one: the rewrite; a rewrite that passes the instruction's rules is answered
+        (a FollowUp). Then the row: the evolved pair, or the failure with the raw rewrite."""
+        original = instruction(row["messages"])
+        raw = completions[0][0]
+        evolved = parse_evolved(raw.text)
+        if len(completions) == 1 and evolved and elimination_reason(original, evolved, None) is None:
+            return FollowUp([ChatRequest([{"role": "user", "content": evolved}], self.answer_sampling)])
+        answer = completions[1][0] if len(completions) > 1 else None
+        response = answer.text.strip() if answer else None
+        reason = elimination_reason(original, evolved, response)
+        messages = [{"role": "user", "content": evolved or raw.text or "(empty output)"}]
+        if response:
+            messages.append({"role": "assistant", "content": response})
+        meta = self.meta(self.answer_sampling, answer, before=[raw], tokens=("completion_tokens",),
+                         operation=self.operation_for(row["id"]), generation=self.generation,
+                         evolve_finish_reason=raw.finish_reason, evolve_sampling=sampling_record(self.evolve_sampling))
+        if reason:
+            return [self.failed(raw.text, reason, meta, messages=messages, parent_ids=[row["id"]])]
+        return [self.child(messages, meta, parent_ids=[row["id"]])]

@@ -25,7 +25,6 @@ shards are for the dedup stages.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import random
 import re
@@ -35,12 +34,11 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from curate.generators.backends.base import ChatRequest, Sampling
+from curate.generators.base import LLMTask, generated_table, instruction
 from curate.generators.prompts_io import fill
 from curate.generators.replies import numbered_items, unwrap
-from curate.generators.respond import stage_backend
 from curate.generators.similarity import EmbeddingIndex, RougeIndex
-from curate.stages.base import Resources, Stage, StageResult
-from curate.storage import schema as S
+from curate.stages.base import Resources, StageResult
 
 TEMPLATE_VERSION = "self_instruct/1"
 # The paper's filter: tasks a text-only model cannot do.
@@ -97,8 +95,20 @@ def rejection_reason(task: str) -> str | None:
     return None
 
 
-class SelfInstruct(Stage):
+class SelfInstruct(LLMTask):
+    """Self-Instruct over one pool, a shard (Wang et al. 2023, arXiv:2212.10560): new tasks
+    (origin `selfinstruct`, one user turn, `parent_ids` the tasks the prompt showed) beside the
+    pool's rows, which stay kept. A rejected task is a dropped row with its reason; a completion
+    with no task in it an `unparseable` row with the raw text (`meta.raw`). `meta`: the LLM task
+    meta (generators/base.py; no token counts: one completion makes several rows) with `round`,
+    `examples` and the similarity found (`max_similarity`, `similarity`, `similar_to`). Its flow
+    (rounds over a pool) is its own `__call__`. Raises ValueError for a bad `similarity` or
+    counts, or a backend without a model."""
+
     name = "self_instruct"
+    generator = "self_instruct"
+    origin = "selfinstruct"
+    template_version = TEMPLATE_VERSION
     # One actor gathers each shard; two shards at a time, so one shard's requests wait in the
     # engine while another's round is parsed and the next round's prompts are built.
     resources = Resources(num_cpus=0.1, actor=True, concurrency=1, calls_per_actor=2)
@@ -119,8 +129,7 @@ class SelfInstruct(Stage):
         self.threshold = similarity_threshold if similarity_threshold is not None else DEFAULT_THRESHOLD[similarity]
         self.embedding_model = embedding_model
         self.sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
-        self.model = backend["model"]
-        self.backend = stage_backend(backend, cache)
+        super().__init__(backend, cache)
         self._index = None
         self._loading = threading.Lock()
 
@@ -128,9 +137,9 @@ class SelfInstruct(Stage):
     def preflight(cls, params: dict) -> None:
         """Before any Ray work: the backend (pipeline/preflight.py `check_llm_backend`) and the
         embedding model when `similarity` is `embedding`."""
-        from curate.pipeline.preflight import check_embedding_model, check_llm_backend
+        from curate.pipeline.preflight import check_embedding_model
 
-        check_llm_backend(params.get("backend"), f"{cls.name}.backend")
+        super().preflight(params)
         if params.get("similarity") == "embedding":
             check_embedding_model(params.get("embedding_model"), f"{cls.name}.embedding_model", local_only=False)
 
@@ -145,7 +154,7 @@ class SelfInstruct(Stage):
         """One pool (a shard, in the pipeline): the prompts depend on its rows, in order, and
         the seed only. Thread-safe: nothing is shared between calls but the backend."""
         ids = batch["id"].to_pylist()
-        seeds = [next((m["content"] for m in conv if m["role"] == "user"), "") for conv in batch["messages"].to_pylist()]
+        seeds = [instruction(conv) for conv in batch["messages"].to_pylist()]
         index = self.new_index()
         for text in seeds:
             index.add(text)
@@ -153,7 +162,6 @@ class SelfInstruct(Stage):
         rng = random.Random(f"{self.seed}:{pool_digest(ids)}")  # fixed by the pool: reruns send the same prompts
         accepted: list[tuple[str, str]] = []  # (task, row id)
         rows: list[dict] = []
-        sampling = {"temperature": self.sampling.temperature, "top_p": self.sampling.top_p, "max_tokens": self.sampling.max_tokens}
         for round_no in range(self.max_rounds):
             if len(accepted) >= quota:
                 break
@@ -167,22 +175,21 @@ class SelfInstruct(Stage):
                 ChatRequest([{"role": "user", "content": fill("self_instruct.txt", examples=examples_block(ex), next=str(len(ex) + 1))}],
                             self.sampling) for _, _, ex in prompts])
             for (shown, parent_ids, examples), (c, *_) in zip(prompts, completions):
-                meta = {"generator": "self_instruct", "model": self.model, "template": TEMPLATE_VERSION, "sampling": sampling,
-                        "round": round_no, "examples": len(examples), "finish_reason": c.finish_reason}
+                # One completion makes several rows: its token counts are not recorded per row.
+                meta = self.meta(self.sampling, c, tokens=(), round=round_no, examples=len(examples))
                 tasks, last_cut = parse_tasks(c.text, len(examples) + 1, c.finish_reason)
                 if not tasks:
-                    rows.append(self._row(c.text.strip() or "(empty output)", shown[0], parent_ids, {**meta, "raw": c.text}, "unparseable"))
+                    rows.append(self.failed(c.text, "unparseable", meta, parent=shown[0], parent_ids=parent_ids))
                     continue
                 for k, task in enumerate(tasks):
                     reason, extra = self._judge(index, task, last_cut and k == len(tasks) - 1, len(accepted) >= quota)
-                    row = self._row(task, shown[0], parent_ids, {**meta, **extra}, reason)
+                    row = self.child([{"role": "user", "content": task}], {**meta, **extra}, parent=shown[0], parent_ids=parent_ids,
+                                     reason=reason)
                     rows.append(row)
                     if reason is None:
                         accepted.append((task, row["id"]))
                         index.add(task)
-        generated = pa.table({**S.sample_arrays(rows), S.PARENT: pa.array([r[S.PARENT] for r in rows], pa.int64()),
-                              "reason": pa.array([r["reason"] for r in rows], pa.string())}) if rows else None
-        return StageResult(kept=batch, generated=generated, parents_stay=True)
+        return StageResult(kept=batch, generated=generated_table(rows), parents_stay=True)
 
     def _judge(self, index, task: str, cut_off: bool, over_target: bool) -> tuple[str | None, dict]:
         if cut_off:
@@ -197,9 +204,3 @@ class SelfInstruct(Stage):
         if over_target:
             return "over_target", extra
         return None, extra
-
-    def _row(self, instruction: str, parent: int, parent_ids: list[str], meta: dict, reason: str | None) -> dict:
-        messages = [{"role": "user", "content": instruction}]
-        return {"id": S.sample_id(messages), "messages": messages, "origin": "selfinstruct",
-                "source": f"self_instruct:{self.model}", "parent_ids": parent_ids,
-                "meta": json.dumps(meta, sort_keys=True), S.PARENT: parent, "reason": reason}

@@ -30,12 +30,11 @@ import re
 import pyarrow as pa
 
 from curate.generators.backends.base import ChatRequest, Sampling
+from curate.generators.base import LLMTask, generated_table, instruction, row_meta
 from curate.generators.prompts_io import fill, template
 from curate.generators.replies import is_closer, is_interjection, is_opener, trailing_remarks, unwrap
-from curate.generators.respond import stage_backend
 from curate.generators.self_instruct import pool_digest
-from curate.stages.base import Resources, Stage, StageResult
-from curate.storage import schema as S
+from curate.stages.base import Resources, StageResult
 
 TEMPLATE_VERSION = "skillmix/1"
 QUERY_TYPES = ("question", "request for advice", "creative writing request", "request to explain a concept",
@@ -167,8 +166,21 @@ def skills_block(skills: list[dict]) -> str:
     return "\n".join(f"- {s['name']}: {s['definition']}" for s in skills)
 
 
-class SkillMix(Stage):
+class SkillMix(LLMTask):
+    """Instruct-SkillMix over one pool, a shard (Kaur et al. 2025, arXiv:2408.14774). Extraction
+    writes each row's skills into its `meta.skills_extracted` (the rows stay kept); generation
+    makes new (instruction, response) rows (origin `skillmix`, `parent_ids` the rows whose
+    skills they mix). Drops: `unparseable` (no skill, no pair in the reply) and `truncated`,
+    with the raw reply in `meta.raw` (and `meta.raw_draft` with `refine`). `meta`: the LLM task
+    meta (generators/base.py; `completion_tokens` of the final reply) with `step` (`extract`,
+    `generate`) and, for pairs, `skills`, `query_type`, `k`, `refined`. Its flow (a pool) is its
+    own `__call__`. Raises ValueError for bad `k`, `per_seed` or `query_types`, or a backend
+    without a model."""
+
     name = "skillmix"
+    generator = "skillmix"
+    origin = "skillmix"
+    template_version = TEMPLATE_VERSION
     # One actor gathers each shard; two shards at a time keep the engine fed (as Self-Instruct).
     resources = Resources(num_cpus=0.1, actor=True, concurrency=1, calls_per_actor=2)
     batch_size = None  # whole blocks, unsliced: the pool is the shard whatever the batch
@@ -182,39 +194,30 @@ class SkillMix(Stage):
             raise ValueError("k must be at least 1, per_seed > 0, and query_types not empty")
         self.per_seed, self.k, self.max_skills, self.refine, self.seed = per_seed, k, max_skills, refine, seed
         self.query_types = list(query_types)
-        self.model = backend["model"]
         self.extract_sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=extract_max_tokens, seed=seed)
         self.sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
-        self.backend = stage_backend(backend, cache)
-
-    @classmethod
-    def preflight(cls, params: dict) -> None:
-        from curate.pipeline.preflight import check_llm_backend
-
-        check_llm_backend(params.get("backend"), f"{cls.name}.backend")
+        super().__init__(backend, cache)
 
     def __call__(self, batch: pa.Table) -> StageResult:
         ids = batch["id"].to_pylist()
         convs = batch["messages"].to_pylist()
-        instructions = [next((m["content"] for m in c if m["role"] == "user"), "") for c in convs]
+        instructions = [instruction(c) for c in convs]
         replies = self.backend.generate([
             ChatRequest([{"role": "user", "content": fill("skillmix_extract.txt", instruction=ins, max_skills=str(self.max_skills))}],
                         self.extract_sampling) for ins in instructions])
         rows, pool, metas = [], [], []
         for i, (c, *_) in enumerate(replies):
             skills = parse_skills(c.text, self.max_skills)
-            meta = json.loads(batch["meta"][i].as_py() or "{}")
+            meta = row_meta(batch["meta"][i].as_py())
             meta["skills_extracted"] = skills
             metas.append(json.dumps(meta, sort_keys=True))
             if not skills:
-                rows.append(self._row([{"role": "user", "content": c.text.strip() or "(empty output)"}], i, [ids[i]],
-                                      {"step": "extract", "raw": c.text, "finish_reason": c.finish_reason}, "unparseable"))
+                rows.append(self.failed(c.text, "unparseable", self.meta(self.extract_sampling, c, tokens=(), step="extract"),
+                                        parent=i, parent_ids=[ids[i]]))
             pool.extend((s, i) for s in skills)
         kept = batch.set_column(batch.column_names.index("meta"), "meta", pa.array(metas, pa.string()))
         rows.extend(self._generate(pool, ids))
-        generated = pa.table({**S.sample_arrays(rows), S.PARENT: pa.array([r[S.PARENT] for r in rows], pa.int64()),
-                              "reason": pa.array([r["reason"] for r in rows], pa.string())}) if rows else None
-        return StageResult(kept=kept, generated=generated, parents_stay=True)
+        return StageResult(kept=kept, generated=generated_table(rows), parents_stay=True)
 
     def _generate(self, pool: list[tuple[dict, int]], ids: list[str]) -> list[dict]:
         if len(pool) < self.k:
@@ -237,26 +240,17 @@ class SkillMix(Stage):
                          for p, c in zip(prompts, finals)]
             finals = [c for c, *_ in self.backend.generate([ChatRequest(d, self.sampling) for d in dialogues])]
         rows = []
-        sampling = {"temperature": self.sampling.temperature, "top_p": self.sampling.top_p, "max_tokens": self.sampling.max_tokens}
         for (chosen, qtype), c, (draft, *_) in zip(plans, finals, first):
             skills = [s for s, _ in chosen]
             parent_ids = list(dict.fromkeys(ids[i] for _, i in chosen))
-            meta = {"step": "generate", "skills": skills, "query_type": qtype, "k": self.k, "refined": self.refine,
-                    "sampling": sampling, "finish_reason": c.finish_reason, "completion_tokens": c.completion_tokens}
+            meta = self.meta(self.sampling, c, tokens=("completion_tokens",), step="generate", skills=skills, query_type=qtype,
+                             k=self.k, refined=self.refine)
             pair = parse_pair(c.text)
             reason = "unparseable" if pair is None else ("truncated" if c.finish_reason == "length" else None)
-            if pair is None:
-                messages = [{"role": "user", "content": c.text.strip() or "(empty output)"}]
-            else:
-                messages = [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+            messages = None if pair is None else [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
             if reason:
-                meta["raw"] = c.text
-                if self.refine:  # the draft the critique turn rewrote
-                    meta["raw_draft"] = draft.text
-            rows.append(self._row(messages, chosen[0][1], parent_ids, meta, reason))
+                drafts = {"raw_draft": draft.text} if self.refine else {}  # the draft the critique turn rewrote
+                rows.append(self.failed(c.text, reason, meta, messages=messages, parent=chosen[0][1], parent_ids=parent_ids, **drafts))
+            else:
+                rows.append(self.child(messages, meta, parent=chosen[0][1], parent_ids=parent_ids))
         return rows
-
-    def _row(self, messages: list[dict], parent: int, parent_ids: list[str], meta: dict, reason: str | None) -> dict:
-        meta = {"generator": "skillmix", "model": self.model, "template": TEMPLATE_VERSION, **meta}
-        return {"id": S.sample_id(messages), "messages": messages, "origin": "skillmix", "source": f"skillmix:{self.model}",
-                "parent_ids": parent_ids, "meta": json.dumps(meta, sort_keys=True), S.PARENT: parent, "reason": reason}

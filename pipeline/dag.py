@@ -25,6 +25,7 @@ from curate.pipeline.registry import stage_class
 from curate.stages.base import GlobalStage, Resources, Stage, StageResult
 from curate.stages.ingest import Ingest
 from curate.stages.readers import ShardSpec, read_shard
+from curate.stages.results import to_stream
 from curate.storage import schema as S
 from curate.storage.completion import ShardGatherer
 
@@ -46,9 +47,17 @@ class StagePlan:
     def cache_key(self) -> str:
         return json.dumps([self.name, self.key, self.params], sort_keys=True, default=str)
 
+    @property
+    def stage_class(self) -> type[Stage]:
+        return Ingest if self.key == "ingest" else stage_class(self.key)
+
+    @property
+    def writes(self) -> frozenset[str]:
+        """What the stage declares it stores (`Stage.writes`): `apply_stage` rejects anything else."""
+        return frozenset(self.stage_class.writes(self.params))
+
     def build(self) -> Stage:
-        cls = Ingest if self.key == "ingest" else stage_class(self.key)
-        return cls(**self.params)
+        return self.stage_class(**self.params)
 
 
 def stage_plans(config: RunConfig, run_id: str | None = None) -> list[StagePlan]:
@@ -164,7 +173,7 @@ def run_stage_task(batch: pa.Table, plan: StagePlan) -> pa.Table:
         stage = _STAGE_CACHE[key] = plan.build()
     if getattr(stage, "pool", None):
         raise RuntimeError(f"stage {plan.name} works on whole shards and must run in one actor, not as tasks")
-    return apply_stage(stage, plan.name, batch)
+    return apply_stage(stage, plan.name, batch, plan.writes)
 
 
 class StageActor:
@@ -176,14 +185,15 @@ class StageActor:
         if pool not in (None, "shard"):
             raise ValueError(f"stage {plan.name}: unknown pool {pool!r} (known: 'shard')")
         self.shards = ShardBuffer() if pool == "shard" else None
+        self.writes = plan.writes
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.shards is None:
-            return apply_stage(self.stage, self.plan.name, batch)
+            return apply_stage(self.stage, self.plan.name, batch, self.writes)
         done = self.shards.add(batch)
         if not done:  # no shard complete yet: an empty batch of the shape this step emits
-            return apply_stage(self.stage, self.plan.name, batch.slice(0, 0))
-        out = [apply_stage(self.stage, self.plan.name, shard) for shard in done]
+            return apply_stage(self.stage, self.plan.name, batch.slice(0, 0), self.writes)
+        out = [apply_stage(self.stage, self.plan.name, shard, self.writes) for shard in done]
         return out[0] if len(out) == 1 else pa.concat_tables(out, promote_options="permissive")
 
 
@@ -224,8 +234,10 @@ def pool_order(table: pa.Table) -> pa.Table:
 LIVE_INDEX = "_i"  # position of a row in the stage's input batch, so a generator's parents can be found in its output
 
 
-def apply_stage(stage: Stage, name: str, batch: pa.Table) -> pa.Table:
-    """Run a stage on the live rows of a batch; pass the others through; mark what it removed."""
+def apply_stage(stage: Stage, name: str, batch: pa.Table, writes: set[str] | frozenset[str] | None = None) -> pa.Table:
+    """Run a stage on the live rows of a batch; pass the others through; mark what it removed.
+    Its results become columns on its rows (stages/results.py `to_stream`), checked against
+    `writes`, what the stage declares (`StagePlan.writes`; None: unchecked)."""
     live_mask = pc.equal(batch[S.STATUS], S.KEPT)
     live = batch.filter(live_mask)
     live = live.append_column(LIVE_INDEX, pa.array(np.arange(live.num_rows), pa.int64()))
@@ -233,11 +245,12 @@ def apply_stage(stage: Stage, name: str, batch: pa.Table) -> pa.Table:
     start = time.perf_counter()
     result: StageResult = stage(live) if live.num_rows else StageResult(kept=live)
     seconds = time.perf_counter() - start
-    parts = [result.kept]
-    if result.dropped is not None and result.dropped.num_rows:
-        parts.append(_mark(result.dropped, "reason", S.DROPPED, name))
-    if result.quarantined is not None and result.quarantined.num_rows:
-        parts.append(_mark(result.quarantined, "error", S.QUARANTINED, name))
+    out = to_stream(result, name, writes, live.column_names)
+    parts = [out.kept]
+    if out.dropped is not None and out.dropped.num_rows:
+        parts.append(_mark(out.dropped, out.reasons, S.DROPPED, name))
+    if out.quarantined is not None and out.quarantined.num_rows:
+        parts.append(_mark(out.quarantined, out.errors, S.QUARANTINED, name))
     accounted = sum(p.num_rows for p in parts)
     if result.generated is not None and result.generated.num_rows:
         children, parents, share = _children(live, result.generated, name, result.parents_stay)
@@ -248,8 +261,6 @@ def apply_stage(stage: Stage, name: str, batch: pa.Table) -> pa.Table:
             accounted += parents.num_rows
     if accounted != live.num_rows:
         raise RuntimeError(f"stage {name} accounted for {accounted} of {live.num_rows} rows: a stage must account for every row")
-    if result.keys is not None:
-        parts[0] = parts[0].append_column(S.KEY_PREFIX + name, result.keys.cast(pa.binary()))
     per_row = seconds / max(1, live.num_rows)
     parts = [p.append_column(S.COST_PREFIX + name, pa.array([per_row] * p.num_rows, pa.float64())) for p in parts]
     parts = [p.drop_columns([LIVE_INDEX]) if LIVE_INDEX in p.column_names else p for p in parts]
@@ -333,10 +344,10 @@ def _reweigh(rows: pa.Table, share: np.ndarray) -> pa.Table:
     return rows.set_column(rows.column_names.index(S.WEIGHT), S.WEIGHT, pa.array(weights, pa.float64()))
 
 
-def _mark(table: pa.Table, why_col: str, status: str, stage: str) -> pa.Table:
+def _mark(table: pa.Table, why: pa.Array, status: str, stage: str) -> pa.Table:
+    """Rows a stage dropped or quarantined, with their status, the stage and the reason (error)."""
     n = table.num_rows
-    why = table[why_col]
-    table = table.drop_columns([why_col, S.STATUS, S.STAGE, S.REASON])
+    table = table.drop_columns([S.STATUS, S.STAGE, S.REASON])
     return (table.append_column(S.STATUS, pa.array([status] * n, pa.string()))
                  .append_column(S.STAGE, pa.array([stage] * n, pa.string()))
                  .append_column(S.REASON, why.cast(pa.string())))
@@ -438,3 +449,10 @@ class SlicingStageActor(StageActor):
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return _joined([super(SlicingStageActor, self).__call__(part) for part in _slices(batch, self.plan.batch_size)])
+
+
+def declared_results(plans: list[StagePlan]) -> frozenset[str]:
+    """What the stages of `plans` (a phase's stream) declare they store, as the store checks a
+    shard's result columns against it (Store.commit_shard `declared`): their `writes`, with a
+    GlobalStage's `keys` as `keys:<its name>`."""
+    return frozenset(f"keys:{p.name}" if item == "keys" else item for p in plans for item in p.writes)

@@ -4,36 +4,67 @@ with no embedding stage, a SemDeDup placed before the embedding it reads, an IFD
 with no IFD scores. And, a warning only, an expensive stage placed before a global stage
 (dedup) that it does not feed, so it works on rows the dedup will drop (`order_warnings`).
 
-Keyed by config key, over the validated parameters (defaults filled in). A component absent
-here neither provides nor requires anything.
+The stages and selectors declare it themselves (`Stage.writes`, `Stage.reads`,
+`Selector.reads`, from their validated parameters); the tables below, keyed by config key,
+are views of those declarations. Only scores and vectors are read across stages, so those are
+what a stage provides here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from curate.errors import CurateError
 
-IFD_SCORES = ("ifd", "ic_ifd", "loss_answer_given_prompt", "loss_answer", "loss_prompt")
+PROVIDED_KINDS = ("scores", "vectors")  # what later stages and selectors can read
 
-STAGE_PROVIDES = {
-    "embed": lambda p: {f"vectors:{p['vectors']}"},
-    "rds_embed": lambda p: {f"vectors:{p['vector']}"},
-    "ifd": lambda p: {f"scores:{p['prefix']}{name}" for name in IFD_SCORES},
-}
 
+class _Declarations(Mapping):
+    """Config key → a function of the validated parameters giving a set of `kind:name` items,
+    read from the registered class's declaration (`what`: "writes" or "reads"; `kinds`: only
+    items of these kinds). Every registered key is present; a class that declares nothing gives
+    the empty set."""
+
+    def __init__(self, registry: str, what: str, kinds: tuple[str, ...] | None = None):
+        self.registry, self.what, self.kinds = registry, what, kinds
+
+    def _classes(self) -> dict:
+        from curate.pipeline import registry
+
+        return getattr(registry, self.registry)
+
+    def _class(self, key: str):
+        from curate.pipeline.registry import selector_class, stage_class
+
+        return (stage_class if self.registry == "STAGES" else selector_class)(key)
+
+    def __getitem__(self, key: str):
+        if key not in self._classes():
+            raise KeyError(key)
+        cls = self._class(key)
+        declared = getattr(cls, self.what, None)
+        if declared is None:
+            raise KeyError(key)
+
+        def items(params: dict) -> set[str]:
+            found = set(declared(params))
+            return {i for i in found if i.partition(":")[0] in self.kinds} if self.kinds else found
+
+        return items
+
+    def __iter__(self):
+        return iter(self._classes())
+
+    def __len__(self) -> int:
+        return len(self._classes())
+
+
+STAGE_PROVIDES = _Declarations("STAGES", "writes", PROVIDED_KINDS)
 # Stages read what earlier stages made (semdedup: the vectors stored by an embed stage, after
 # the stream), so an earlier stage must make it.
-STAGE_REQUIRES = {
-    "semdedup": lambda p: {f"vectors:{p['vectors']}"},
-}
-
+STAGE_REQUIRES = _Declarations("STAGES", "reads")
 # Selectors read what the stream's stages stored.
-SELECTOR_REQUIRES = {
-    "kmeans_diversity": lambda p: {f"vectors:{p['vectors']}"} | {f"scores:{p[k]}" for k in ("weight_by", "refine_by") if p.get(k)},
-    "deita": lambda p: {f"vectors:{p['vectors']}"} | {f"scores:{s}" for s in ([p["score"]] if isinstance(p["score"], str) else p["score"])},
-    "ifd": lambda p: {f"scores:{p['prefix']}{p['score']}"} | ({f"vectors:{p['vector']}"} if p.get("clusters") else set()),
-    "facility_location": lambda p: {f"vectors:{p['vectors']}"} | ({f"scores:{p['weight_by']}"} if p.get("weight_by") else set()),
-    "k_center": lambda p: {f"vectors:{p['vectors']}"},
-}
+SELECTOR_REQUIRES = _Declarations("SELECTORS", "reads")
 
 # Generators make rows: a dedup after one dedups its new rows, which is a reason to put it first.
 GENERATORS = {"respond", "evol_instruct", "self_instruct", "skillmix"}

@@ -15,7 +15,7 @@ STAGES = {
     "evol_instruct": "curate.generators.evol:EvolInstruct",
     "verify_code": "curate.stages.verify.code:CodeExecution",
     "verify_math": "curate.stages.verify.math_answers:MathAnswer",
-    "add_constraints": "curate.stages.verify.ifeval:AddConstraints",
+    "add_constraints": "curate.generators.add_constraints:AddConstraints",
     "verify_constraints": "curate.stages.verify.ifeval:VerifyConstraints",
     "ifd": "curate.stages.score.ifd:IFDScore",
     "rds_embed": "curate.stages.score.rds:RDSEmbed",

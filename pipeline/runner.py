@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from curate.errors import CurateError, root_cause
 from curate.pipeline.config import RunConfig, config_to_dict
-from curate.pipeline.dag import HANDOFF, StagePlan, build_dataset, stage_plans
+from curate.pipeline.dag import HANDOFF, StagePlan, build_dataset, declared_results, stage_plans
 from curate.pipeline.handoff import abort_gate, handoff_file, open_gate, reset_gate
 from curate.pipeline.phases import Phase, handoff_dir, split_phases
 from curate.pipeline.registry import selector_class
@@ -155,7 +155,8 @@ def _run_phase(config: RunConfig, phase: Phase, following: Phase | None, ahead: 
         open_gate(folder)
     bar = Progress(phase.steps, len(shards), len(done), mode=progress, phase=phase.index if multi else None,
                    engines=env.engine_progress)
-    writer = ShardWriter(store, run_id, phase.steps, paths, bar.shard_committed, phase.index)
+    writer = ShardWriter(store, run_id, phase.steps, paths, bar.shard_committed, phase.index,
+                         declared=declared_results(phase.stream))
     try:
         if specs:
             env.start()

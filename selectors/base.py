@@ -7,6 +7,8 @@ from typing import ClassVar
 
 import duckdb
 
+from curate.stages.base import param  # noqa: F401 - for the selectors' `reads`
+
 
 class Selector:
     name: ClassVar[str] = "selector"
@@ -17,6 +19,14 @@ class Selector:
         of them, drawn from the `pool` relation (a view of the run's curated rows). Stage
         results of the pool's rows are in the `scores`, `vectors` and `verdicts` tables."""
         raise NotImplementedError  # pragma: no cover - interface
+
+    @classmethod
+    def reads(cls, params: dict) -> set[str]:
+        """What the selector, so configured, reads that the run's stages must store, as stages
+        declare it (`Stage.writes`: `scores:<name>`, `vectors:<name>`); a config whose stages
+        store none of it is rejected before anything runs (pipeline/dependencies.py). Default:
+        nothing beyond the kept rows."""
+        return set()
 
     @classmethod
     def uses_ray(cls, params: dict) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from curate.selectors.base import Selector
+from curate.selectors.base import Selector, param
 from curate.selectors.greedy import ADMITTED, GreedyCosine, normalised
 from curate.selectors.vectors import VectorSource, as_matrix
 
@@ -21,6 +21,11 @@ CHUNK_ROWS = 2048
 
 class DeitaSelection(Selector):
     name = "deita"
+
+    @classmethod
+    def reads(cls, params: dict) -> set[str]:
+        score = param(cls, params, "score")
+        return {f"vectors:{param(cls, params, 'vectors')}"} | {f"scores:{s}" for s in ([score] if isinstance(score, str) else score)}
 
     def __init__(self, budget: float | int = 0.1, score: str | list[str] = "deita", vectors: str = "embed",
                  max_similarity: float = 0.9):

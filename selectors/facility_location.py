@@ -42,7 +42,7 @@ import heapq
 import numpy as np
 import pyarrow as pa
 
-from curate.selectors.base import Selector
+from curate.selectors.base import Selector, param
 from curate.selectors.cells import CELL_ROWS, EXACT_ROWS, Cells
 from curate.selectors.vectors import VectorSource
 
@@ -57,6 +57,11 @@ class FacilityLocation(Selector):
     for parameters out of range."""
 
     name = "facility_location"
+
+    @classmethod
+    def reads(cls, params: dict) -> set[str]:
+        weight_by = param(cls, params, "weight_by")
+        return {f"vectors:{param(cls, params, 'vectors')}"} | ({f"scores:{weight_by}"} if weight_by else set())
 
     def __init__(self, budget: float | int = 0.1, vectors: str = "embed", neighbors: int = 32,
                  weight_by: str | None = None, quality_weight: float = 0.5, exact_rows: int = EXACT_ROWS,

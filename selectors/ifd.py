@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from curate.selectors.base import Selector
+from curate.selectors.base import Selector, param
 from curate.selectors.clustering import Assigner, fit_centroids
 
 
@@ -27,6 +27,11 @@ def proportional_quotas(sizes: np.ndarray, budget: int) -> np.ndarray:
 
 class IFDSelector(Selector):
     name = "ifd"
+
+    @classmethod
+    def reads(cls, params: dict) -> set[str]:
+        scores = {f"scores:{param(cls, params, 'prefix')}{param(cls, params, 'score')}"}
+        return scores | ({f"vectors:{param(cls, params, 'vector')}"} if param(cls, params, "clusters") else set())
 
     def __init__(self, budget: float | int = 0.1, score: str = "ifd", max_ifd: float | None = 1.0, prefix: str = "",
                  clusters: int | None = None, vector: str = "rds", seed: int = 0):

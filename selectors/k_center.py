@@ -57,7 +57,7 @@ import math
 import numpy as np
 import pyarrow as pa
 
-from curate.selectors.base import Selector
+from curate.selectors.base import Selector, param
 from curate.selectors.cells import CELL_ROWS, EXACT_ROWS, Cells
 from curate.selectors.facility_location import knn_graph, lazy_greedy, reverse_graph
 from curate.selectors.vectors import VectorSource
@@ -75,6 +75,10 @@ class KCenter(Selector):
     CurateError when the pool's rows have no such vectors, ValueError for parameters out of range."""
 
     name = "k_center"
+
+    @classmethod
+    def reads(cls, params: dict) -> set[str]:
+        return {f"vectors:{param(cls, params, 'vectors')}"}
 
     def __init__(self, budget: float | int = 0.1, vectors: str = "embed", cover_fraction: float = 0.5,
                  radius: float | None = None, neighbors: int = 32, exact_rows: int = EXACT_ROWS,

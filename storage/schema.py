@@ -33,7 +33,9 @@ REASON = "_reason"  # drop reason or quarantine error
 RAW = "_raw"  # raw input text; kept only on quarantined rows
 COST_PREFIX = "_t:"  # _t:<stage>: seconds of stage time charged to the row
 KEY_PREFIX = "_key:"  # _key:<stage>: a global stage's per-row key (binary), stored for its global step
-# Per-row results a stage attaches to the rows it returns; the writer lands them in their tables.
+# Per-row results of stages (StageResult's typed fields), as columns on the rows they ride on
+# to the writer, which lands them in their tables. stages/results.py alone adds and reads them
+# (a stage that appends one itself fails); stages never spell these names.
 SCORE_PREFIX = "_score:"  # _score:<name>: float64 → scores(run_id, id, name, value); kept and dropped rows
 VEC_PREFIX = "_vec:"  # _vec:<name>: list<float32> → vectors(run_id, name, id, model, vec); kept rows
 VECMODEL_PREFIX = "_vecmodel:"  # _vecmodel:<name>: string, the model that made _vec:<name>
@@ -112,7 +114,8 @@ def sample_columns_ddl() -> str:
 
 def add_verdicts(table: pa.Table, verdicts: list[list[dict]]) -> pa.Table:
     """Append each row's new verdicts ({verifier, passed, strength, detail}) to the verdicts
-    earlier stages gave it."""
+    earlier stages gave it (the `_verdicts` column, as stages/results.py writes it; for tests
+    and tools that build committed batches by hand)."""
     new = pa.array(verdicts, pa.list_(VERDICT))
     if VERDICTS not in table.column_names:
         return table.append_column(VERDICTS, new)

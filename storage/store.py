@@ -76,7 +76,7 @@ CREATE TABLE IF NOT EXISTS selections (
     cluster INTEGER             -- the cluster a diversity selector drew the row from
 );
 ALTER TABLE selections ADD COLUMN IF NOT EXISTS cluster INTEGER;
--- Per-row results of stages (see the _score:, _vec: and _verdicts columns in storage/schema.py).
+-- Per-row results of stages (StageResult's scores, vectors and verdicts; stages/results.py).
 CREATE TABLE IF NOT EXISTS scores (
     run_id VARCHAR, id VARCHAR, name VARCHAR, value DOUBLE
 );
@@ -318,7 +318,7 @@ class Store:
     # ------------------------------------------------------------------ shard commits
 
     def commit_shard(self, run_id: str, shard: str, path: str, rows_in: int, table: pa.Table, steps: list,
-                     phase: int = 0) -> list[tuple]:
+                     phase: int = 0, declared=None) -> list[tuple]:
         """Land one finished shard of a phase (all its rows, whatever their status) in one
         transaction, with its (run, phase, shard) marker.
 
@@ -327,6 +327,12 @@ class Store:
         samples (same id) kept twice in a run are stored once; the repeat becomes a drop at the
         `store` step, so counts still add up. In a later phase, rows with a null `_born` are
         survivors of the phase before, already in `samples`: a drop there marks them not kept.
+
+        Stage results ride on the rows as columns (stages/results.py); they land in `scores`,
+        `vectors`, `verdicts` and `row_keys`. `declared`: what the phase's stages declare they
+        store (pipeline/dag.py `declared_results`); a result column outside it is an error. None:
+        every result column the batch holds (each was checked against its stage's declaration
+        as the stage returned it, in pipeline/dag.py `apply_stage`).
         """
         import pyarrow.compute as pc
 
@@ -339,7 +345,7 @@ class Store:
             con.register("_new", table if carried is None else table.filter(pc.invert(carried)))
             con.register("_carried", table.slice(0, 0) if carried is None else table.filter(carried))
             try:
-                return self._insert_rows(run_id, shard, path, rows_in, steps, phase)
+                return self._insert_rows(run_id, shard, path, rows_in, steps, phase, declared)
             finally:
                 for name in ("_batch", "_new", "_carried"):
                     with suppress(duckdb.Error):  # after a failed statement: keep its error, not this one
@@ -356,7 +362,7 @@ class Store:
         """, [run_id]).fetchall()]
         return pc.and_(pc.is_null(table[S.BORN]), pc.is_in(table["id"], value_set=pa.array(stored, pa.string())))
 
-    def _insert_rows(self, run_id: str, shard: str, path: str, rows_in: int, steps: list, phase: int) -> list[tuple]:
+    def _insert_rows(self, run_id: str, shard: str, path: str, rows_in: int, steps: list, phase: int, declared) -> list[tuple]:
         con = self.con
         p = {"run": run_id, "shard": shard}
         cols = ", ".join(f'"{c}"' for c in S.SAMPLE_COLUMNS)
@@ -412,16 +418,17 @@ class Store:
             FROM _batch WHERE {status} = {quarantined}
         """, p)
         batch_cols = {r[0] for r in con.execute("DESCRIBE _batch").fetchall()}
-        for key_col in sorted(c for c in batch_cols if c.startswith(S.KEY_PREFIX)):
+        results = self._results(batch_cols, declared)
+        for key in (r for r in results if r.kind == "keys"):
             # One key per kept sample; identical rows have identical keys.
             con.execute(f"""
                 INSERT INTO row_keys
-                SELECT DISTINCT ON (id) $run, $stage, id, $shard, {row}, "{key_col}" FROM _batch b
-                WHERE {status} = {kept} AND "{key_col}" IS NOT NULL
+                SELECT DISTINCT ON (id) $run, $stage, id, $shard, {row}, "{key.column}" FROM _batch b
+                WHERE {status} = {kept} AND "{key.column}" IS NOT NULL
                   AND NOT EXISTS (SELECT 1 FROM row_keys k WHERE k.run_id = $run AND k.stage = $stage AND k.id = b.id)
                 ORDER BY id, {row}
-            """, {**p, "stage": key_col[len(S.KEY_PREFIX):]})
-        self._insert_row_results(batch_cols, p)
+            """, {**p, "stage": key.name})
+        self._insert_row_results(results, p)
         stats = self._stage_stats(run_id, shard, rows_in, steps, store_dups, batch_cols)
         con.executemany("INSERT INTO stage_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", stats)
         con.execute("INSERT INTO shards (run_id, shard, path, rows_in, committed_at, phase) VALUES ($run, $shard, $path, $rows, $now, $phase)",
@@ -483,37 +490,53 @@ class Store:
             alive = out
         return stats
 
-    def _insert_row_results(self, batch_cols: set[str], p: dict) -> None:
+    @staticmethod
+    def _results(batch_cols: set[str], declared) -> list:
+        """The result columns of the batch (stages/results.py names them), checked against
+        `declared` when given: a result no stage of the phase declares is an error, not dropped."""
+        from curate.stages.results import stored_columns
+
+        found = stored_columns(batch_cols)
+        if declared is not None:
+            declared = set(declared)
+            for r in found:
+                wanted = f"keys:{r.name}" if r.kind == "keys" else r.item
+                if r.kind != "verdicts" and wanted not in declared:
+                    raise CurateError(f"the shard holds {r.kind} {r.name!r} (column {r.column}), which no stage of "
+                                      f"this phase declares (declared: {', '.join(sorted(declared)) or 'nothing'})")
+        return found
+
+    def _insert_row_results(self, results: list, p: dict) -> None:
         """Scores, vectors and verdicts that stages attached to rows, once per sample id."""
         con = self.con
         status, row = f'"{S.STATUS}"', f'"{S.ROW}"'
         scored = f"{status} IN ('{S.KEPT}', '{S.DROPPED}')"
-        for col in sorted(c for c in batch_cols if c.startswith(S.SCORE_PREFIX)):
+        scores = [r for r in results if r.kind == "scores"]
+        if scores:  # one statement for all of them: one anti-join against `scores`, however many names
+            each = " UNION ALL ".join(f'SELECT id, {row} AS "row", $name{i} AS name, "{r.column}" AS value FROM _batch '
+                                      f'WHERE {scored} AND "{r.column}" IS NOT NULL' for i, r in enumerate(scores))
             con.execute(f"""
                 INSERT INTO scores
-                SELECT DISTINCT ON (id) $run, id, $name, "{col}" FROM _batch b
-                WHERE {scored} AND "{col}" IS NOT NULL
-                  AND NOT EXISTS (SELECT 1 FROM scores s WHERE s.run_id = $run AND s.name = $name AND s.id = b.id)
-                ORDER BY id, {row}
-            """, {"run": p["run"], "name": col[len(S.SCORE_PREFIX):]})
-        for col in sorted(c for c in batch_cols if c.startswith(S.VEC_PREFIX)):
-            name = col[len(S.VEC_PREFIX):]
-            model_col = f"{S.VECMODEL_PREFIX}{name}"
-            model = f'"{model_col}"' if model_col in batch_cols else "NULL"
+                SELECT DISTINCT ON (id, name) $run, id, name, value FROM ({each}) b
+                WHERE NOT EXISTS (SELECT 1 FROM scores s WHERE s.run_id = $run AND s.name = b.name AND s.id = b.id)
+                ORDER BY id, name, "row"
+            """, {"run": p["run"], **{f"name{i}": r.name for i, r in enumerate(scores)}})
+        for r in (r for r in results if r.kind == "vectors"):
+            model = f'"{r.model_column}"' if r.model_column else "NULL"
             con.execute(f"""
                 INSERT INTO vectors
-                SELECT DISTINCT ON (id) $run, $name, id, {model}, "{col}" FROM _batch b
-                WHERE {status} = '{S.KEPT}' AND "{col}" IS NOT NULL
+                SELECT DISTINCT ON (id) $run, $name, id, {model}, "{r.column}" FROM _batch b
+                WHERE {status} = '{S.KEPT}' AND "{r.column}" IS NOT NULL
                   AND NOT EXISTS (SELECT 1 FROM vectors v WHERE v.run_id = $run AND v.name = $name AND v.id = b.id)
                 ORDER BY id, {row}
-            """, {"run": p["run"], "name": name})
-        if S.VERDICTS in batch_cols:
+            """, {"run": p["run"], "name": r.name})
+        for r in (r for r in results if r.kind == "verdicts"):
             con.execute(f"""
                 INSERT INTO verdicts
                 SELECT $run, id, v.verifier, v.passed, v.strength, v.detail
-                FROM (SELECT id, unnest("{S.VERDICTS}") AS v FROM (
-                    SELECT DISTINCT ON (id) id, "{S.VERDICTS}" FROM _batch b
-                    WHERE {scored} AND "{S.VERDICTS}" IS NOT NULL
+                FROM (SELECT id, unnest("{r.column}") AS v FROM (
+                    SELECT DISTINCT ON (id) id, "{r.column}" FROM _batch b
+                    WHERE {scored} AND "{r.column}" IS NOT NULL
                     ORDER BY id, {row})) n
                 WHERE NOT EXISTS (SELECT 1 FROM verdicts d WHERE d.run_id = $run AND d.id = n.id AND d.verifier = n.v.verifier)
             """, {"run": p["run"]})

@@ -11,13 +11,15 @@ from curate.storage.store import Store
 
 
 class ShardWriter:
-    def __init__(self, store: Store, run_id: str, steps: list, paths: dict[str, str], on_commit=None, phase: int = 0):
+    def __init__(self, store: Store, run_id: str, steps: list, paths: dict[str, str], on_commit=None, phase: int = 0,
+                 declared: frozenset[str] | None = None):
         self.store = store
         self.run_id = run_id
         self.steps = steps  # the phase's funnel steps (pipeline/phases.py)
         self.phase = phase
         self.paths = paths  # shard → source path
         self.on_commit = on_commit
+        self.declared = declared  # result columns the phase's stages declare (pipeline/dag.py declared_results); None: unchecked
         self.gathered = ShardGatherer()
         self.committed = 0
 
@@ -27,13 +29,15 @@ class ShardWriter:
 
     def add_empty_shard(self, shard: str) -> None:
         """A shard that held no rows (a file of blank lines) is still marked done."""
-        stats = self.store.commit_shard(self.run_id, shard, self.paths[shard], 0, _empty_rows(), self.steps, self.phase)
+        stats = self.store.commit_shard(self.run_id, shard, self.paths[shard], 0, _empty_rows(), self.steps, self.phase,
+                                         declared=self.declared)
         if self.on_commit:
             self.on_commit(shard, stats)
 
     def _commit(self, shard: str, rows_in: int, parts: list[pa.Table]) -> None:
         table = pa.concat_tables(parts, promote_options="permissive")
-        stats = self.store.commit_shard(self.run_id, shard, self.paths[shard], rows_in, table, self.steps, self.phase)
+        stats = self.store.commit_shard(self.run_id, shard, self.paths[shard], rows_in, table, self.steps, self.phase,
+                                         declared=self.declared)
         self.committed += 1
         if self.on_commit:
             self.on_commit(shard, stats)

@@ -87,7 +87,7 @@ def test_empty_turns_and_word_bounds_without_ray():
         s.update(origin="seed", source="t", parent_ids=[], meta="{}")
     batch = pa.table(sample_arrays(samples))
     result = Filters(min_instruction_words=2, max_instruction_words=5)(batch)
-    assert dict(zip(result.dropped["id"].to_pylist(), result.dropped["reason"].to_pylist())) == {
+    assert dict(zip(result.dropped["id"].to_pylist(), result.reasons)) == {
         "a": "empty_turn", "b": "instruction_words>5 (6)", "c": "instruction_words<2 (1)"}
 
 
@@ -405,4 +405,4 @@ def test_the_bundled_benchmarks_are_found_from_any_directory(tmp_path, monkeypat
          {"role": "assistant", "content": "ok"}]]})
     result = stage(batch)
     assert result.kept.column("id").to_pylist() == ["b"]
-    assert result.dropped.column("reason").to_pylist()[0].startswith("contaminated:" + os.path.basename(files[0]).removesuffix(".jsonl"))
+    assert result.reasons[0].startswith("contaminated:" + os.path.basename(files[0]).removesuffix(".jsonl"))

@@ -59,12 +59,13 @@ def test_vectors_are_normalised_and_in_input_order(embedder):
     assert embedder.encode([]).shape == (0, 384)
 
 
-def test_stage_adds_vector_and_model_columns(embedder):
+def test_stage_returns_vectors_and_their_model(embedder):
     conv = [[{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}] for i in range(5)]
-    kept = embedder(_batch(conv)).kept
-    vec = kept[S.VEC_PREFIX + "embed"]
+    result = embedder(_batch(conv))
+    assert result.kept.num_rows == 5
+    vec, model = result.vectors["embed"]
     assert vec.type == pa.list_(pa.float32()) and len(vec) == 5
-    assert kept[S.VECMODEL_PREFIX + "embed"].to_pylist() == [DEFAULT_MODEL] * 5
+    assert model == DEFAULT_MODEL
     assert np.allclose(np.array(vec.to_pylist()), embedder.encode([f"Question {i}?" for i in range(5)]), atol=1e-5)
 
 

@@ -802,13 +802,13 @@ def test_the_stage_names_unknown_and_invalid_constraints():
     rows = [{"prompt": "q", "response": "no commas here", "meta": {"constraints": cons}}]
     result = VerifyConstraints()(_table(rows))
     assert result.kept.num_rows == 0
-    detail = json.loads(result.dropped[S.VERDICTS].to_pylist()[0][0]["detail"])
+    detail = json.loads(result.verdicts.dropped.to_pylist()[0][0]["detail"])
     assert detail["unknown"] == ["no_such_type"] and detail["invalid"] == ["length_words", "title"]
     assert detail["failed"] == [] and detail["checked"] == 4
     assert detail["kind"] == "unknown_constraint"  # the data is at fault, not the response
-    assert result.dropped["reason"].to_pylist() == ["constraints:unknown_constraint:no_such_type"]
+    assert result.reasons == ["constraints:unknown_constraint:no_such_type"]
     only_invalid = [{"prompt": "q", "response": "no commas here", "meta": {"constraints": [cons[0], cons[2]]}}]
-    assert VerifyConstraints()(_table(only_invalid)).dropped["reason"].to_pylist() == \
+    assert VerifyConstraints()(_table(only_invalid)).reasons == \
         ["constraints:invalid_constraint:length_words"]
     with pytest.raises(ValueError, match="relation"):
         C.check("x", cons[0])

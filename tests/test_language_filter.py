@@ -13,7 +13,7 @@ from curate.pipeline.runner import run
 from curate.stages.filters import UNDETERMINED, Filters
 from curate.stages.ingest import Ingest
 from curate.stages.prose import foreign_share, prose, prose_letters, scripts_of
-from curate.storage.schema import SCORE_PREFIX, sample_arrays
+from curate.storage.schema import sample_arrays
 from conftest import write_jsonl
 from test_pipeline import assert_counts_add_up, q
 
@@ -40,9 +40,10 @@ def filtered(rows: list[dict], **params) -> dict[str, tuple[str | None, float | 
     stage = _STAGES.setdefault(key, Filters(**params))
     result = stage(pa.table(sample_arrays(got)))
     out = {}
-    for table in (result.kept, result.dropped):
-        reasons = table["reason"].to_pylist() if "reason" in table.column_names else [None] * table.num_rows
-        for id_, reason, score in zip(table["id"].to_pylist(), reasons, table[SCORE_PREFIX + UNDETERMINED].to_pylist()):
+    undetermined = result.scores[UNDETERMINED]
+    for table, reasons, scores in ((result.kept, [None] * result.kept.num_rows, undetermined.kept),
+                                   (result.dropped, result.reasons, undetermined.dropped)):
+        for id_, reason, score in zip(table["id"].to_pylist(), reasons, scores.to_pylist()):
             out[id_] = (reason, score)
     assert len(out) == len(got)
     return {i: out[s["id"]] for i, s in enumerate(got)}

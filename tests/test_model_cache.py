@@ -67,16 +67,16 @@ def test_embed_second_pass_computes_nothing_and_equals_uncached(tmp_path):
     convs[5] = convs[3]  # a repeat within the batch is computed once
     path = str(tmp_path / "e.model_cache.duckdb")
     uncached = Embed(cache=False)
-    ref = np.array(uncached(_batch(convs)).kept[S.VEC_PREFIX + "embed"].to_pylist(), np.float32)
+    ref = np.array(uncached(_batch(convs)).vectors["embed"][0].to_pylist(), np.float32)
     assert (uncached.cached.hits, uncached.cached.misses) == (0, 40)
 
     first = Embed(cache=path)
     first._model = uncached.model  # the same weights, loaded once for the test
-    one = np.array(first(_batch(convs)).kept[S.VEC_PREFIX + "embed"].to_pylist(), np.float32)
+    one = np.array(first(_batch(convs)).vectors["embed"][0].to_pylist(), np.float32)
     assert (first.cached.hits, first.cached.misses) == (1, 39)
     again = Embed(cache=path)  # another run: a new stage, the same file
     again._model = uncached.model
-    two = np.array(again(_batch(convs[::-1])).kept[S.VEC_PREFIX + "embed"].to_pylist(), np.float32)[::-1]
+    two = np.array(again(_batch(convs[::-1])).vectors["embed"][0].to_pylist(), np.float32)[::-1]
     assert (again.cached.hits, again.cached.misses) == (40, 0)
     np.testing.assert_array_equal(two, one)  # read back exactly as computed
     # as an uncached pass computes them (here 39 distinct texts encoded against 40: other
@@ -101,20 +101,20 @@ def test_ifd_and_rds_read_back_what_they_computed(tmp_path, tiny_model):
     def ifd(cache, variant="loss_ratio"):
         stage = IFDScore(tiny_model, max_length=160, variant=variant, on_skip="drop", cache=cache)
         res = stage(_batch(convs))
-        scores = {c: res.kept[c].to_pylist() for c in res.kept.column_names if c.startswith(S.SCORE_PREFIX)}
-        return stage.cached, scores, res.dropped["reason"].to_pylist()
+        scores = {name: values.kept.to_pylist() for name, values in res.scores.items()}
+        return stage.cached, scores, res.reasons
 
     ref = ifd(False)[1:]
     first, *one = ifd(path)
     again, *two = ifd(path)
     assert (first.misses, again.hits, again.misses) == (31, 31, 0)
-    assert one == two == list(ref) and ref[1] == ["ifd_skip:prompt_fills_window"] and len(ref[0]["_score:ifd"]) == 30
+    assert one == two == list(ref) and ref[1] == ["ifd_skip:prompt_fills_window"] and len(ref[0]["ifd"]) == 30
     ppl, *three = ifd(path, "ppl_ratio")  # ifd and ic_ifd derive from the stored losses
-    assert ppl.misses == 0 and three[0]["_score:loss_answer"] == ref[0]["_score:loss_answer"] and three[0]["_score:ifd"] != ref[0]["_score:ifd"]
+    assert ppl.misses == 0 and three[0]["loss_answer"] == ref[0]["loss_answer"] and three[0]["ifd"] != ref[0]["ifd"]
 
     def rds(cache, max_length=64):
         stage = RDSEmbed(tiny_model, max_length=max_length, cache=cache)
-        return stage.cached, stage(_batch(convs)).kept[S.VEC_PREFIX + "rds"].to_pylist()
+        return stage.cached, stage(_batch(convs)).vectors["rds"][0].to_pylist()
 
     ref_vecs = rds(False)[1]
     first, one = rds(path)

@@ -63,7 +63,7 @@ def near_drops(rows: list[dict], on: str = "conversation", threshold: float = 0.
 def decontam_reasons(rows: list[dict], benchmark: Path, **kw) -> dict[str, str]:
     result = Decontaminate(benchmarks=[str(benchmark)], **kw)(batch_of(rows))
     assert result.kept.num_rows + result.dropped.num_rows == len(rows)
-    return dict(zip(result.dropped["id"].to_pylist(), result.dropped["reason"].to_pylist()))
+    return dict(zip(result.dropped["id"].to_pylist(), result.reasons))
 
 
 # ---------------------------------------------------------------- 10. combining marks are letters

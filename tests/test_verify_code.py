@@ -102,18 +102,18 @@ def test_stage_drops_failures_with_their_kind_and_records_verdicts():
     result = stage(rows_table(rows))
     kept_instr = [m[0]["content"] for m in result.kept["messages"].to_pylist()]
     assert kept_instr == ["palindrome", "other", "prose"]
-    assert result.dropped["reason"].to_pylist() == ["code_exec:wrong_output", "code_exec:syntax_error", "code_exec:timeout"]
-    verdicts = result.kept[S.VERDICTS].to_pylist()
+    assert result.reasons == ["code_exec:wrong_output", "code_exec:syntax_error", "code_exec:timeout"]
+    verdicts = result.verdicts.kept.to_pylist()
     assert [len(v) for v in verdicts] == [1, 1, 0]  # prose has nothing to verify
     first = verdicts[0][0]
     assert first["verifier"] == "code_exec" and first["passed"] and first["strength"] == "io"
     assert json.loads(first["detail"])["tests"] == "3/3" and json.loads(verdicts[1][0]["detail"])["tests_from"] == "response"
-    dropped_verdicts = result.dropped[S.VERDICTS].to_pylist()
+    dropped_verdicts = result.verdicts.dropped.to_pylist()
     assert all(v[0]["passed"] is False for v in dropped_verdicts)
     assert json.loads(dropped_verdicts[0][0]["detail"])["tests"] == "2/3"
-    rates = result.kept[S.SCORE_PREFIX + "code_task_pass_rate"].to_pylist()
+    rates = result.scores["code_task_pass_rate"].kept.to_pylist()
     assert rates == [0.25, 1.0, None]  # 1 of the 4 palindrome responses passed
-    assert result.dropped[S.SCORE_PREFIX + "code_pass_rate"].to_pylist()[0] == pytest.approx(2 / 3)
+    assert result.scores["code_pass_rate"].dropped.to_pylist()[0] == pytest.approx(2 / 3)
 
 
 def test_stage_refuses_without_a_jail_unless_allowed(monkeypatch):

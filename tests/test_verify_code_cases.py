@@ -23,7 +23,6 @@ from curate.stages.verify.isolation import probe
 from curate.stages.verify.judge import Opaque, close, decode, verify_programs
 from curate.stages.verify.plan import plan_tests
 from curate.stages.verify.sandbox import Limits, Sandbox
-from curate.storage import schema as S
 from test_verify_code import rows_table
 
 CAPS = probe()
@@ -51,8 +50,8 @@ def case_outcome():
             for r in CASE_ROWS]
     result = CodeExecution(timeout_s=2)(rows_table(rows))
     out = {}
-    for table, kept in ((result.kept, True), (result.dropped, False)):
-        for meta, verdicts in zip(table["meta"].to_pylist(), table[S.VERDICTS].to_pylist()):
+    for table, verdicts_of, kept in ((result.kept, result.verdicts.kept, True), (result.dropped, result.verdicts.dropped, False)):
+        for meta, verdicts in zip(table["meta"].to_pylist(), verdicts_of.to_pylist()):
             out[json.loads(meta)["case"]] = (kept, json.loads(verdicts[0]["detail"]))
     return out
 
@@ -323,12 +322,12 @@ def test_stage_records_the_tolerance_and_takes_it_as_a_parameter():
             {"instruction": "mean", "response": "```python\ndef f():\n    return 0.1 + 0.2\n```\n",
              "meta": {"tests": "r = f()\nassert r == 0.3"}}]
     result = CodeExecution(timeout_s=2)(rows_table(rows))
-    (kept,), (dropped,) = result.kept[S.VERDICTS].to_pylist(), result.dropped[S.VERDICTS].to_pylist()
+    (kept,), (dropped,) = result.verdicts.kept.to_pylist(), result.verdicts.dropped.to_pylist()
     kept, dropped = json.loads(kept[0]["detail"]), json.loads(dropped[0]["detail"])
     assert kept["float_tolerance"] == 1e-6 and "1 test(s)" in kept["float_rounding"]
     assert "float rounding" in dropped["message"] and "float_rounding" in dropped and "float_tolerance" not in dropped
     strict = CodeExecution(timeout_s=2, float_tolerance=0)(rows_table(rows[:1]))
-    assert strict.kept.num_rows == 0 and json.loads(strict.dropped[S.VERDICTS].to_pylist()[0][0]["detail"])["float_tolerance"] == 0
+    assert strict.kept.num_rows == 0 and json.loads(strict.verdicts.dropped.to_pylist()[0][0]["detail"])["float_tolerance"] == 0
     with pytest.raises(ValueError, match="float_tolerance"):
         CodeExecution(float_tolerance=-1)
 

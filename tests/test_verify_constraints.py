@@ -108,7 +108,7 @@ def test_verify_constraints_keeps_responses_that_satisfy_all():
             ([{"role": "user", "content": "q3"}, {"role": "assistant", "content": "plain"}], {})]
     result = VerifyConstraints()(table(rows))
     assert [m[0]["content"] for m in result.kept["messages"].to_pylist()] == ["q1", "q3"]
-    assert result.dropped["reason"].to_pylist() == ["constraints:no_comma"]
-    detail = json.loads(result.dropped[S.VERDICTS].to_pylist()[0][0]["detail"])
+    assert result.reasons == ["constraints:no_comma"]
+    detail = json.loads(result.verdicts.dropped.to_pylist()[0][0]["detail"])
     assert detail == {"kind": "unsatisfied", "checked": 2, "failed": ["no_comma"]}
-    assert result.dropped[S.SCORE_PREFIX + "constraints_satisfied"].to_pylist() == [0.5]
+    assert result.scores["constraints_satisfied"].dropped.to_pylist() == [0.5]

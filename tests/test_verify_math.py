@@ -85,7 +85,7 @@ def test_stage_keeps_right_answers_and_drops_wrong_ones():
                         "parent_ids": [], "meta": json.dumps(meta)})
     result = MathAnswer()(pa.table(S.sample_arrays(samples)))
     assert [m[1]["content"] for m in result.kept["messages"].to_pylist()] == [rows[0][1], rows[2][1], rows[3][1]]
-    assert result.dropped["reason"].to_pylist() == ["math_answer:wrong_answer", "math_answer:no_answer"]
-    kept_verdicts = result.kept[S.VERDICTS].to_pylist()
+    assert result.reasons == ["math_answer:wrong_answer", "math_answer:no_answer"]
+    kept_verdicts = result.verdicts.kept.to_pylist()
     assert [json.loads(v[0]["detail"])["kind"] for v in kept_verdicts[:2]] == ["exact", "numeric"] and kept_verdicts[2] == []
-    assert json.loads(result.dropped[S.VERDICTS].to_pylist()[0][0]["detail"])["answer"] == "418"
+    assert json.loads(result.verdicts.dropped.to_pylist()[0][0]["detail"])["answer"] == "418"

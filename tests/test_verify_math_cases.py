@@ -43,8 +43,8 @@ def stage():
 def verdicts_by_case(stage, rows: list[tuple[str, str, dict]]) -> dict[str, tuple[bool, dict]]:
     result = stage(batch_of(rows))
     out = {}
-    for table, passed in ((result.kept, True), (result.dropped, False)):
-        for meta, verdicts in zip(table["meta"].to_pylist(), table[S.VERDICTS].to_pylist()):
+    for table, verdicts_of, passed in ((result.kept, result.verdicts.kept, True), (result.dropped, result.verdicts.dropped, False)):
+        for meta, verdicts in zip(table["meta"].to_pylist(), verdicts_of.to_pylist()):
             (v,) = verdicts
             assert v["passed"] is passed
             out[json.loads(meta)["case"]] = (passed, json.loads(v["detail"]))

@@ -28,10 +28,10 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from curate.stages.base import Resources, Stage, StageResult
+from curate.stages.base import Resources, Stage, StageResult, param
 from curate.stages.score import lm as L
 from curate.storage.model_cache import CachedRows, model_fingerprint
-from curate.storage.schema import SCORE_PREFIX, canonical_messages
+from curate.storage.schema import canonical_messages
 
 SCORE_NAMES = ("ifd", "ic_ifd", "loss_answer_given_prompt", "loss_answer", "loss_prompt")
 LOSS_NAMES = ("loss_answer_given_prompt", "loss_answer", "loss_prompt")  # what a model pass gives; the rest derives
@@ -142,11 +142,16 @@ class IFDScorer:
 
 
 class IFDScore(Stage):
-    """Adds `_score:<prefix>ifd`, `ic_ifd` and the three losses to every row it scores."""
+    """Scores `<prefix>ifd`, `<prefix>ic_ifd` and the three losses (`<prefix>loss_...`) of every
+    row it scores; a skipped row has none."""
 
     name = "ifd"
     resources = Resources(num_cpus=1, actor=True, concurrency=1)  # set num_gpus: 1 to score on a GPU
     batch_size = 512
+
+    @classmethod
+    def writes(cls, params: dict) -> set[str]:
+        return {f"scores:{param(cls, params, 'prefix')}{name}" for name in SCORE_NAMES}
 
     @classmethod
     def preflight(cls, params: dict) -> None:
@@ -176,11 +181,5 @@ class IFDScore(Stage):
         found = self.cached.rows([canonical_messages(c) for c in convs], self.scorer.cache_identity, compute)
         losses = np.frombuffer(b"".join(v for v, _ in found), np.float64).reshape(len(convs), len(LOSS_NAMES))
         reasons = [r for _, r in found]
-        cols = self.scorer.scores(losses, reasons)
-        for name, values in cols.items():
-            batch = batch.append_column(SCORE_PREFIX + self.prefix + name, pa.array(values, pa.float64(), from_pandas=True))
-        skipped = np.array([r is not None for r in reasons], dtype=bool)
-        if self.on_skip == "keep" or not skipped.any():
-            return StageResult(kept=batch)
-        dropped = batch.filter(pa.array(skipped)).append_column("reason", pa.array([r for r in reasons if r], pa.string()))
-        return StageResult(kept=batch.filter(pa.array(~skipped)), dropped=dropped)
+        scores = {self.prefix + name: values for name, values in self.scorer.scores(losses, reasons).items()}
+        return StageResult.split(batch, reasons if self.on_skip == "drop" else None, scores=scores)

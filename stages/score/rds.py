@@ -14,10 +14,10 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from curate.stages.base import Resources, Stage, StageResult
+from curate.stages.base import Resources, Stage, StageResult, param
 from curate.stages.score import lm as L
 from curate.storage.model_cache import CachedRows, model_fingerprint
-from curate.storage.schema import VEC_PREFIX, VECMODEL_PREFIX, canonical_messages
+from curate.storage.schema import canonical_messages
 
 
 def conversation_ids(tok, convs: list[list[dict]], max_length: int) -> list[list[int]]:
@@ -72,11 +72,15 @@ class RDSEncoder:
 
 
 class RDSEmbed(Stage):
-    """Adds `_vec:<vector>` (and the model in `_vecmodel:<vector>`) to every row."""
+    """Vectors `<vector>` (RDS+ representations, with the model's name) for every row."""
 
     name = "rds_embed"
     resources = Resources(num_cpus=1, actor=True, concurrency=1)  # set num_gpus: 1 to embed on a GPU
     batch_size = 512
+
+    @classmethod
+    def writes(cls, params: dict) -> set[str]:
+        return {f"vectors:{param(cls, params, 'vector')}"}
 
     @classmethod
     def preflight(cls, params: dict) -> None:
@@ -103,7 +107,4 @@ class RDSEmbed(Stage):
         found = self.cached.rows([canonical_messages(c) for c in convs], self.encoder.cache_identity, compute)
         dim = self.encoder.lm.config.hidden_size
         vecs = np.frombuffer(b"".join(v for v, _ in found), np.float32).reshape(len(convs), dim)
-        column = pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), dim).cast(pa.list_(pa.float32()))
-        batch = batch.append_column(VEC_PREFIX + self.vector, column)
-        batch = batch.append_column(VECMODEL_PREFIX + self.vector, pa.array([self.encoder.model_name] * batch.num_rows, pa.string()))
-        return StageResult(kept=batch)
+        return StageResult.keep(batch, vectors={self.vector: (vecs, self.encoder.model_name)})

@@ -29,7 +29,7 @@ import re
 
 import pyarrow as pa
 
-from curate.stages.base import Resources, Stage, StageResult
+from curate.stages.base import Resources, StageResult
 from curate.stages.verify import rows as R
 from curate.stages.verify.isolation import SandboxUnavailableError, probe
 from curate.stages.verify.judge import verify_programs
@@ -75,11 +75,12 @@ def meta_tests(meta: dict, key: str) -> str | None:
     return value if isinstance(value, str) and value.strip() else None
 
 
-class CodeExecution(Stage):
+class CodeExecution(R.VerifierStage):
     name = "verify_code"
     resources = Resources(num_cpus=1, actor=True, concurrency=1)  # one sandbox pool per actor; its slots run in parallel
     batch_size = 256
     verifier = "code_exec"
+    SCORES = ("code_pass_rate", "code_task_pass_rate")
 
     def __init__(self, timeout_s: float = 4.0, memory_mb: int = 512, slots: int | None = None,
                  tests_key: str = "tests", require_tests: bool = False, allow_unsandboxed: bool = False,

@@ -1,55 +1,18 @@
-"""IFEval-style stages: `add_constraints` adds sampled verifiable constraints to instructions;
-`verify_constraints` keeps the responses that satisfy every constraint their row records."""
+"""IFEval-style stages: `add_constraints` adds sampled verifiable constraints to instructions
+(a generator: generators/add_constraints.py, re-exported here); `verify_constraints` keeps the
+responses that satisfy every constraint their row records."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import random
-
 import pyarrow as pa
 
+from curate.generators.add_constraints import AddConstraints  # noqa: F401  (it moved; the old import keeps working)
 from curate.stages.base import Resources, Stage, StageResult
 from curate.stages.verify import rows as R
-from curate.stages.verify.constraints import CONSTRAINTS, check, describe, sample_constraints
-from curate.storage import schema as S
+from curate.stages.verify.constraints import CONSTRAINTS, check
 
 
-class AddConstraints(Stage):
-    """Each instruction becomes a new row: its turns up to the last user turn, with `k` sampled
-    constraints appended to that turn and recorded in meta (`constraints`). Sampling is seeded by
-    (seed, row id), so a rerun adds the same constraints. The parent is stored as expanded."""
-
-    name = "add_constraints"
-    resources = Resources(num_cpus=1)
-    batch_size = 1024
-
-    def __init__(self, min_constraints: int = 1, max_constraints: int = 3, types: list[str] | None = None, seed: int = 0):
-        unknown = set(types or ()) - set(CONSTRAINTS)
-        if unknown:
-            raise ValueError(f"unknown constraint types {sorted(unknown)} (known: {', '.join(sorted(CONSTRAINTS))})")
-        if not 1 <= min_constraints <= max_constraints:
-            raise ValueError("need 1 <= min_constraints <= max_constraints")
-        self.min_k, self.max_k, self.types, self.seed = min_constraints, max_constraints, types, seed
-
-    def __call__(self, batch: pa.Table) -> StageResult:
-        children = []
-        for i, (row_id, messages, meta, source) in enumerate(zip(batch["id"].to_pylist(), batch["messages"].to_pylist(),
-                                                                  R.metas(batch), batch["source"].to_pylist())):
-            rng = random.Random(hashlib.blake2b(f"{self.seed}:{row_id}".encode(), digest_size=8).digest())
-            chosen = sample_constraints(rng, rng.randint(self.min_k, self.max_k), self.types)
-            last_user = max(j for j, m in enumerate(messages) if m["role"] == "user")
-            turns = [dict(m) for m in messages[: last_user + 1]]
-            turns[-1]["content"] = turns[-1]["content"].rstrip() + "\n\n" + " ".join(describe(c) for c in chosen)
-            child_meta = {**meta, "constraints": chosen, "generator": "add_constraints"}
-            children.append({"id": S.sample_id(turns), "messages": turns, "origin": "constrained",
-                             "source": f"add_constraints:{source}", "parent_ids": [row_id],
-                             "meta": json.dumps(child_meta, sort_keys=True, ensure_ascii=False), S.PARENT: i})
-        generated = pa.table({**S.sample_arrays(children), S.PARENT: pa.array([c[S.PARENT] for c in children], pa.int64())})
-        return StageResult(kept=batch.slice(0, 0), generated=generated)
-
-
-class VerifyConstraints(Stage):
+class VerifyConstraints(R.VerifierStage):
     """Keeps the rows whose last assistant turn satisfies every constraint in meta[`constraints_key`]
     (a list of {"id", "kwargs"}), each decided as IFEval's reference checker decides it (see
     `constraints`). A row without constraints passes through unverified, or is dropped
@@ -63,6 +26,7 @@ class VerifyConstraints(Stage):
     resources = Resources(num_cpus=1)
     batch_size = 1024
     verifier = "constraints"
+    SCORES = ("constraints_satisfied",)
 
     def __init__(self, constraints_key: str = "constraints", require_constraints: bool = False):
         self.key, self.require = constraints_key, require_constraints

@@ -28,7 +28,7 @@ import threading
 
 import pyarrow as pa
 
-from curate.stages.base import Resources, Stage, StageResult
+from curate.stages.base import Resources, StageResult
 from curate.stages.verify import rows as R
 from curate.stages.verify.math_equiv import braced, compare, equivalent  # noqa: F401  (re-exported)
 
@@ -142,7 +142,7 @@ def extract_answer(text: str) -> tuple[str | None, str]:
     return None, "none"
 
 
-class MathAnswer(Stage):
+class MathAnswer(R.VerifierStage):
     """Rows whose `meta[answer_key]` is set: the response's final answer must equal it.
 
     Params: `answer_key`, `require_answer` (rows without a reference fail as `no_reference`),

@@ -1,15 +1,18 @@
-"""What every verifier stage does with a batch: read the response and meta, attach verdicts and
-scores (the storage channel: `_verdicts`, `_score:<name>`), split kept from dropped."""
+"""What every verifier stage does with a batch: read the response and meta, give verdicts and
+scores (StageResult's `verdicts` and `scores`), split kept from dropped.
+
+A verifier stage has a class attribute `verifier` (the verdicts' name) and `SCORES`, the names
+of the scores it gives; `VerifierStage.writes` declares both."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pyarrow as pa
 
-from curate.stages.base import StageResult
-from curate.storage import schema as S
+from curate.stages.base import Stage, StageResult
 
 
 @dataclass
@@ -51,14 +54,20 @@ def instructions(batch: pa.Table) -> list[str]:
     return [last_turn(m, "user") for m in batch["messages"].to_pylist()]
 
 
+class VerifierStage(Stage):
+    """A stage that gives verdicts named `verifier` and the scores named in `SCORES`."""
+
+    verifier: ClassVar[str] = "verifier"
+    SCORES: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def writes(cls, params: dict) -> set[str]:
+        return {f"verdicts:{cls.verifier}"} | {f"scores:{name}" for name in cls.SCORES}
+
+
 def result(batch: pa.Table, verdicts: list[RowVerdict], scores: dict[str, list[float | None]] | None = None) -> StageResult:
     """Rows whose verdict failed are dropped with its reason; the rest are kept. Every row with a
-    verdict carries it (kept and dropped alike) so the writer stores it."""
-    table = S.add_verdicts(batch, [[v.as_struct()] if v.passed is not None else [] for v in verdicts])
-    for name, values in (scores or {}).items():
-        table = table.append_column(S.SCORE_PREFIX + name, pa.array(values, pa.float64()))
-    failed = [i for i, v in enumerate(verdicts) if v.passed is False]
-    kept = [i for i, v in enumerate(verdicts) if v.passed is not False]
-    dropped = table.take(pa.array(failed, pa.int64())).append_column(
-        "reason", pa.array([verdicts[i].reason for i in failed], pa.string()))
-    return StageResult(kept=table.take(pa.array(kept, pa.int64())), dropped=dropped)
+    verdict keeps it (kept and dropped alike), and so do its scores, so the writer stores them."""
+    reasons = [v.reason if v.passed is False else None for v in verdicts]
+    return StageResult.split(batch, reasons, scores=scores,
+                             verdicts=[[v.as_struct()] if v.passed is not None else [] for v in verdicts])

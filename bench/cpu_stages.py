@@ -83,7 +83,7 @@ def main() -> None:
     benchmarks = str(shared_data() / "benchmarks" / "*.jsonl")
     stages = {
         "filters": {"filters": {"min_response_words": 3, "max_repeated_ngram_ratio": 0.5, "max_non_alnum_ratio": 0.5}},
-        "exact_dedup": {"exact_dedup": {"on": "conversation"}},
+        "exact_dedup": {"exact_dedup": {"text": "conversation"}},
         "near_dedup": {"near_dedup": {"threshold": THRESHOLD, "num_perm": NUM_PERM, "shingle": SHINGLE}},
         "decontaminate": {"decontaminate": {"benchmarks": [benchmarks]}},
     }

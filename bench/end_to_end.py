@@ -62,7 +62,7 @@ def by_hand_sequence(pool: Path, db: str, shard_size: int, dedup_stages: list[di
     encode of the survivors' instructions, then faiss k-means on their vectors. Seconds each."""
     import numpy as np
 
-    from curate.selectors.clustering import fit_centroids
+    from curate.lib.clustering import fit_centroids
     from curate.stages.embed import default_model_path, load_model
 
     start = time.perf_counter()
@@ -104,12 +104,12 @@ def main() -> None:
     ap.add_argument("--no-embed", action="store_true", help="leave out the embedding stage and the k-means selection")
     args = ap.parse_args()
     rows = args.rows or (3_000 if args.quick else 100_000)
-    stages = [{"filters": {"min_response_words": 3}}, {"exact_dedup": {"on": "instruction"}}, {"near_dedup": {"threshold": 0.8}}]
+    stages = [{"filters": {"min_response_words": 3}}, {"exact_dedup": {"text": "instruction"}}, {"near_dedup": {"threshold": 0.8}}]
     selectors = []
     if not args.no_embed:
         # Ray gives an actor one torch thread per logical CPU it holds; the embedding is the
         # bottleneck here, so it gets the machine's cores.
-        stages.append({"embed": {"field": "instruction", "threads": os.cpu_count() or 1}})
+        stages.append({"embed": {"text": "instruction", "threads": os.cpu_count() or 1}})
         selectors.append({"kmeans_diversity": {"budget": 0.1, "k": 64 if args.quick else 1024, "name": "diverse"}})
 
     with tempfile.TemporaryDirectory(prefix="curate-bench-") as tmp:

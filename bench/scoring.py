@@ -48,7 +48,7 @@ def build_bench_llama(out: Path, hidden: int = 256, layers: int = 4, vocab: int 
 def alpaca_convs(tok, n: int, max_length: int, max_answer_words: int | None) -> list[list[dict]]:
     from bench._common import shared_data
     from curate.stages.ingest import Ingest
-    from curate.stages.score.lm import encode
+    from curate.lib.lm import encode
 
     ingest = Ingest()
     out = []
@@ -84,7 +84,7 @@ def bench_ifd(model: str, convs, max_length: int, device: str, rounds: int):
     import numpy as np
 
     from curate.stages.score.ifd import IFDScorer
-    from curate.stages.score.lm import load_causal_lm
+    from curate.lib.lm import load_causal_lm
     from curate.stages.score.reference import ifd_one_at_a_time
 
     scorer = IFDScorer(model, max_length=max_length, device=device)
@@ -101,8 +101,8 @@ def bench_less(model: str, convs, max_length: int, device: str, dim: int, r: int
     import numpy as np
     import torch
 
-    from curate.stages.score import less as LS
-    from curate.stages.score.lm import pad_id
+    from curate.lib import less as LS
+    from curate.lib.lm import pad_id
     from curate.stages.score.reference import less_features_one_at_a_time
 
     mods = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -144,7 +144,7 @@ def main(argv=None):
 
     import torch
 
-    from curate.stages.score.lm import load_tokenizer, pick_device
+    from curate.lib.lm import load_tokenizer, pick_device
 
     if args.threads and not torch.cuda.is_available():
         torch.set_num_threads(args.threads)

@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 from bench._common import PeakRSS, shared_data  # noqa: E402
-from curate.selectors.clustering import POINTS_PER_CENTROID  # noqa: E402
+from curate.lib.clustering import POINTS_PER_CENTROID  # noqa: E402
 from curate.selectors.kmeans import ALLOCATION  # noqa: E402
 
 DIM, CENTRES, CHUNK = 384, 2000, 100_000
@@ -156,7 +156,7 @@ def storage_formats(rows: int, tmp: str) -> dict:
     import duckdb
     import pyarrow.parquet as pq
 
-    from curate.selectors.vectors import as_matrix
+    from curate.lib.vectors import as_matrix
 
     x = np.concatenate([c for _, c in clustered_chunks(rows, seed=1)])
     vec_table = pa.table({"id": pa.array([f"{i:012d}" for i in range(rows)]), "vec": vector_column(x)})

@@ -1,6 +1,6 @@
 """curate: build and curate instruction-tuning data sets.
 
-The product's folders (pipeline/, stages/, selectors/, generators/, storage/) sit at the
+The product's folders (pipeline/, stages/, selectors/, generators/, storage/, lib/) sit at the
 repository's top level with no ``__init__.py``, so a bare ``import selectors`` still finds the
 standard library. Wheels map them to ``curate.<folder>`` through ``package-dir``; from a
 checkout (editable install, ``ray job submit --working-dir .``) the checkout root is appended to

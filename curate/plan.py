@@ -219,8 +219,10 @@ def _stage_line(p, i: int, config) -> str:
     if isinstance(backend, dict):
         kind = backend.get("kind", "vllm")
         at = f" at {backend.get('base_url', 'http://127.0.0.1:8000/v1')}" if kind == "openai" else ""
-        parts.append(f"        backend: {kind} {backend.get('model')}{at}"
-                     + (f"; cache {p.params['cache']}" if p.params.get("cache") else ""))
+        cache = p.params.get("cache")
+        if "cache" in p.params and cache is None and p.context is not None:  # the run's LLM cache (Stage.setup's context)
+            cache = p.context.llm_cache
+        parts.append(f"        backend: {kind} {backend.get('model')}{at}" + (f"; cache {cache}" if cache else ""))
     if reads:
         parts.append(f"        reads: {', '.join(reads)}")
     if writes:

@@ -27,9 +27,9 @@ def pool_cluster_sizes(con, run_id: str, selector: str, params: str, picked: dic
     if selector != "kmeans_diversity":
         return PoolClusters(None, f"pool sizes are recomputed for kmeans_diversity only, not {selector}")
     try:
-        from curate.selectors.clustering import Assigner, fit_centroids, fit_sample_rows
+        from curate.lib.clustering import Assigner, fit_centroids, fit_sample_rows
         from curate.selectors.kmeans import KMeansDiversity
-        from curate.selectors.vectors import VectorSource, as_matrix
+        from curate.lib.vectors import VectorSource, as_matrix
 
         sel = KMeansDiversity(**json.loads(params or "{}"))
         # run_id is a hex fingerprint, safe to inline; a temp view is allowed on a read-only database.

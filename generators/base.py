@@ -35,7 +35,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import pyarrow as pa
 
 from curate.generators.backends.base import Backend, ChatRequest, Completion, Sampling
-from curate.stages.base import Stage, StageResult
+from curate.stages.base import Stage, StageContext, StageResult
 from curate.storage import schema as S
 
 TOKENS = ("prompt_tokens", "completion_tokens")
@@ -214,7 +214,13 @@ class LLMTask(Stage):
             raise ValueError("backend needs a model: {kind: vllm, model: PATH} or {kind: openai, model: NAME, base_url: URL}")
         self.spec = dict(backend)
         self.model = self.spec["model"]
+        self.cache_arg = cache
         self.backend = stage_backend(self.spec, cache)
+
+    def setup(self, context: StageContext | None = None) -> None:
+        """`cache` None: the run's LLM-call cache (StageContext.llm_cache), beside its database."""
+        if self.cache_arg is None and context is not None and context.llm_cache:
+            self.backend = stage_backend(self.spec, context.llm_cache)
 
     @classmethod
     def preflight(cls, params: dict) -> None:

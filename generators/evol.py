@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 
 import pyarrow as pa
 
@@ -154,9 +155,9 @@ class EvolInstruct(LLMTask):
     resources = Resources(num_cpus=0.05, actor=True, concurrency=1, calls_per_actor=2)
     batch_size = None
 
-    def __init__(self, backend: dict, operations: list[str] = list(OPERATIONS), generation: int = 1,
+    def __init__(self, backend: dict, operations: Sequence[str] = OPERATIONS, generation: int = 1,
                  temperature: float = 1.0, top_p: float = 0.95, max_tokens: int = 2048, response_max_tokens: int = 2048,
-                 seed: int = 0, keep_verifiable: list[str] = ["tests", "answer"], cache: str | None = None):
+                 seed: int = 0, keep_verifiable: Sequence[str] = ("tests", "answer"), cache: str | None = None):
         unknown = set(operations) - set(OPERATIONS)
         if unknown or not operations:
             raise ValueError(f"operations must be among {OPERATIONS}, got {sorted(unknown) or 'none'}")

@@ -26,6 +26,7 @@ import json
 import math
 import random
 import re
+from collections.abc import Sequence
 
 import pyarrow as pa
 
@@ -187,8 +188,8 @@ class SkillMix(LLMTask):
     pool = "shard"
 
     def __init__(self, backend: dict, per_seed: float = 1.0, k: int = 2, max_skills: int = 5,
-                 query_types: list[str] = list(QUERY_TYPES), refine: bool = False, temperature: float = 0.7,
-                 top_p: float = 1.0, max_tokens: int = 1024, extract_max_tokens: int = 256, seed: int = 42,
+                 query_types: Sequence[str] = QUERY_TYPES, refine: bool = False, temperature: float = 0.7,
+                 top_p: float = 1.0, max_tokens: int = 1024, extract_max_tokens: int = 256, seed: int = 0,
                  cache: str | None = None):
         if k < 1 or per_seed <= 0 or not query_types:
             raise ValueError("k must be at least 1, per_seed > 0, and query_types not empty")

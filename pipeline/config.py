@@ -22,7 +22,7 @@ from curate.pipeline.registry import selector_class, stage_class
 
 class _YamlLoader(yaml.SafeLoader):
     """YAML 1.2 booleans: only true/false. YAML 1.1 also reads on/off/yes/no as booleans, which
-    would turn `exact_dedup: {on: instruction}` into `{True: instruction}`."""
+    would turn `exact_dedup: {on: instruction}` (`on`: the old name of `text`) into `{True: instruction}`."""
 
 
 _YamlLoader.yaml_implicit_resolvers = {
@@ -165,6 +165,8 @@ class RunConfig(Strict):
         for stage in body["stages"]:  # a model stage's output cache on or off: the same rows, the same run id as before it existed
             if isinstance(stage["params"].get("cache"), bool):
                 del stage["params"]["cache"]
+            # a renamed parameter: the run id it had under its old name
+            _old_names(stage_class(stage["key"]), stage["params"])
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -199,6 +201,7 @@ def _parse_component(index: int, item, lookup, reserved: tuple[str, ...]) -> tup
     except CurateError as e:
         raise StageConfigError(str(index), str(e)) from None
     extra = {k: params.pop(k) for k in reserved if k in params}
+    params = resolve_aliases(cls, params, f"{'stages' if lookup is stage_class else 'selectors'}.{index}.{key}")
     try:
         validated = _params_model(cls)(**params).model_dump()
     except ValidationError as e:
@@ -228,6 +231,49 @@ def _parse_stage(index: int, item) -> StageConfig:
 def _parse_selector(index: int, item) -> SelectorConfig:
     key, params, extra = _parse_component(index, item, selector_class, ("name",))
     return SelectorConfig(key=key, name=extra.get("name", key), params=params)
+
+
+def alias_table(cls) -> dict[str, tuple[str, dict]]:
+    """A stage's or selector's retired parameter names (its `ALIASES`): {old name: (new name,
+    {old value: new value})}. An entry is `"vector": "vectors"`, or `"fields": ("text", {"both":
+    ["instruction", "response"]})` when some old values are spelt differently under the new name."""
+    table = {}
+    for old, new in (getattr(cls, "ALIASES", None) or {}).items():
+        name, values = (new, {}) if isinstance(new, str) else (new[0], dict(new[1]))
+        table[old] = (name, values)
+    return table
+
+
+def aliases(cls) -> dict[str, str]:
+    """{old parameter name: new name} of a stage or selector."""
+    return {old: new for old, (new, _) in alias_table(cls).items()}
+
+
+def resolve_aliases(cls, params: dict, where: str) -> dict:
+    """`params` with each retired name (`vector`) renamed to its new one (`vectors`), its value
+    translated where the new name spells it differently, saying so in a one-line warning on
+    stderr; giving both names is an error (StageConfigError)."""
+    renamed = dict(params)
+    for old, (new, values) in alias_table(cls).items():
+        if old not in renamed:
+            continue
+        if new in renamed:
+            raise StageConfigError(where, f"{old} and {new} name the same parameter: give only {new} ({old} is its old name)")
+        value = renamed.pop(old)
+        renamed[new] = values.get(value, value) if isinstance(value, str) else value
+        said = f" ({old}: {value} is {new}: {renamed[new]})" if renamed[new] != value else ""
+        print(f"warning: {where}.{old} is deprecated: use {new}{said}", file=sys.stderr, flush=True)
+    return renamed
+
+
+def _old_names(cls, params: dict) -> dict:
+    """Validated `params` under their retired names and values, for the run id a run had before
+    a rename (resolve_aliases backwards)."""
+    for old, (new, values) in alias_table(cls).items():
+        if new in params:
+            value = params.pop(new)
+            params[old] = next((o for o, n in values.items() if n == value), value)
+    return params
 
 
 @functools.lru_cache(maxsize=None)

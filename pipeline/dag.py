@@ -13,7 +13,7 @@ import json
 import os
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from curate.pipeline.config import RunConfig, StageConfig
 from curate.pipeline.handoff import wait_for_gate
 from curate.pipeline.registry import stage_class
-from curate.stages.base import GlobalStage, Resources, Stage, StageResult
+from curate.stages.base import GlobalStage, Resources, Stage, StageContext, StageResult, setup_stage
 from curate.stages.ingest import Ingest
 from curate.stages.readers import ShardSpec, read_shard
 from curate.stages.results import to_stream
@@ -39,13 +39,18 @@ class StagePlan:
     params: dict
     resources: Resources
     batch_size: int | None
+    overrides: dict = field(default_factory=dict)  # the config's `resources:`, over what the stage decides
+    context: StageContext | None = None  # the run's paths (and, once Ray is up, its cluster), for Stage.setup
 
     @property
     def is_global(self) -> bool:
         return self.key != "ingest" and issubclass(stage_class(self.key), GlobalStage)
 
     def cache_key(self) -> str:
-        return json.dumps([self.name, self.key, self.params], sort_keys=True, default=str)
+        # With the context: a worker that outlives a run (an embedded Ray reused) must not hand the
+        # next run a stage set up with this run's paths.
+        context = None if self.context is None else vars(self.context)
+        return json.dumps([self.name, self.key, self.params, context], sort_keys=True, default=str)
 
     @property
     def stage_class(self) -> type[Stage]:
@@ -59,6 +64,40 @@ class StagePlan:
     def build(self) -> Stage:
         return self.stage_class(**self.params)
 
+    def build_and_setup(self) -> Stage:
+        """The stage, set up with the run's context (Stage.setup): what a worker runs."""
+        stage = self.build()
+        setup_stage(stage, self.context)
+        return stage
+
+    def for_cluster(self, cluster: dict) -> StagePlan:
+        """This plan on the cluster the run joined (`ray.cluster_resources()`, after Ray is
+        initialised): the stage's `resources_for(params, cluster)`, the config's overrides on
+        top, and the cluster in the context its setup receives."""
+        res = _resolved(self.stage_class, self.stage_class.resources_for(self.params, cluster), self.overrides)
+        context = replace(self.context or StageContext(), cluster=dict(cluster))
+        return replace(self, resources=res, context=context)
+
+
+def for_cluster(plans: list[StagePlan], cluster: dict | None = None) -> list[StagePlan]:
+    """`plans` on the cluster (default: the running Ray's `cluster_resources()`)."""
+    if cluster is None:
+        import ray
+
+        cluster = ray.cluster_resources()
+    return [p.for_cluster(cluster) for p in plans]
+
+
+def run_context(config: RunConfig, run_id: str | None = None) -> StageContext:
+    """The run-scoped paths every stage's setup receives (no cluster yet: `for_cluster` adds it)."""
+    from curate.generators.cache import cache_path_for
+    from curate.storage.model_cache import model_cache_path_for
+
+    db = os.path.abspath(config.db)
+    return StageContext(run_id=run_id, db=db, model_cache=os.path.abspath(model_cache_path_for(config.db)),
+                        llm_cache=os.path.abspath(cache_path_for(config.db)),
+                        work_dir=os.path.abspath(config.work_dir) if config.work_dir else db + ".phases")
+
 
 def stage_plans(config: RunConfig, run_id: str | None = None) -> list[StagePlan]:
     """The configured stages as plans. With `run_id`, each vLLM backend spec names the run
@@ -70,7 +109,8 @@ def stage_plans(config: RunConfig, run_id: str | None = None) -> list[StagePlan]
         import socket
 
         scope = f"{run_id} {socket.gethostname()}:{os.path.abspath(config.db)}"
-    plans = [_plan("ingest", "ingest", config.ingest.model_dump(), Ingest, None, None)]
+    context = run_context(config, run_id)
+    plans = [_plan("ingest", "ingest", config.ingest.model_dump(), Ingest, None, None, context)]
     seen = {"ingest", "store"}  # `store` names the funnel step that drops repeated ids
     for sc in config.stages:
         name = sc.name
@@ -78,30 +118,28 @@ def stage_plans(config: RunConfig, run_id: str | None = None) -> list[StagePlan]
         while name in seen:
             name, n = f"{sc.name}_{n}", n + 1
         seen.add(name)
-        params = dict(sc.params)
-        if "cache" in params and params["cache"] is None:  # LLM stages: the cache file beside the database
-            from curate.generators.cache import cache_path_for
-
-            params["cache"] = os.path.abspath(cache_path_for(config.db))
-        elif params.get("cache") is True:  # model stages (embed, ifd, rds_embed): their output cache beside the database
-            from curate.storage.model_cache import model_cache_path_for
-
-            params["cache"] = os.path.abspath(model_cache_path_for(config.db))
+        params = dict(sc.params)  # run-scoped paths (the caches beside the database) come in the setup context
         if scope is not None and isinstance(params.get("backend"), dict):
             from curate.generators.engines import scoped
 
             params["backend"] = scoped(params["backend"], scope)
-        plans.append(_plan(name, sc.key, params, stage_class(sc.key), sc, sc.batch_size))
+        plans.append(_plan(name, sc.key, params, stage_class(sc.key), sc, sc.batch_size, context))
     return plans
 
 
-def _plan(name, key, params, cls, sc: StageConfig | None, batch_size) -> StagePlan:
-    res = cls.resources
-    if sc is not None:
-        res = replace(res, **{k: v for k, v in sc.resources.model_dump().items() if v is not None})
+def _plan(name, key, params, cls, sc: StageConfig | None, batch_size, context: StageContext) -> StagePlan:
+    """Resources here are the class's (no cluster yet); the runner replaces them with the
+    stage's `resources_for` the cluster once Ray is initialised (`for_cluster`)."""
+    overrides = {} if sc is None else {k: v for k, v in sc.resources.model_dump().items() if v is not None}
+    return StagePlan(name, key, params, _resolved(cls, cls.resources, overrides),
+                     batch_size if batch_size is not None else cls.batch_size, overrides, context)
+
+
+def _resolved(cls, res: Resources, overrides: dict) -> Resources:
+    res = replace(res, **overrides)
     if getattr(cls, "pool", None):  # one actor gathers each shard (config validation rejects other settings)
         res = replace(res, actor=True, concurrency=1)
-    return StagePlan(name, key, params, res, batch_size if batch_size is not None else cls.batch_size)
+    return res
 
 
 # ---------------------------------------------------------------------------- worker side
@@ -170,7 +208,7 @@ def run_stage_task(batch: pa.Table, plan: StagePlan) -> pa.Table:
     key = plan.cache_key()
     stage = _STAGE_CACHE.get(key)
     if stage is None:
-        stage = _STAGE_CACHE[key] = plan.build()
+        stage = _STAGE_CACHE[key] = plan.build_and_setup()
     if getattr(stage, "pool", None):
         raise RuntimeError(f"stage {plan.name} works on whole shards and must run in one actor, not as tasks")
     return apply_stage(stage, plan.name, batch, plan.writes)
@@ -179,8 +217,7 @@ def run_stage_task(batch: pa.Table, plan: StagePlan) -> pa.Table:
 class StageActor:
     def __init__(self, plan: StagePlan):
         self.plan = plan
-        self.stage = plan.build()
-        self.stage.setup()  # models load as the actor starts, which may be before its input exists
+        self.stage = plan.build_and_setup()  # models load as the actor starts, which may be before its input exists
         pool = getattr(self.stage, "pool", None)
         if pool not in (None, "shard"):
             raise ValueError(f"stage {plan.name}: unknown pool {pool!r} (known: 'shard')")

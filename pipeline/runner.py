@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from curate.errors import CurateError, root_cause
 from curate.pipeline.config import RunConfig, config_to_dict
-from curate.pipeline.dag import HANDOFF, StagePlan, build_dataset, declared_results, stage_plans
+from curate.pipeline.dag import HANDOFF, StagePlan, build_dataset, declared_results, for_cluster, stage_plans
 from curate.pipeline.handoff import abort_gate, handoff_file, open_gate, reset_gate
 from curate.pipeline.phases import Phase, handoff_dir, split_phases
 from curate.pipeline.registry import selector_class
@@ -192,7 +192,8 @@ def _start_ahead(config: RunConfig, following: Phase | None, shards: list[ShardS
                  run_id: str, env: RayEnvironment) -> EarlyStream | None:
     """Start the next phase's stream now, behind its closed gate, when it has actors to start
     (models to load): they start during this phase's barrier instead of after it."""
-    if following is None or not env.ray_started or not any(p.resources.actor or p.resources.num_gpus for p in following.stream):
+    if following is None or not env.ray_started or not any(p.resources.actor or p.resources.num_gpus
+                                                            for p in for_cluster(following.stream)):
         return None
     done = store.committed_shards(run_id, following.index)
     todo = [s for s in shards if s.shard not in done]
@@ -210,7 +211,7 @@ def _run_barrier(store: Store, run_id: str, phase: Phase, bar: Progress) -> None
     for plan in phase.barrier:
         if store.global_step_done(run_id, plan.name):
             continue
-        stage = plan.build()
+        stage = plan.build_and_setup()
         start = time.perf_counter()
         drops = stage.decide_in(store, run_id, plan.name)
         seconds = time.perf_counter() - start
@@ -220,6 +221,9 @@ def _run_barrier(store: Store, run_id: str, phase: Phase, bar: Progress) -> None
 
 def _batches(specs: list[ShardSpec], plans: list[StagePlan]):
     _quiet_ray_data()
+    # Ray is up: each stage decides its resources on the cluster the run joined (Stage.resources_for),
+    # and its setup context carries that cluster.
+    plans = for_cluster(plans)
     _check_actor_resources(plans)
     # prefetch_batches=0: with a prefetch, Ray hands over a shard's block only once the next one
     # exists, so a finished shard would wait a whole shard's time for its commit.

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import duckdb
 
-from curate.stages.base import param  # noqa: F401 - for the selectors' `reads`
+from curate.lib.params import param  # noqa: F401 - for the selectors' `reads`
 
 
 class Selector:

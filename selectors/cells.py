@@ -3,7 +3,7 @@
 Selectors that need the vectors themselves, not one pass over them (facility location's k-NN
 graph, k-center's farthest-point traversal), read the pool through this. A pool of at most
 `exact_rows` rows is one cell held in memory (then the selectors are exact). A larger pool is
-split into cells of about `cell_rows` rows: centroids fitted on a sample (selectors/clustering.py),
+split into cells of about `cell_rows` rows: centroids fitted on a sample (lib/clustering.py),
 every row assigned in one streaming pass over DuckDB's Arrow batches, and its normalised vector
 appended to a scratch file (float32, rows × d × 4 bytes on disk: 1.5 GB at 1M 384-d rows) in
 arrival order. Reading a cell gathers its rows from the file (pread), so the process holds one
@@ -23,9 +23,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.errors import CurateError
-from curate.selectors.clustering import Assigner, fit_centroids
-from curate.selectors.greedy import normalised
-from curate.selectors.vectors import BATCH_ROWS, VectorSource, as_matrix
+from curate.lib.clustering import Assigner, fit_centroids
+from curate.lib.greedy import normalised
+from curate.lib.vectors import BATCH_ROWS, VectorSource, as_matrix
 
 EXACT_ROWS = 10_000
 CELL_ROWS = 1_000

@@ -20,8 +20,8 @@ import numpy as np
 import pyarrow as pa
 
 from curate.errors import CurateError
-from curate.selectors.greedy import normalised
-from curate.selectors.vectors import VectorSource, as_matrix
+from curate.lib.greedy import normalised
+from curate.lib.vectors import VectorSource, as_matrix
 
 # The sample of pool rows measured: all of them while pool × picks stays under PAIRS (then
 # the figures are exact), else PAIRS / picks rows, at least MIN_SAMPLE. At 1M rows and 100k
@@ -75,10 +75,10 @@ def random_draws(picks: int, sample: int) -> int:
 
 
 def vectors_for(con: duckdb.DuckDBPyConnection, run_id: str, selector) -> str | None:
-    """The vectors a selection's coverage is measured in: the ones the selector read (`vectors` or
-    `vector`), else `embed`, else the first name the run stored; None if the run has none."""
+    """The vectors a selection's coverage is measured in: the ones the selector read (its
+    `vectors`), else `embed`, else the first name the run stored; None if the run has none."""
     names = {r[0] for r in con.execute("SELECT DISTINCT name FROM vectors WHERE run_id = ?", [run_id]).fetchall()}
-    for want in (getattr(selector, "vectors", None), getattr(selector, "vector", None), "embed"):
+    for want in (getattr(selector, "vectors", None), "embed"):
         if isinstance(want, str) and want in names:
             return want
     return min(names) if names else None

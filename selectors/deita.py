@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 
 from curate.selectors.base import Selector, param
-from curate.selectors.greedy import ADMITTED, GreedyCosine, normalised
-from curate.selectors.vectors import VectorSource, as_matrix
+from curate.lib.greedy import ADMITTED, GreedyCosine, normalised
+from curate.lib.vectors import VectorSource, as_matrix
 
 CHUNK_ROWS = 2048
 

@@ -44,7 +44,7 @@ import pyarrow as pa
 
 from curate.selectors.base import Selector, param
 from curate.selectors.cells import CELL_ROWS, EXACT_ROWS, Cells
-from curate.selectors.vectors import VectorSource
+from curate.lib.vectors import VectorSource
 
 
 class FacilityLocation(Selector):

@@ -1,6 +1,6 @@
 """IFD selection (Cherry LLM): drop rows whose IFD exceeds 1 (the instruction does not help the
 model produce the answer), then take the highest-scoring rows. With `clusters`, k-means over the
-rows' vectors (from an embedding stage: `vectors` table, name `vector`) splits the budget over
+rows' vectors (from an embedding stage: `vectors` table, the name `vectors` gives) splits the budget over
 the clusters in proportion to their sizes and takes each cluster's best rows (Cherry's
 pre-experience sampling keeps a diverse spread the same way); a cluster with too few eligible
 rows gives what it has, and the shortfall is not redistributed.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from curate.selectors.base import Selector, param
-from curate.selectors.clustering import Assigner, fit_centroids
+from curate.lib.clustering import Assigner, fit_centroids
 
 
 def proportional_quotas(sizes: np.ndarray, budget: int) -> np.ndarray:
@@ -27,17 +27,18 @@ def proportional_quotas(sizes: np.ndarray, budget: int) -> np.ndarray:
 
 class IFDSelector(Selector):
     name = "ifd"
+    ALIASES = {"vector": "vectors"}  # old parameter name → new (pipeline/config.py)
 
     @classmethod
     def reads(cls, params: dict) -> set[str]:
         scores = {f"scores:{param(cls, params, 'prefix')}{param(cls, params, 'score')}"}
-        return scores | ({f"vectors:{param(cls, params, 'vector')}"} if param(cls, params, "clusters") else set())
+        return scores | ({f"vectors:{param(cls, params, 'vectors')}"} if param(cls, params, "clusters") else set())
 
     def __init__(self, budget: float | int = 0.1, score: str = "ifd", max_ifd: float | None = 1.0, prefix: str = "",
-                 clusters: int | None = None, vector: str = "rds", seed: int = 0):
+                 clusters: int | None = None, vectors: str = "rds", seed: int = 0):
         self.budget = budget
         self.score, self.max_ifd, self.prefix = prefix + score, max_ifd, prefix
-        self.clusters, self.vector, self.seed = clusters, vector, seed
+        self.clusters, self.vectors, self.seed = clusters, vectors, seed
 
     def select(self, con, run_id, pool, budget_rows):
         drop = "" if self.max_ifd is None else "AND i.value <= $max_ifd"
@@ -55,11 +56,11 @@ class IFDSelector(Selector):
         return self._within_clusters(con, run_id, rows, budget_rows)
 
     def _within_clusters(self, con, run_id, rows, budget_rows):
-        table = con.sql("SELECT id, vec FROM vectors WHERE run_id = ? AND name = ?", params=[run_id, self.vector]).to_arrow_table()
+        table = con.sql("SELECT id, vec FROM vectors WHERE run_id = ? AND name = ?", params=[run_id, self.vectors]).to_arrow_table()
         if table.num_rows == 0:
             from curate.errors import CurateError
 
-            raise CurateError(f"selector ifd: clusters need vectors named '{self.vector}' (an rds_embed or embed stage)")
+            raise CurateError(f"selector ifd: clusters need vectors named '{self.vectors}' (an rds_embed or embed stage)")
         position = {id_: i for i, id_ in enumerate(table["id"].to_pylist())}
         vecs = table["vec"].combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
         eligible = [(id_, s) for id_, s in rows if id_ in position]

@@ -60,7 +60,7 @@ import pyarrow as pa
 from curate.selectors.base import Selector, param
 from curate.selectors.cells import CELL_ROWS, EXACT_ROWS, Cells
 from curate.selectors.facility_location import knn_graph, lazy_greedy, reverse_graph
-from curate.selectors.vectors import VectorSource
+from curate.lib.vectors import VectorSource
 
 GRAM_ROWS = 4096  # cells up to this size get their similarity matrix at once (64 MiB)
 

@@ -55,11 +55,11 @@ from curate.errors import CurateError
 from curate.selectors.allocation import (Allocation, allocation_weights, cluster_quotas, pick, refined_quotas, sampling_keys,
                                          split_budget, within_cluster_order)
 from curate.selectors.base import Selector, param
-from curate.selectors.clustering import Assigner, fit_centroids, fit_sample_rows
+from curate.lib.clustering import Assigner, fit_centroids, fit_sample_rows
 from curate.selectors.cells import CELL_ROWS, EXACT_ROWS, Cells
 from curate.selectors.facility_location import greedy_cover, rank_weights
-from curate.selectors.greedy import ADMITTED, NOT_CONSIDERED, GreedyCosine, normalised
-from curate.selectors.vectors import BATCH_ROWS, VectorSource, as_matrix
+from curate.lib.greedy import ADMITTED, NOT_CONSIDERED, GreedyCosine, normalised
+from curate.lib.vectors import BATCH_ROWS, VectorSource, as_matrix
 
 ALLOCATION: Allocation = "proportional"  # chosen by measurement: see the module docstring
 MAX_SIMILARITY = 0.9

@@ -83,7 +83,7 @@ class LessSelector(Selector):
 
     def select(self, con, run_id, pool, budget_rows):
         from curate.selectors.less_worker import LessWorker, RemoteLessWorker
-        from curate.stages.score.targets import load_targets
+        from curate.pipeline.targets import load_targets
 
         targets = load_targets(self.targets)
         con.execute(TABLES).fetchall()  # also closes a result the caller left half-read, which con.sql would refuse
@@ -104,7 +104,7 @@ class LessSelector(Selector):
         return [(ids[i], float(scores[i])) for i in order]
 
     def _checkpoints(self, con, run_id):
-        from curate.stages.score.less import Checkpoint
+        from curate.lib.less import Checkpoint
 
         rows = con.execute("SELECT epoch, mean_lr, path FROM less_checkpoints WHERE run_id = ? AND key = ? ORDER BY epoch",
                            [run_id, self.key]).fetchall()
@@ -167,7 +167,7 @@ class LessSelector(Selector):
 
     def _match(self, con, run_id, pool, checkpoints, target_feats, task_index):
         """(pool ids, LESS scores), streaming each checkpoint's stored features."""
-        from curate.stages.score.less import aggregate, checkpoint_weights
+        from curate.lib.less import aggregate, checkpoint_weights
 
         weights = checkpoint_weights([c.mean_lr for c in checkpoints])
         ids, sims = None, []

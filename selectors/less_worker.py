@@ -15,7 +15,7 @@ import numpy as np
 class LessWorker:
     def __init__(self, shape: dict, device: str | None = None, dtype: str | None = None,
                  max_batch_tokens: int | None = None, max_batch_rows: int = 64):
-        from curate.stages.score import less as LS
+        from curate.lib import less as LS
 
         s = self.shape = shape
         self.model, self.tok, self.device = LS.lora_model(s["model"], s["lora_r"], s["lora_alpha"], s["lora_dropout"],
@@ -28,8 +28,8 @@ class LessWorker:
 
     def warm_up(self, convs: list[list[dict]], workdir: str) -> list:
         """Train the LoRA on the warm-up rows; one saved Checkpoint per epoch."""
-        from curate.stages.score import less as LS
-        from curate.stages.score.lm import pad_id
+        from curate.lib import less as LS
+        from curate.lib.lm import pad_id
 
         s = self.shape
         return LS.warmup(self.model, LS.training_examples(self.tok, convs, s["max_length"]), pad_id(self.tok),
@@ -48,7 +48,7 @@ class LessWorker:
         return self._per_checkpoint(convs, adam=False)
 
     def _per_checkpoint(self, convs: list[list[dict]], adam: bool) -> list[np.ndarray]:
-        from curate.stages.score import less as LS
+        from curate.lib import less as LS
 
         if not self.states:
             raise RuntimeError("use_checkpoints first")

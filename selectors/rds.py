@@ -96,11 +96,12 @@ def pool_vectors(con, run_id: str, pool: str, vector: str, encoder_factory):
 
 class RDSSelector(Selector):
     name = "rds"
+    ALIASES = {"vector": "vectors"}  # old parameter name → new (pipeline/config.py)
 
-    def __init__(self, model: str, targets: str, budget: float | int = 0.1, vector: str = "rds", max_length: int = 2048,
+    def __init__(self, model: str, targets: str, budget: float | int = 0.1, vectors: str = "rds", max_length: int = 2048,
                  max_batch_tokens: int | None = None, max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None):
         self.budget = budget
-        self.model, self.targets, self.vector, self.max_length = model, targets, vector, max_length
+        self.model, self.targets, self.vectors, self.max_length = model, targets, vectors, max_length
         self.encoder_args = dict(max_length=max_length, max_batch_tokens=max_batch_tokens, max_batch_rows=max_batch_rows,
                                  device=device, dtype=dtype)
         self._encoder = None
@@ -115,14 +116,14 @@ class RDSSelector(Selector):
         check_file(params.get("targets"), f"{cls.name}.targets", what="targets file")
 
     def encoder(self):
-        from curate.stages.score.rds import RDSEncoder
+        from curate.lib.rds import RDSEncoder
 
         if self._encoder is None:
             self._encoder = RDSEncoder(self.model, **self.encoder_args)
         return self._encoder
 
     def select(self, con, run_id, pool, budget_rows):
-        from curate.stages.score.targets import load_targets
+        from curate.pipeline.targets import load_targets
 
         targets = load_targets(self.targets)
         query_vecs = self.encoder().encode(targets.convs)
@@ -132,7 +133,7 @@ class RDSSelector(Selector):
         best_scores = np.full((n_lists, 0), -np.inf, np.float32)
         best_idx = np.full((n_lists, 0), -1, np.int64)
         all_ids: list[str] = []
-        for ids, vecs in pool_vectors(con, run_id, pool, self.vector, self.encoder):
+        for ids, vecs in pool_vectors(con, run_id, pool, self.vectors, self.encoder):
             sims = list_scores(query_vecs @ vecs.T, task_index, n_tasks)
             best_scores, best_idx = merge_top(best_scores, best_idx, sims, len(all_ids), k)
             all_ids.extend(ids)

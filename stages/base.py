@@ -23,12 +23,13 @@ from __future__ import annotations
 import copy
 import inspect
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.lib.params import param  # noqa: F401 - re-exported: stages read their parameters with it
 from curate.storage.schema import VERDICT
 
 
@@ -43,6 +44,20 @@ class Resources:
     # An actor stage whose batches mostly wait (on an LLM engine) can take several at once in
     # one process: each process beside a CPU engine costs it (see generators/respond.py).
     calls_per_actor: int = 1
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage learns of its run inside the worker, in `Stage.setup(context)`: run-scoped
+    paths and the cluster the run joined. The runner builds it (pipeline/dag.py `stage_plans`)
+    and fills `cluster` once Ray is initialised; a stage built by hand gets none (None)."""
+
+    run_id: str | None = None
+    db: str | None = None  # the run's database (absolute path)
+    model_cache: str | None = None  # the model-output cache beside it (storage/model_cache.py), for `cache: true`
+    llm_cache: str | None = None  # the LLM-call cache beside it (generators/cache.py), for LLM stages' `cache: null`
+    work_dir: str | None = None  # where the run keeps its working files (the phases' hand-off), from `work_dir:` or beside the database
+    cluster: dict = field(default_factory=dict)  # the resources Ray reports (`ray.cluster_resources()`): {"CPU": 2.0, "GPU": 0, ...}
 
 
 @dataclass
@@ -223,16 +238,6 @@ def _row_values(value, convert) -> RowValues:
 # ------------------------------------------------------------------ stages
 
 
-def param(cls, params: dict, name: str) -> Any:
-    """A parameter from a stage's (or selector's) validated parameters, else its constructor default."""
-    if name in params:
-        return params[name]
-    default = inspect.signature(cls.__init__).parameters[name].default
-    if default is inspect.Parameter.empty:
-        raise KeyError(f"{cls.__name__}: parameter {name!r} has no value and no default")
-    return default
-
-
 class Stage:
     name: ClassVar[str] = "stage"
     resources: ClassVar[Resources] = Resources()
@@ -260,9 +265,18 @@ class Stage:
         `writes` names it): a config without such a stage before it is rejected. Default: nothing."""
         return set()
 
-    def setup(self) -> None:
-        """Load what the stage needs (a model) once per worker, before its first batch; an
-        actor stage's actor calls it as it starts. Default: nothing to load."""
+    def setup(self, context: StageContext | None = None) -> None:
+        """Load what the stage needs (a model) once per worker, before its first batch: an actor
+        stage's actor calls it as it starts, a task stage's worker as it builds the stage. The
+        `context` holds the run's paths (model cache, LLM cache, database, work dir) and the
+        cluster's resources; None for a stage built by hand. Default: nothing to load."""
+
+    @classmethod
+    def resources_for(cls, params: dict, cluster: dict) -> Resources:
+        """The stage's resources on the cluster the run joined (`cluster`: what
+        `ray.cluster_resources()` reports), decided by the runner after Ray is initialised; the
+        config's `resources:` then override them. Default: the class's `resources`."""
+        return cls.resources
 
     @classmethod
     def preflight(cls, params: dict) -> None:
@@ -276,6 +290,7 @@ class Stage:
         if "resources" in overrides:
             res = overrides.pop("resources")
             attrs["resources"] = replace(cls.resources, **res) if isinstance(res, dict) else res
+            attrs["resources_for"] = classmethod(lambda c, params, cluster: c.resources)  # fixed: not the cluster's
         for key in ("name", "batch_size"):
             if key in overrides:
                 attrs[key] = overrides.pop(key)
@@ -283,6 +298,18 @@ class Stage:
             raise TypeError(f"with_() got unknown attributes: {sorted(overrides)}")
         return type(cls.__name__, (cls,), copy.copy(attrs))
 
+
+def setup_stage(stage: Stage, context: StageContext | None) -> None:
+    """Call `stage.setup(context)`; a stage whose `setup` takes no context (written before it
+    existed) is called without one."""
+    try:
+        takes = len(inspect.signature(stage.setup).parameters) > 0
+    except (TypeError, ValueError):  # pragma: no cover - a builtin or C callable
+        takes = True
+    if takes:
+        stage.setup(context)
+    else:
+        stage.setup()
 
 
 class GlobalStage(Stage):

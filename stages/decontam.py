@@ -17,15 +17,19 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import Field
 
 from curate.errors import CurateError
 from curate.stages.base import Resources, Stage, StageResult
-from curate.stages.text import conversation_text, ngram_hashes, turn_positions, word_hashes
+from curate.stages.text import TextPart, conversation_text, ngram_hashes, turn_positions, word_hashes
+
+# `text` as a list: the turns checked, each on its own ([instruction, response]: those two)
+TurnParts = Annotated[list[Literal["instruction", "response"]], Field(min_length=1)]
 
 PROMPT_FIELDS = ("text", "prompt", "instruction", "Instruction", "question", "input")
 
@@ -53,12 +57,14 @@ class Decontaminate(Stage):
     """Drop rows that share an n-gram with a benchmark prompt; the reason names the benchmark
     and the turn.
 
-    `fields`: which turns are checked. `all` (default): every turn, whatever its role;
-    `instruction`: the first user turn; `response`: the last assistant turn; `both`: those two;
-    `conversation`: all turns joined into one text (n-grams may then span turns; the reason
-    names no turn)."""
+    `text`: which turns are checked. `turns` (default): every turn on its own, whatever its role;
+    `instruction`: the first user turn; `response`: the last assistant turn; `[instruction,
+    response]`: those two; `conversation`: all turns joined into one text (n-grams may then span
+    turns; the reason names no turn). Old spelling: `fields: all | both | ...`."""
 
     name = "decontaminate"
+    # old parameter name → new, with the old values spelt differently (pipeline/config.py)
+    ALIASES = {"fields": ("text", {"all": "turns", "both": ["instruction", "response"]})}
     resources = Resources(num_cpus=1)
     batch_size = 2048
 
@@ -83,9 +89,9 @@ class Decontaminate(Stage):
         check_files(expand_bundled(benchmarks), f"{cls.name}.benchmarks", what="benchmark file")
 
     def __init__(self, benchmarks: list[str] | dict[str, str], ngram: int = 13, min_words: int = 8,
-                 fields: Literal["all", "instruction", "response", "both", "conversation"] = "all"):
+                 text: Literal["turns"] | TextPart | TurnParts = "turns"):
         self.ngram = ngram
-        self.fields = fields
+        self.text = text
         named = benchmarks if isinstance(benchmarks, dict) else {_stem(p): p for p in _expand(benchmarks)}
         if not named:
             raise CurateError("decontaminate: no benchmark files given")
@@ -109,14 +115,14 @@ class Decontaminate(Stage):
         self.lengths = sorted(lengths)  # window sizes to slide over training text
 
     def turns(self, batch: pa.Table) -> np.ndarray:
-        """Indices into the flattened turns of `batch["messages"]` that `fields` selects,
+        """Indices into the flattened turns of `batch["messages"]` that `text` selects,
         ascending (so each row's turns come in conversation order)."""
         m = batch["messages"]
         total = int(pc.sum(pc.fill_null(pc.list_value_length(m), 0)).as_py() or 0)
-        if self.fields == "all":
+        if self.text == "turns":
             return np.arange(total)
-        picks = {"instruction": [("user", False)], "response": [("assistant", True)],
-                 "both": [("user", False), ("assistant", True)]}[self.fields]
+        where = {"instruction": ("user", False), "response": ("assistant", True)}
+        picks = [where[part] for part in ([self.text] if isinstance(self.text, str) else self.text)]
         chosen = np.concatenate([turn_positions(m, role, last) for role, last in picks])
         return np.unique(chosen[chosen >= 0])
 
@@ -137,9 +143,9 @@ class Decontaminate(Stage):
     def contamination(self, batch: pa.Table) -> list[str | None]:
         """Per row: None, or what it overlaps: `<benchmark> turn <k> (<role>)` for its earliest
         contaminated turn (k from 1 over all its messages), `<benchmark> (conversation)` when
-        `fields` is `conversation`."""
+        `text` is `conversation`."""
         out: list[str | None] = [None] * batch.num_rows
-        if self.fields == "conversation":
+        if self.text == "conversation":
             for row, h in enumerate(self.hits(conversation_text(batch["messages"]))):
                 if h >= 0:
                     out[row] = f"{self.names[h]} (conversation)"

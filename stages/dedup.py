@@ -34,15 +34,16 @@ class ExactDedup(GlobalStage):
     first. A row whose text is blank (no instruction) matches no other row."""
 
     name = "exact_dedup"
+    ALIASES = {"on": "text"}  # old parameter name → new (pipeline/config.py)
     resources = Resources(num_cpus=1)
     batch_size = 4096
     order = "key"
 
-    def __init__(self, on: Literal["instruction", "conversation"] = "instruction"):
-        self.on = on
+    def __init__(self, text: Literal["instruction", "conversation"] = "instruction"):
+        self.text = text
 
     def __call__(self, batch: pa.Table) -> StageResult:
-        texts = dedup_text(batch, self.on).cast(pa.binary()).to_pylist()  # UTF-8 bytes, no str round trip
+        texts = dedup_text(batch, self.text).cast(pa.binary()).to_pylist()  # UTF-8 bytes, no str round trip
         keys = [hashlib.blake2b(t, digest_size=16).digest() for t in texts]
         blank = [i for i, t in enumerate(texts) if not t]
         if blank:  # a blank text is no duplicate of another: a key of its own (the id's)
@@ -110,17 +111,18 @@ class NearDedup(GlobalStage):
     otherwise reject about half of the pairs just above the threshold."""
 
     name = "near_dedup"
+    ALIASES = {"on": "text"}  # old parameter name → new (pipeline/config.py)
     resources = Resources(num_cpus=1)
     batch_size = 2048
     order = "position"
 
     def __init__(self, threshold: float = 0.8, num_perm: int = 128, shingle: int = 5, seed: int = 0,
-                 on: Literal["instruction", "conversation"] = "conversation", bands: int | None = None,
+                 text: Literal["instruction", "conversation"] = "conversation", bands: int | None = None,
                  recall_weight: float = 0.9, verify_margin: float = 0.05, max_bucket: int = 64):
         if not 0 < threshold <= 1:
             raise ValueError(f"threshold must lie in (0, 1], got {threshold}")
         self.threshold = threshold
-        self.on = on
+        self.text = text
         self.hasher = MinHasher(shingle, num_perm, seed)
         if bands is None:
             self.bands, self.rows_per_band = lsh_params(threshold, num_perm, 1 - recall_weight, recall_weight)
@@ -130,18 +132,18 @@ class NearDedup(GlobalStage):
         self.max_bucket = max_bucket
 
     def __call__(self, batch: pa.Table) -> StageResult:
-        sig = self.hasher.signatures(dedup_text(batch, self.on), normalised=True)
+        sig = self.hasher.signatures(dedup_text(batch, self.text), normalised=True)
         return StageResult.keep(batch, keys=_rows_as_bytes(sig))
 
     def decide(self, batches) -> list[tuple[str, str]]:
         ids, sigs = [], []
         for batch in batches:
             ids.extend(batch.column("id").to_pylist())
-            raw = b"".join(batch.column("key").to_pylist())
-            sigs.append(np.frombuffer(raw, dtype=np.uint32).reshape(-1, self.hasher.num_perm))
+            sigs.append(_signature_matrix(batch.column("key"), self.hasher.num_perm))
         if not ids:
             return []
         sig = np.concatenate(sigs)
+        del sigs
         pairs = self.candidate_pairs(sig)
         return greedy_drops(ids, pairs)
 
@@ -149,13 +151,14 @@ class NearDedup(GlobalStage):
         """Verified pairs (i, j), i < j in input order, with estimated Jaccard ≥ verify_at.
         Rows without tokens (all-max signatures) pair with nothing: blank is not a duplicate.
 
-        A pair is one int64 code (i × n + j), each band's codes made unique as the band is done:
-        copies collide in most bands, and collecting every band's (i, j) pairs before one
-        unique held ~500 MB on 100k rows with ~20 copies each (bench/end_to_end.py), now ~200."""
+        A pair is one int64 code (i × n + j); the codes found so far are made unique whenever
+        more than COMPACT_CODES wait: a group of copies collides in most bands with the same
+        pairs, and collecting every band's (i, j) pairs before one unique held ~500 MB on 100k
+        rows with ~30 copies each (bench/end_to_end.py)."""
         n = len(sig)
         r = self.rows_per_band
         blank = (sig == np.iinfo(np.uint32).max).all(axis=1)
-        band_codes = []
+        codes, waiting, waiting_n = np.empty(0, np.int64), [], 0
         mult = np.random.default_rng(12345).integers(1, 2**63, r, dtype=np.uint64) | np.uint64(1)
         with np.errstate(over="ignore"):
             for band in range(self.bands):
@@ -179,10 +182,13 @@ class NearDedup(GlobalStage):
                         i, j = np.meshgrid(heads, group, indexing="ij")
                         keep = i < j
                         found.append(i[keep] * n + j[keep])
-                band_codes.append(np.unique(np.concatenate(found)))
+                waiting.append(np.concatenate(found))
+                waiting_n += len(waiting[-1])
                 del found, key, order, sorted_key
-        codes = np.unique(np.concatenate(band_codes)) if band_codes else np.empty(0, np.int64)
-        del band_codes
+                if waiting_n > COMPACT_CODES:
+                    codes, waiting, waiting_n = np.unique(np.concatenate([codes, *waiting])), [], 0
+        codes = np.unique(np.concatenate([codes, *waiting]))
+        del waiting
         if blank.any():
             codes = codes[~(blank[codes // n] | blank[codes % n])]
         pairs = np.stack([codes // n, codes % n], axis=1)
@@ -195,13 +201,28 @@ class NearDedup(GlobalStage):
         return pairs[keep]
 
 
-VERIFY_PAIRS = 65_536  # candidate pairs verified at once: 64 MiB of signatures at 128 permutations
+COMPACT_CODES = 1 << 21  # candidate pair codes held before they are made unique: 16 MiB
+VERIFY_PAIRS = 16_384  # candidate pairs verified at once: 16 MiB of signatures at 128 permutations
 
 
 def _rows_as_bytes(sig: np.ndarray) -> list[bytes]:
     width = sig.shape[1] * 4
     flat = sig.tobytes()
     return [flat[i * width: (i + 1) * width] for i in range(len(sig))]
+
+
+def _signature_matrix(keys: pa.Array, num_perm: int) -> np.ndarray:
+    """(rows, num_perm) uint32 from a binary column of signatures, read from its Arrow buffers
+    (no Python bytes object per row)."""
+    keys = pa.array(keys) if not isinstance(keys, pa.Array) else keys
+    if isinstance(keys, pa.ChunkedArray):
+        keys = keys.combine_chunks()
+    width = num_perm * 4
+    offsets = np.frombuffer(keys.buffers()[1], np.int32, len(keys) + 1, keys.offset * 4)
+    data = np.frombuffer(keys.buffers()[2], np.uint8)[offsets[0]: offsets[-1]]
+    if len(data) != width * len(keys):
+        raise ValueError(f"near_dedup keys are not {width}-byte signatures (num_perm {num_perm})")
+    return data.view(np.uint32).reshape(len(keys), num_perm).copy()
 
 
 def greedy_drops(ids: list[str], pairs: np.ndarray) -> list[tuple[str, str]]:
@@ -211,10 +232,11 @@ def greedy_drops(ids: list[str], pairs: np.ndarray) -> list[tuple[str, str]]:
         return []
     pairs = pairs[np.lexsort((pairs[:, 0], pairs[:, 1]))]  # by j, then i
     dropped: dict[int, int] = {}
-    for i, j in pairs.tolist():
-        if j in dropped or i in dropped:
-            continue
-        dropped[j] = i
+    for start in range(0, len(pairs), VERIFY_PAIRS):  # a slice at a time: a Python pair per row costs ~130 bytes
+        for i, j in pairs[start: start + VERIFY_PAIRS].tolist():
+            if j in dropped or i in dropped:
+                continue
+            dropped[j] = i
     return [(ids[j], f"near_duplicate_of:{ids[i]}") for j, i in sorted(dropped.items())]
 
 

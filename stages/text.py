@@ -24,10 +24,18 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from typing import Annotated, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import Field
+
+# The text a stage reads, in every stage that takes `text` (one vocabulary: docs/stages.md):
+# `instruction` (the first user turn), `response` (the last assistant turn), `conversation`
+# (every turn joined). A list names several (embed joins them; decontaminate checks each).
+TextPart = Literal["instruction", "response", "conversation"]
+TextParts = Annotated[list[TextPart], Field(min_length=1)]
 
 
 def first_user_turn(messages: pa.ChunkedArray | pa.Array) -> pa.Array:

@@ -160,6 +160,7 @@ class CachedRows:
 
     def __init__(self, cache: bool | str | None, kind: str, model: str):
         self.path = cache if isinstance(cache, str) and cache else None  # True without a path (no database): off
+        self.default = cache is True  # the cache beside the run's database, once the run gives its path (`at_default`)
         self.kind, self.model = kind, model
         self.hits = self.misses = 0
         self._cache: ModelCache | None = None
@@ -168,6 +169,12 @@ class CachedRows:
     @property
     def enabled(self) -> bool:
         return self.path is not None
+
+    def at_default(self, path: str | None) -> None:
+        """`cache: true` means the run's model cache: `path`, from the stage's setup context
+        (StageContext.model_cache); a path given or `false` stays as it was."""
+        if self.default and path and self._cache is None:
+            self.path = path
 
     def rows(self, texts: Sequence[str], key_params: Callable[[], tuple[str, dict]],
              compute: Callable[[list[int]], list[tuple[bytes, str | None]]]) -> list[tuple[bytes, str | None]]:

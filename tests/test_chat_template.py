@@ -11,6 +11,8 @@ import pytest
 from curate.errors import CurateError
 from curate.generators.backends.chat_template import FOLD, NATIVE, fold_system, preflight, probe, render
 
+pytestmark = [pytest.mark.vllm, pytest.mark.model, pytest.mark.slow]
+
 NATIVE_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
                    "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 # Gemma's: a leading system turn raises.

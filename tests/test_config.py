@@ -80,7 +80,7 @@ def test_selectors_are_validated_like_stages(tmp_path):
 
 def test_yaml_on_is_a_key_not_a_boolean(tmp_path):
     cfg = load_config(write(tmp_path, "stages:\n  - exact_dedup: {on: conversation}\n  - filters: {drop_unfinished: false}\n"))
-    assert cfg.stages[0].params["on"] == "conversation"
+    assert cfg.stages[0].params["text"] == "conversation"  # `on`, the old name of `text`, read as a key
     assert cfg.stages[1].params["drop_unfinished"] is False
 
 

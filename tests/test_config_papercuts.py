@@ -39,13 +39,13 @@ def test_set_addresses_stages_and_selectors_by_name(tmp_path):
         "near_dedup_2.threshold=0.6",                 # the second near_dedup, as the runner names it
         "stages.1.near_dedup.threshold=0.9",          # the list-index form still works
         "decontaminate.benchmarks=[b.jsonl, c.jsonl]",
-        "exact_dedup.on=conversation",                # an entry written as a bare name
+        "exact_dedup.text=conversation",              # an entry written as a bare name
         "half.budget=10",                             # a selector, by its selection name
         "filters.resources.num_cpus=0.5",
     ])
     assert [s.params.get("threshold") for s in cfg.stages[1:3]] == [0.9, 0.6]
     assert cfg.stages[4].params["benchmarks"] == ["b.jsonl", "c.jsonl"]
-    assert cfg.stages[3].params["on"] == "conversation"
+    assert cfg.stages[3].params["text"] == "conversation"
     assert cfg.selectors[0].params["budget"] == 10
     assert cfg.stages[0].resources.num_cpus == 0.5
     assert [p.name for p in stage_plans(cfg)][1:] == ["filters", "near_dedup", "near_dedup_2", "exact_dedup", "decontaminate"]

@@ -11,6 +11,9 @@ import pytest
 from conftest import write_jsonl
 
 pytest.importorskip("faiss")
+
+pytestmark = [pytest.mark.model]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from curate.selectors.coverage import coverage_distance, distance_figures, measure, nearest_similarity  # noqa: E402
@@ -81,7 +84,7 @@ def test_every_selection_stores_its_coverage_and_the_report_shows_it(ray_local, 
                  {"kmeans_diversity": {"budget": 40, "k": 8, "name": "kmq"}},
                  {"facility_location": {"budget": 40, "name": "fl"}},
                  {"k_center": {"budget": 40, "name": "kc"}}]
-    config = load_config(None, input=[str(src)], db=db, selectors=selectors, stages=[{"embed": {"field": "instruction"}}])
+    config = load_config(None, input=[str(src)], db=db, selectors=selectors, stages=[{"embed": {"text": "instruction"}}])
     report = run(config, progress="off")
     assert {s["name"] for s in report.selections} == {"random", "kmq", "fl", "kc"}
     con = duckdb.connect(db, read_only=True)

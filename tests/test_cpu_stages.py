@@ -103,7 +103,7 @@ def test_exact_dedup_folds_case_space_and_punctuation(ray_local, tmp_path, alpac
         text = r["instruction"]
         text = [text.upper(), "  " + text.replace(" ", "   ") + " ", text.rstrip(".?!") + "!!", text.lower()][i % 4]
         variants.append(dict(r, instruction=text, output=r["output"] + " (variant)"))
-    db, _ = pipeline(tmp_path, base + variants, [{"exact_dedup": {"on": "instruction"}}])
+    db, _ = pipeline(tmp_path, base + variants, [{"exact_dedup": {"text": "instruction"}}])
     got = drops(db, "exact_dedup")
     first_of = {}
     for r in base:  # the first row with each normalised instruction is the one kept
@@ -121,7 +121,7 @@ def test_exact_dedup_on_conversation_keeps_different_answers(ray_local, tmp_path
     base = alpaca_rows[:200]
     same_q = [dict(base[0], output="A different answer entirely.")]
     same_both = [dict(base[1], output=base[1]["output"].upper() + "  ")]
-    db, _ = pipeline(tmp_path, base + same_q + same_both, [{"exact_dedup": {"on": "conversation"}}])
+    db, _ = pipeline(tmp_path, base + same_q + same_both, [{"exact_dedup": {"text": "conversation"}}])
     got = drops(db, "exact_dedup")
     assert sid(same_q[0]) not in got
     assert got[sid(same_both[0])] == f"duplicate_of:{sid(base[1])}"

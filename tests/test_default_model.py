@@ -28,7 +28,7 @@ pytest.importorskip("gguf", reason="the models extra is not installed (no gguf)"
 
 from conftest import ROOT, SELECTION_LINEAGE  # noqa: E402
 
-pytestmark = pytest.mark.model
+pytestmark = [pytest.mark.vllm, pytest.mark.model, pytest.mark.sandbox, pytest.mark.slow]
 
 
 

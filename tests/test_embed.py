@@ -8,9 +8,12 @@ import pyarrow as pa
 import pytest
 
 pytest.importorskip("sentence_transformers")
+
+pytestmark = [pytest.mark.model]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from curate.stages.embed import DEFAULT_MODEL, Embed, texts_to_embed, visible_gpus  # noqa: E402
+from curate.stages.embed import DEFAULT_MODEL, Embed, texts_to_embed  # noqa: E402
 from curate.storage import schema as S  # noqa: E402
 
 # Alpaca instructions (in ../shared/data/alpaca_ifd_5pct.json) and paraphrases written for this test.
@@ -74,20 +77,21 @@ def test_what_is_embedded_is_configurable():
              {"role": "assistant", "content": "Blue."}]]
     batch = _batch(conv)
     assert texts_to_embed(batch, "instruction", None) == ["Name a colour."]
-    assert texts_to_embed(batch, "instruction_response", None) == ["Name a colour.\n\nBlue."]
+    assert texts_to_embed(batch, ["instruction", "response"], None) == ["Name a colour.\n\nBlue."]
     assert texts_to_embed(batch, "conversation", None) == ["system: Be brief.\nuser: Name a colour.\nassistant: Blue."]
     assert texts_to_embed(batch, "instruction", "Q: {instruction} A: {response}") == ["Q: Name a colour. A: Blue."]
     with pytest.raises(ValueError, match="template may use"):
         Embed(template="{question}")
 
 
-def test_actor_takes_a_gpu_only_where_there_is_one(monkeypatch):
-    import ray
-
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # the machine's devices, not a running Ray's
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert visible_gpus() == 0 and Embed.resources.num_gpus == 0 and Embed.resources.actor
+def test_actor_takes_a_gpu_only_where_the_cluster_has_one(monkeypatch):
+    """Decided from the cluster the run joined (Embed.resources_for, asked after ray.init), not
+    from this machine's devices when the class attribute is read."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
-    assert visible_gpus() == 2
-    assert (Embed.resources.num_gpus, Embed.resources.concurrency) == (1, 2)
-    assert Embed.with_(resources={"num_gpus": 0}).resources.num_gpus == 0
+    assert Embed.resources.num_gpus == 0 and Embed.resources.actor  # before any cluster: a CPU actor
+    cpu = Embed.resources_for({}, {"CPU": 2.0})
+    assert cpu.num_gpus == 0 and cpu.actor and cpu.concurrency == 1
+    gpu = Embed.resources_for({}, {"CPU": 16.0, "GPU": 2.0})
+    assert (gpu.num_gpus, gpu.concurrency, gpu.actor) == (1, 2, True)
+    fixed = Embed.with_(resources={"num_gpus": 0})
+    assert fixed.resources_for({}, {"GPU": 2.0}).num_gpus == 0  # resources set by hand stay

@@ -61,15 +61,13 @@ class Recorded(Backend):
 
 def test_another_run_hits_the_cache_of_the_first(tmp_path):
     """The cache key is the model and the request: a run with another engine scope replays."""
-    from curate.pipeline.registry import stage_class
-
     cfg = load_config(None, db=str(tmp_path / "x.duckdb"), stages=[{"respond": {"backend": VLLM}}])
     requests = [ChatRequest([{"role": "user", "content": f"Say {i}."}], Sampling(max_tokens=4)) for i in range(3)]
-    first = stage_class("respond")(**stage_plans(cfg, run_id="run-a")[1].params)
+    first = stage_plans(cfg, run_id="run-a")[1].build_and_setup()  # the run's LLM cache comes with the setup context
     first.backend.backend = Recorded()
     out = first.backend.generate(requests)
     assert first.backend.misses == 3
-    second = stage_class("respond")(**stage_plans(cfg, run_id="run-b")[1].params)
+    second = stage_plans(cfg, run_id="run-b")[1].build_and_setup()
     assert second.spec["engine_scope"] != first.spec["engine_scope"]
     second.backend.backend = Recorded()
     assert second.backend.generate(requests) == out

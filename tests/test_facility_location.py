@@ -15,6 +15,9 @@ from conftest import ROOT
 pytest.importorskip("faiss")
 pytest.importorskip("sentence_transformers")
 pytest.importorskip("sklearn")
+
+pytestmark = [pytest.mark.model]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(ROOT))
 
@@ -175,7 +178,7 @@ def test_cells_path_does_not_depend_on_arrival_order(pools, tmp_path):
 
 def test_knn_graph_of_one_cell_is_exact(pools, tmp_path):
     from curate.selectors.cells import Cells
-    from curate.selectors.vectors import VectorSource
+    from curate.lib.vectors import VectorSource
 
     vecs = pools["alpaca"][:200]
     store = vector_store(tmp_path / "g.duckdb", vecs)

@@ -14,6 +14,8 @@ from conftest import ROOT, SELECTION_LINEAGE, SHARED_DATA  # noqa: E402
 from test_pipeline import assert_counts_add_up  # noqa: E402
 from tiny_llm import build_tiny_llama  # noqa: E402
 
+pytestmark = [pytest.mark.vllm, pytest.mark.model, pytest.mark.sandbox, pytest.mark.slow]
+
 
 
 def test_full_config_runs_end_to_end(ray_local, tmp_path):

@@ -27,6 +27,8 @@ from curate.stages.base import Resources
 from curate.storage import schema as S
 from test_evol import seed_batch
 
+pytestmark = [pytest.mark.vllm, pytest.mark.model, pytest.mark.slow]
+
 WORDS = ("explain describe list compare summarise write plan design outline translate the a of rivers poems "
          "budgets gardens engines markets storms cities proteins novels bridges recipes orbits").split()
 

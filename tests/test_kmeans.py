@@ -14,12 +14,15 @@ from conftest import ROOT, write_jsonl
 
 pytest.importorskip("faiss")
 pytest.importorskip("sentence_transformers")
+
+pytestmark = [pytest.mark.model]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(ROOT))
 
 from curate.selectors.allocation import cluster_quotas, pick, refined_quotas, sampling_keys, split_budget, within_cluster_order  # noqa: E402
-from curate.selectors.clustering import Assigner, fit_centroids  # noqa: E402
-from curate.selectors.greedy import ADMITTED, GreedyCosine  # noqa: E402
+from curate.lib.clustering import Assigner, fit_centroids  # noqa: E402
+from curate.lib.greedy import ADMITTED, GreedyCosine  # noqa: E402
 from curate.selectors.kmeans import KMeansDiversity  # noqa: E402
 
 POOL_ROWS = 800
@@ -206,7 +209,7 @@ def test_embed_semdedup_select_and_export(ray_local, tmp_path, alpaca_rows):
     db = str(tmp_path / "sel.duckdb")
     selectors = [{"kmeans_diversity": {"budget": 0.1, "k": 8, "seed": 3, "name": "diverse"}},
                  {"random": {"budget": 0.1, "seed": 3}}]
-    stages = [{"embed": {"field": "instruction", "batch_size": 64}}, {"semdedup": {"threshold": 0.93, "k": 2}}]
+    stages = [{"embed": {"text": "instruction", "batch_size": 64}}, {"semdedup": {"threshold": 0.93, "k": 2}}]
     report = run(load_config(None, input=[str(src)], db=db, shard_size=80, selectors=selectors, stages=stages), progress="off")
     con = duckdb.connect(db, read_only=True)
     drops = dict(con.execute("SELECT id, reason FROM drops WHERE stage = 'semdedup'").fetchall())
@@ -281,7 +284,7 @@ def _vector_store(path, ids, vecs):
 
 def test_fit_on_a_sample_assign_in_batches_independent_of_arrival_order(tmp_path):
     from curate.selectors.kmeans import assign_pool
-    from curate.selectors.vectors import VectorSource
+    from curate.lib.vectors import VectorSource
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(10, 16)) * 5

@@ -35,6 +35,6 @@ def test_wheel_carries_the_product_folders_and_the_demo_seeds(tmp_path):
     (wheel,) = tmp_path.glob("curate-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in ("curate/cli.py", "curate/pipeline/runner.py", "curate/stages/ingest.py",
-                     "curate/storage/store.py", "curate/data/demo_seeds.jsonl"):
+                     "curate/storage/store.py", "curate/lib/clustering.py", "curate/data/demo_seeds.jsonl"):
         assert expected in names
     assert not any(n.startswith("selectors/") for n in names)  # nothing lands as a top-level package

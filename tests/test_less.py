@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from curate.stages.score import less
+from curate.lib import less
 from curate.stages.score.reference import less_features_one_at_a_time, less_grads_one_at_a_time
 from tiny_llm import build_tiny_llama
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.model, pytest.mark.usefixtures("one_torch_thread")]
 
 CONVS = [
     [{"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "2 + 3 = 5."}],

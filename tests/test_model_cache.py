@@ -16,7 +16,7 @@ from curate.storage.model_cache import KeyMaker, ModelCache, model_cache_path_fo
 from conftest import write_jsonl
 from tiny_llm import build_tiny_llama
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.model, pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_embed_second_pass_computes_nothing_and_equals_uncached(tmp_path):
     # mini-batches, so equal to float32 rounding; the runner test below compares bit for bit)
     np.testing.assert_allclose(one, ref, atol=1e-6)
 
-    other = Embed(cache=path, field="instruction_response")  # another text: computed
+    other = Embed(cache=path, text=["instruction", "response"])  # another text: computed
     other._model = uncached.model
     other(_batch(convs[:4]))
     assert other.cached.misses == 4

@@ -22,7 +22,9 @@ from conftest import curate_cmd, run_killing_at, write_jsonl
 from test_pipeline import assert_counts_add_up, q
 from test_resume import snapshot
 
-DEDUP_THEN_FILTER = [{"filters": {"min_response_words": 5}}, {"exact_dedup": {"on": "instruction"}},
+pytestmark = [pytest.mark.vllm, pytest.mark.model, pytest.mark.slow]
+
+DEDUP_THEN_FILTER = [{"filters": {"min_response_words": 5}}, {"exact_dedup": {"text": "instruction"}},
                      {"near_dedup": {"threshold": 0.8}}, {"filters": {"min_response_words": 20}}]
 
 
@@ -60,7 +62,7 @@ def test_stages_after_a_dedup_see_only_its_survivors(ray_local, tmp_path, alpaca
     originals = [r for r in alpaca_rows if len(r["output"].split()) >= 60][:120]  # long enough to be near duplicates
     src = write_jsonl(tmp_path / "seeds.jsonl", with_repeats(originals))
     db = tmp_path / "p.duckdb"
-    stages = [{"exact_dedup": {"on": "instruction"}}, {"near_dedup": {"threshold": 0.8}}, {"embed": {}}]
+    stages = [{"exact_dedup": {"text": "instruction"}}, {"near_dedup": {"threshold": 0.8}}, {"embed": {}}]
     report = run(load_config(None, input=[str(src)], db=str(db), shard_size=50, stages=stages), progress="off")
     assert report.rows_in == 360
     assert_counts_add_up(db, report.run_id)
@@ -92,7 +94,7 @@ def test_next_phase_actors_start_during_the_barrier(ray_local, tmp_path, alpaca_
     from curate.stages.dedup import ExactDedup
 
     src = write_jsonl(tmp_path / "seeds.jsonl", with_repeats(alpaca_rows[:200]))
-    stages = [{"exact_dedup": {"on": "instruction"}}, {"embed": {}}]
+    stages = [{"exact_dedup": {"text": "instruction"}}, {"embed": {}}]
     decide_in = ExactDedup.decide_in
     seen_during_barrier = []
 
@@ -258,7 +260,7 @@ def test_dedup_before_evol_instruct_and_near_dedup_after_it(ray_local, tmp_path)
     model = ScriptedModel()
     try:
         backend = {"kind": "openai", "model": "scripted", "base_url": model.url, "max_retries": 1}
-        stages = [{"exact_dedup": {"on": "instruction"}},
+        stages = [{"exact_dedup": {"text": "instruction"}},
                   {"evol_instruct": {"backend": backend, "operations": ["constraints"]}},
                   {"near_dedup": {"threshold": 0.8}}]
         db = tmp_path / "e.duckdb"
@@ -286,7 +288,7 @@ def test_exact_dedup_before_respond_keeps_duplicates_from_the_engine(ray_local, 
     src = write_jsonl(tmp_path / "seeds.jsonl", seeds)
     db = tmp_path / "r.duckdb"
     engine = {"kind": "vllm", "model": model, "dtype": "float32", "max_model_len": 256, "enforce_eager": True, "seed": 0}
-    stages = [{"exact_dedup": {"on": "instruction"}}, {"respond": {"backend": engine, "max_tokens": 8}}]
+    stages = [{"exact_dedup": {"text": "instruction"}}, {"respond": {"backend": engine, "max_tokens": 8}}]
     report = run(load_config(None, input=[str(src)], db=str(db), ingest={"require_response": False}, stages=stages,
                              shard_size=3), progress="off")
     assert_counts_add_up(db, report.run_id)
@@ -313,7 +315,7 @@ def test_a_generated_row_equal_to_a_dropped_input_row_is_a_duplicate_not_a_reviv
         backend = {"kind": "openai", "model": "scripted", "base_url": model.url, "max_retries": 1}
         db = tmp_path / "g.duckdb"
         report = run(load_config(None, input=[str(src)], db=str(db), shard_size=1,
-                                 stages=[{"exact_dedup": {"on": "instruction"}}, {"respond": {"backend": backend}}]),
+                                 stages=[{"exact_dedup": {"text": "instruction"}}, {"respond": {"backend": backend}}]),
                      progress="off")
     finally:
         model.close()

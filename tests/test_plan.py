@@ -28,9 +28,9 @@ def test_plan_prints_phases_stages_and_what_they_read_and_write(tmp_path):
     (bench / "gsm.jsonl").write_text(json.dumps({"question": "How many apples does Tom have if he has three?"}) + "\n")
     config = write_config(tmp_path / "p.yaml", {
         "name": "planned", "input": str(ALPACA), "shard_size": 1000,
-        "stages": [{"filters": {"min_response_words": 3}}, {"exact_dedup": {"on": "instruction"}},
+        "stages": [{"filters": {"min_response_words": 3}}, {"exact_dedup": {"text": "instruction"}},
                    {"verify_math": {}}, {"decontaminate": {"benchmarks": str(bench / "*.jsonl")}},
-                   {"embed": {"field": "instruction"}}, {"semdedup": {"threshold": 0.9}}],
+                   {"embed": {"text": "instruction"}}, {"semdedup": {"threshold": 0.9}}],
         "selectors": [{"kmeans_diversity": {"budget": 0.1, "k": 4, "name": "diverse"}}],
         "export": {"format": "jsonl", "out": "out.jsonl", "selection": "diverse"},
     })

@@ -13,6 +13,8 @@ from curate.pipeline.phases import Step
 from curate.pipeline.progress import Progress, _batch_counts
 from curate.storage import schema as S
 
+pytestmark = [pytest.mark.vllm, pytest.mark.model, pytest.mark.slow]
+
 vllm_needed = pytest.mark.skipif(__import__("importlib").util.find_spec("vllm") is None, reason="vLLM is not installed")
 
 STEPS = [Step(0, "ingest", "stream"), Step(1, "self_instruct", "stream"), Step(2, "filters", "stream"), Step(3, "store", "store")]

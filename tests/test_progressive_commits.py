@@ -14,6 +14,9 @@ import duckdb
 import pytest
 
 pytest.importorskip("sentence_transformers")
+
+pytestmark = [pytest.mark.model, pytest.mark.slow]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from conftest import curate_cmd, run_killing_at_first_commit, write_jsonl  # noqa: E402
@@ -22,7 +25,7 @@ from curate.pipeline.runner import run  # noqa: E402
 
 SHARDS, SHARD_SIZE = 10, 24
 # One embedding actor on one torch thread: a few seconds a shard, so the shards finish apart.
-STAGES = [{"filters": {"min_response_words": 1}}, {"embed": {"field": "instruction_response", "threads": 1}}]
+STAGES = [{"filters": {"min_response_words": 1}}, {"embed": {"text": ["instruction", "response"], "threads": 1}}]
 
 
 def test_each_block_the_writer_gets_holds_one_shard(ray_local, tmp_path, alpaca_rows):

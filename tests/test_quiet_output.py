@@ -5,7 +5,11 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, curate_cmd
+
+pytestmark = [pytest.mark.slow]
 
 NOISE = ("core_worker", "Token authentication", "WARNING", " INFO ", "Progress bars disabled", "(EngineHost", "pid=")
 

@@ -10,7 +10,7 @@ from curate.stages.score.rds import RDSEncoder, conversation_ids
 from tiny_llm import build_tiny_llama
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.model, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def test_batched_rds_vectors_equal_one_at_a_time(tmp_path):
@@ -69,7 +69,7 @@ def test_ifd_within_clusters_splits_the_budget_by_cluster_size_and_takes_each_cl
     con.executemany("INSERT INTO vectors VALUES ('run', 'rds', ?, ?)", [(i, v.tolist()) for i, v in zip(ids, vecs)])
     scores = rng.permutation(40).astype(float)
     rows = sorted(zip(ids, scores), key=lambda r: -r[1])  # best first, as `select` passes them
-    picked = IFDSelector(clusters=2, vector="rds")._within_clusters(con, "run", rows, 8)
+    picked = IFDSelector(clusters=2, vectors="rds")._within_clusters(con, "run", rows, 8)
     by_cluster = {}
     for id_, _, label in picked:
         by_cluster.setdefault(label, []).append(int(id_[1:]))

@@ -22,7 +22,7 @@ from curate.storage import schema as S
 from tiny_llm import build_tiny_llama
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.model, pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 NAMES = ["Tom", "Ana", "Li", "Sam", "Maya", "Omar", "Eva", "Raj"]
 ITEMS = ["apples", "coins", "books", "marbles", "pencils", "stamps"]

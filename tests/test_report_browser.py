@@ -20,6 +20,8 @@ from conftest import curate_cmd, headless_chromium, write_jsonl
 pytest.importorskip("faiss")
 pytest.importorskip("sentence_transformers")
 
+pytestmark = [pytest.mark.model, pytest.mark.slow]
+
 MATH = [
     {"instruction": "What is 17 * 24?", "output": "17 * 24 = 408. The answer is 408.", "answer": "408"},
     {"instruction": "What is 17 * 25?", "output": "That is \\boxed{415}.", "answer": "425"},
@@ -45,8 +47,8 @@ def report(tmp_path_factory, alpaca_rows):
     cfg.write_text(json.dumps({
         "input": [str(src)], "db": str(tmp / "r.duckdb"), "shard_size": 32,
         "stages": [{"filters": {"min_response_words": 2}}, {"verify_math": {}}, {"verify_constraints": {}},
-                   {"exact_dedup": {"on": "instruction"}}, {"near_dedup": {"threshold": 0.7}},
-                   {"embed": {"field": "instruction", "batch_size": 64}}],
+                   {"exact_dedup": {"text": "instruction"}}, {"near_dedup": {"threshold": 0.7}},
+                   {"embed": {"text": "instruction", "batch_size": 64}}],
         "selectors": [{"kmeans_diversity": {"budget": 0.5, "k": 4, "seed": 0, "name": "diverse"}}],
     }))
     done = subprocess.run([*curate_cmd(), "run", str(cfg), "--progress", "off", "--no-export"], capture_output=True, text=True)

@@ -8,12 +8,15 @@ import sys
 import time
 
 import duckdb
+import pytest
 
 from curate.pipeline.config import load_config
 from curate.pipeline.runner import run
 from conftest import ROOT, curate_cmd, run_killing_at_first_commit, write_jsonl
 
-STAGES = [{"filters": {"min_response_words": 5}}, {"exact_dedup": {"on": "instruction"}}, {"near_dedup": {"threshold": 0.8}}]
+pytestmark = [pytest.mark.slow]
+
+STAGES = [{"filters": {"min_response_words": 5}}, {"exact_dedup": {"text": "instruction"}}, {"near_dedup": {"threshold": 0.8}}]
 TABLES = {
     "curated": "SELECT id, to_json(messages)::VARCHAR, origin, source, meta FROM curated",
     "drops": "SELECT stage, id, reason FROM drops",

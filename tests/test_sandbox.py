@@ -22,7 +22,7 @@ from curate.stages.verify.plan import plan_tests
 from curate.stages.verify.sandbox import Limits, Sandbox
 
 CAPS = probe()
-pytestmark = pytest.mark.skipif(CAPS.tier == "none", reason=f"no sandbox jail here: {CAPS.explain()}")
+pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(CAPS.tier == "none", reason=f"no sandbox jail here: {CAPS.explain()}")]
 # the bubblewrap jail (tier A or B) and the fallback without it (tier C), each where this machine has it
 JAILS = {"bwrap": (), "unshare": ("bwrap",)}
 

@@ -11,7 +11,7 @@ from curate.stages.score.reference import ifd_one_at_a_time
 from tiny_llm import build_tiny_llama
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.model, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from test_rds_less_targeted import poem, word_problem
 from tiny_llm import build_tiny_llama
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.model, pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def test_ifd_rds_and_less_through_the_runner(ray_local, tmp_path):

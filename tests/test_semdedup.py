@@ -14,6 +14,9 @@ import pytest
 from conftest import write_jsonl
 
 pytest.importorskip("faiss")
+
+pytestmark = [pytest.mark.model]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from curate.pipeline.config import load_config  # noqa: E402
@@ -128,7 +131,7 @@ def test_a_later_phase_than_the_embedding_through_the_runner(ray_local, tmp_path
     copies = [dict(r, instruction=r["instruction"].rstrip(".") + ", please.") for r in alpaca_rows[:10]]
     src = write_jsonl(tmp_path / "s.jsonl", alpaca_rows[:100] + copies)
     db = str(tmp_path / "later.duckdb")
-    stages = [{"embed": {"field": "instruction", "batch_size": 64}}, {"exact_dedup": {"on": "instruction"}},
+    stages = [{"embed": {"text": "instruction", "batch_size": 64}}, {"exact_dedup": {"text": "instruction"}},
               {"filters": {"min_response_words": 1}}, {"semdedup": {"threshold": 0.93, "k": 2}}]
     report = run(load_config(None, input=[str(src)], db=db, shard_size=40, stages=stages), progress="off")
     con = duckdb.connect(db, read_only=True)

@@ -45,9 +45,9 @@ def run_db(tmp_path_factory, alpaca_rows):
     (tmp / "c.yaml").write_text(json.dumps({
         "name": "show", "input": "seeds.jsonl", "db": "show.duckdb", "shard_size": 10,
         "stages": [{"filters": {"min_response_words": 3, "max_repeated_ngram_ratio": 0.3}},
-                   {"exact_dedup": {"on": "instruction"}},
+                   {"exact_dedup": {"text": "instruction"}},
                    {"add_constraints": {"seed": 1}}, {"add_constraints": {"seed": 2}},
-                   {"embed": {"field": "instruction"}}],
+                   {"embed": {"text": "instruction"}}],
         "selectors": [{"kmeans_diversity": {"budget": 12, "k": 3, "seed": 0, "name": "diverse"}}],
     }))
     sh(tmp, "run", "c.yaml", "--progress", "off", "--no-export")

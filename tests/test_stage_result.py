@@ -150,7 +150,7 @@ def test_verdicts_of_two_verifiers_add_up_on_a_row():
 def test_declared_results_name_a_global_stages_keys_by_its_name():
     from curate.pipeline.dag import stage_plans
 
-    config = load_config(None, stages=[{"exact_dedup": {}}, {"exact_dedup": {"on": "conversation"}}, {"embed": {"vectors": "e"}}])
+    config = load_config(None, stages=[{"exact_dedup": {}}, {"exact_dedup": {"text": "conversation"}}, {"embed": {"vectors": "e"}}])
     assert declared_results(stage_plans(config)) == {"keys:exact_dedup", "keys:exact_dedup_2", "vectors:e"}
 
 
@@ -163,7 +163,7 @@ def test_dependency_tables_are_derived_from_the_declarations():
     assert STAGE_PROVIDES["verify_code"]({}) == {"scores:code_pass_rate", "scores:code_task_pass_rate"}
     assert STAGE_PROVIDES.get("exact_dedup")({}) == set()  # keys are no one else's to read
     assert STAGE_REQUIRES["semdedup"]({"vectors": "v"}) == {"vectors:v"}
-    assert SELECTOR_REQUIRES["ifd"]({"prefix": "p_", "score": "ifd", "clusters": 4, "vector": "rds"}) == {"scores:p_ifd", "vectors:rds"}
+    assert SELECTOR_REQUIRES["ifd"]({"prefix": "p_", "score": "ifd", "clusters": 4, "vectors": "rds"}) == {"scores:p_ifd", "vectors:rds"}
     assert SELECTOR_REQUIRES["kmeans_diversity"]({"weight_by": "ifd"}) == {"vectors:embed", "scores:ifd"}
     assert SELECTOR_REQUIRES["random"]({}) == set()
 

@@ -45,16 +45,16 @@ def chat(*turns: tuple[str, str]) -> dict:
     return {"messages": [{"role": r, "content": c} for r, c in turns]}
 
 
-def exact_drops(rows: list[dict], on: str) -> dict[str, str]:
+def exact_drops(rows: list[dict], text: str) -> dict[str, str]:
     """ExactDedup without Ray: the stream half on one batch, then the global step on its keys."""
-    stage = ExactDedup(on=on)
+    stage = ExactDedup(text=text)
     batch = batch_of(rows)
     keys = pa.table({"id": batch["id"], "key": stage(batch).keys}).sort_by("key")  # the writer's key order
     return dict(stage.decide(keys.to_batches()))
 
 
-def near_drops(rows: list[dict], on: str = "conversation", threshold: float = 0.8) -> dict[str, str]:
-    stage = NearDedup(threshold=threshold, on=on)
+def near_drops(rows: list[dict], text: str = "conversation", threshold: float = 0.8) -> dict[str, str]:
+    stage = NearDedup(threshold=threshold, text=text)
     batch = batch_of(rows)
     keys = pa.table({"id": batch["id"], "key": stage(batch).keys})
     return dict(stage.decide(keys.to_batches()))
@@ -74,7 +74,7 @@ def test_case_combining_marks_keep_words_apart_and_fold_case():
     hindi_day, hindi_gift, en, en_lower = rows
     assert normalise(pa.array([hindi_day["instruction"], hindi_gift["instruction"]])).to_pylist() == [
         "दिन शब्द का अर्थ एक वाक्य में बताइए", "दान शब्द का अर्थ एक वाक्य में बताइए"]
-    got = exact_drops(rows, on="instruction")
+    got = exact_drops(rows, text="instruction")
     assert got == {sid(en_lower): f"duplicate_of:{sid(en)}"}  # the Hindi pair stays, the English pair folds
 
 
@@ -87,7 +87,7 @@ def test_case_combining_marks_keep_words_apart_and_fold_case():
 ])
 def test_words_that_differ_only_by_a_combining_mark_stay_apart(words):
     rows = [pair(f"Define the word {w} in one sentence.", "A definition.") for w in words]
-    assert exact_drops(rows, on="instruction") == {}
+    assert exact_drops(rows, text="instruction") == {}
     keys = normalise(pa.array(words)).to_pylist()
     assert len(set(keys)) == len(words), keys
     hashes, offsets = word_hashes(pa.array(words))  # what near dedup and decontamination shingle
@@ -114,10 +114,10 @@ def test_nfkc_and_case_folding_merge_only_spellings_of_one_text():
 def test_case_emoji_only_turns_keep_their_own_keys():
     rows = case_rows("emoji-only-turns.jsonl")
     for on in ("instruction", "conversation"):
-        assert exact_drops(rows, on=on) == {}, on
+        assert exact_drops(rows, text=on) == {}, on
         keys = dedup_text(batch_of(rows), on).to_pylist()
         assert len(set(keys)) == len(rows) and all(keys), keys
-    assert near_drops(rows, on="instruction") == {}
+    assert near_drops(rows, text="instruction") == {}
 
 
 @pytest.mark.parametrize("texts", [
@@ -130,17 +130,17 @@ def test_symbol_only_instructions_are_not_one_empty_key(texts):
     rows = [pair(t, f"Reply number {i}.") for i, t in enumerate(texts)]
     assert normalise(pa.array(texts)).to_pylist() == [""] * len(texts)  # nothing is left of the words
     assert len(set(key_text(pa.array(texts)).to_pylist())) == len(texts)
-    assert exact_drops(rows, on="instruction") == {}
-    assert near_drops(rows, on="instruction") == {}
+    assert exact_drops(rows, text="instruction") == {}
+    assert near_drops(rows, text="instruction") == {}
 
 
 def test_symbol_only_turns_still_match_their_own_copies():
     first, again = pair("👍", "Glad it helped."), pair("👍 ", "Happy to help!")
-    assert exact_drops([first, again], on="instruction") == {sid(again): f"duplicate_of:{sid(first)}"}
+    assert exact_drops([first, again], text="instruction") == {sid(again): f"duplicate_of:{sid(first)}"}
     # In a conversation an emoji-only turn counts: same answer, different reaction, kept apart.
     a = chat(("user", "Tell me a joke."), ("assistant", "Why did the cat sit on the keyboard?"), ("user", "😂"), ("assistant", "To keep an eye on the mouse."))
     b = chat(("user", "Tell me a joke."), ("assistant", "Why did the cat sit on the keyboard?"), ("user", "🙄"), ("assistant", "To keep an eye on the mouse."))
-    assert exact_drops([a, b], on="conversation") == {}
+    assert exact_drops([a, b], text="conversation") == {}
 
 
 def test_rows_without_words_never_pair_in_near_dedup():
@@ -152,7 +152,7 @@ def test_rows_without_words_never_pair_in_near_dedup():
     samples = [{"id": f"r{i}", "messages": [{"role": "assistant", "content": f"Answer {i} without a question."}],
                 "origin": "seed", "source": "x", "parent_ids": [], "meta": "{}"} for i in range(3)]
     batch = pa.table(sample_arrays(samples))
-    for stage in (NearDedup(threshold=0.8, on="instruction"), ExactDedup(on="instruction")):
+    for stage in (NearDedup(threshold=0.8, text="instruction"), ExactDedup(text="instruction")):
         keys = pa.table({"id": batch["id"], "key": stage(batch).keys}).sort_by("key")
         assert stage.decide(keys.to_batches()) == [], stage.name
 
@@ -216,7 +216,7 @@ def test_case_benchmark_prompt_in_a_later_turn_is_caught_and_named():
     assert got == {sid(first_turn): "contaminated:decontam-benchmark turn 1 (user)",
                    sid(later_turn): "contaminated:decontam-benchmark turn 3 (user)"}
     # The old reach (first user turn, last answer) is still there when asked for, and misses it.
-    assert set(decontam_reasons(rows, CASES / "decontam-benchmark.jsonl", fields="both")) == {sid(first_turn)}
+    assert set(decontam_reasons(rows, CASES / "decontam-benchmark.jsonl", text=["instruction", "response"])) == {sid(first_turn)}
 
 
 def test_benchmark_prompt_in_a_system_prompt_or_an_earlier_answer_is_caught():
@@ -241,7 +241,7 @@ def test_pipeline_on_the_text_cases(ray_local, tmp_path):
     names = ["combining-marks.jsonl", "emoji-only-turns.jsonl", "cjk-near-duplicates.jsonl", "decontam-later-turn.jsonl"]
     rows = {n: case_rows(n) for n in names}
     src = [str(write_jsonl(tmp_path / n, rows[n])) for n in names]
-    stages = [{"exact_dedup": {"on": "conversation"}},
+    stages = [{"exact_dedup": {"text": "conversation"}},
               {"near_dedup": {"threshold": 0.8, "num_perm": 128}},
               {"decontaminate": {"benchmarks": [str(CASES / "decontam-benchmark.jsonl")]}}]
     db = tmp_path / "cases.duckdb"
@@ -263,7 +263,7 @@ def test_pipeline_on_the_text_cases(ray_local, tmp_path):
     # Exact dedup on the instruction: the Hindi pair and the emoji turns stay, the English pair folds.
     src = [str(tmp_path / n) for n in names[:2]]
     db = tmp_path / "instruction.duckdb"
-    report = run(load_config(None, input=src, db=str(db), shard_size=4, stages=[{"exact_dedup": {"on": "instruction"}}]), progress="off")
+    report = run(load_config(None, input=src, db=str(db), shard_size=4, stages=[{"exact_dedup": {"text": "instruction"}}]), progress="off")
     assert_counts_add_up(db, report.run_id)
     _, _, en_q, en_q_lower = rows["combining-marks.jsonl"]
     assert q(db, "SELECT id, reason FROM drops") == [(sid(en_q_lower), f"duplicate_of:{sid(en_q)}")]

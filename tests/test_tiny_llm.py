@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tiny_llm import build_random_llama
+
+pytestmark = [pytest.mark.model]
 
 
 def test_random_llama_of_a_published_shape_has_a_tokenizer_filling_its_vocabulary(tmp_path):

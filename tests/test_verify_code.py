@@ -16,6 +16,8 @@ from curate.stages.verify.sandbox import Limits, Sandbox
 from curate.storage import schema as S
 from verify_problems import PROBLEMS
 
+pytestmark = [pytest.mark.sandbox]
+
 CAPS = probe()
 needs_jail = pytest.mark.skipif(not CAPS.jail, reason=f"no sandbox jail here: {CAPS.explain()}")
 

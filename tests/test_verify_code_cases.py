@@ -25,6 +25,8 @@ from curate.stages.verify.plan import plan_tests
 from curate.stages.verify.sandbox import Limits, Sandbox
 from test_verify_code import rows_table
 
+pytestmark = [pytest.mark.sandbox]
+
 CAPS = probe()
 needs_jail = pytest.mark.skipif(not CAPS.jail, reason=f"no sandbox jail here: {CAPS.explain()}")
 CASES = Path(__file__).parent / "data" / "cases"

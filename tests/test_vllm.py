@@ -18,6 +18,8 @@ from curate.generators.backends.base import ChatRequest, Sampling  # noqa: E402
 from curate.generators.backends.openai_http import OpenAIBackend  # noqa: E402
 from tiny_llm import build_tiny_llama  # noqa: E402
 
+pytestmark = [pytest.mark.vllm, pytest.mark.model, pytest.mark.slow]
+
 ENGINE = {"kind": "vllm", "dtype": "float32", "max_model_len": 256, "enforce_eager": True, "seed": 0}
 
 

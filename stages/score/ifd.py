@@ -28,8 +28,8 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from curate.stages.base import Resources, Stage, StageResult, param
-from curate.stages.score import lm as L
+from curate.stages.base import Resources, Stage, StageContext, StageResult, param
+from curate.lib import lm as L
 from curate.storage.model_cache import CachedRows, model_fingerprint
 from curate.storage.schema import canonical_messages
 
@@ -165,11 +165,14 @@ class IFDScore(Stage):
                  direct_prefix: str = "", on_skip: Literal["drop", "keep"] = "drop", prefix: str = "",
                  max_batch_tokens: int | None = None, max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None,
                  cache: bool | str = True):
-        """`cache`: true, the model-output cache beside the database (the runner gives its path;
-        a stage built by hand without a path has none); false, off; a path, that file."""
+        """`cache`: true, the model-output cache beside the database (its path comes with the run's
+        context in `setup`; a stage built by hand without one has none); false, off; a path, that file."""
         self.scorer = IFDScorer(model, max_length, variant, direct_prefix, max_batch_tokens, max_batch_rows, device, dtype)
         self.on_skip, self.prefix = on_skip, prefix
         self.cached = CachedRows(cache, "ifd", model)
+
+    def setup(self, context: StageContext | None = None) -> None:
+        self.cached.at_default(context.model_cache if context else None)  # `cache: true`: the run's model cache
 
     def __call__(self, batch: pa.Table) -> StageResult:
         convs = L.conversations(batch)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from curate.stages.score import lm as L
+from curate.lib import lm as L
 
 
 def _token_loop_mean(model, ids: list[int], start: int, end: int) -> float:
@@ -32,7 +32,7 @@ def ifd_one_at_a_time(model, tok, messages: list[dict], direct_prefix: str = "")
 
 def less_grads_one_at_a_time(model, examples) -> list[dict]:
     """Per-example LoRA gradients the reference way: one forward and backward() per example."""
-    from curate.stages.score.less import lora_params, mean_answer_loss
+    from curate.lib.less import lora_params, mean_answer_loss
 
     params = lora_params(model)
     out = []
@@ -49,7 +49,7 @@ def less_grads_one_at_a_time(model, examples) -> list[dict]:
 def less_features_one_at_a_time(model, examples, projector, state: dict | None, buffer: int = 16):
     """The reference datastore loop: batch size 1 backward passes, gradients flattened and
     buffered `buffer` at a time before projection (fp32 here, where the reference uses fp16)."""
-    from curate.stages.score.less import adam_features, normalize
+    from curate.lib.less import adam_features, normalize
 
     feats, pending = [], []
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curate.stages.score import lm as L
+from curate.lib import lm as L
 
 IGNORE = -100
 BETAS = (0.9, 0.999)

@@ -36,6 +36,7 @@ import pyarrow as pa
 
 from curate.generators.backends.base import Backend, ChatRequest, Completion, Sampling
 from curate.stages.base import Stage, StageContext, StageResult
+from curate.stages.text import instruction  # noqa: F401 - re-exported: the one meaning of "instruction" (stages/text.py)
 from curate.storage import schema as S
 
 TOKENS = ("prompt_tokens", "completion_tokens")
@@ -120,11 +121,6 @@ def sampling_record(sampling: Sampling) -> dict:
     if sampling.stop:
         out["stop"] = list(sampling.stop)
     return out
-
-
-def instruction(messages: list[dict] | None) -> str:
-    """The instruction of a conversation: its first user turn ("" when it has none)."""
-    return next((m["content"] for m in messages or () if m["role"] == "user"), "")
 
 
 def row_meta(text: str | None) -> dict:

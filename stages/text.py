@@ -43,6 +43,12 @@ def first_user_turn(messages: pa.ChunkedArray | pa.Array) -> pa.Array:
     return _turn_of(messages, "user", last=False)
 
 
+def instruction(messages: list[dict] | None) -> str:
+    """The instruction of one conversation (Python rows): its first user turn, "" when it has
+    none. The same meaning as `first_user_turn` over an Arrow column; generators use this one."""
+    return next((m["content"] for m in messages or () if m["role"] == "user"), "")
+
+
 def last_assistant_turn(messages: pa.ChunkedArray | pa.Array) -> pa.Array:
     """The response: each conversation's last assistant turn ("" where there is none)."""
     return _turn_of(messages, "assistant", last=True)

@@ -129,3 +129,20 @@ def test_decontaminate_default_keeps_its_run_id():
 def test_retired_text_values_are_not_new_values(tmp_path):
     with pytest.raises(CurateError, match="text"):
         load_config(_write(tmp_path, "stages:\n  - embed: {text: instruction_response}\n"))
+
+
+def test_instruction_has_one_meaning_the_first_user_turn():
+    """Generators, filters, dedup and embed read the same turn as "the instruction"."""
+    import pyarrow as pa
+
+    from curate.generators.base import instruction as generators_instruction
+    from curate.stages.text import first_user_turn, instruction
+
+    assert generators_instruction is instruction
+    conversations = [
+        [{"role": "system", "content": "s"}, {"role": "user", "content": "first"}, {"role": "assistant", "content": "a"},
+         {"role": "user", "content": "second"}],
+        [{"role": "assistant", "content": "no user turn"}],
+    ]
+    column = pa.array(conversations, pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])))
+    assert first_user_turn(column).to_pylist() == [instruction(c) for c in conversations] == ["first", ""]

@@ -50,10 +50,6 @@ def responses(batch: pa.Table) -> list[str]:
     return [last_turn(m, "assistant") for m in batch["messages"].to_pylist()]
 
 
-def instructions(batch: pa.Table) -> list[str]:
-    return [last_turn(m, "user") for m in batch["messages"].to_pylist()]
-
-
 class VerifierStage(Stage):
     """A stage that gives verdicts named `verifier` and the scores named in `SCORES`."""
 

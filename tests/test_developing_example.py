@@ -18,6 +18,7 @@ import pytest
 from curate.generators.backends.base import Backend, Completion
 from curate.pipeline.dag import apply_stage
 from curate.storage import schema as S
+from test_evol import stream_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "docs" / "examples"
@@ -36,16 +37,7 @@ def example(name: str):
     return module
 
 
-def batch_of(conversations: list[list[dict]]) -> pa.Table:
-    """Live rows of one shard, as a stage receives them in the stream."""
-    samples = [{"id": S.sample_id(m), "messages": m, "origin": "seed", "source": "t", "parent_ids": [], "meta": "{}"}
-               for m in conversations]
-    table = pa.table(S.sample_arrays(samples))
-    n = len(samples)
-    for name, col in ((S.SHARD, ["s"] * n), (S.SHARD_ROWS, [n] * n), (S.ROW, list(range(n))), (S.STATUS, [S.KEPT] * n),
-                      (S.STAGE, [None] * n), (S.REASON, [None] * n), (S.WEIGHT, [1.0] * n), (S.BORN, [None] * n)):
-        table = table.append_column(name, pa.array(col))
-    return table
+batch_of = stream_batch
 
 
 def qa(question: str, answer: str | None = None) -> list[dict]:

@@ -72,8 +72,13 @@ class Recorded(Backend):
 
 
 def seed_batch(instructions):
-    samples = [{"id": S.sample_id([{"role": "user", "content": i}]), "messages": [{"role": "user", "content": i}],
-                "origin": "seed", "source": "t", "parent_ids": [], "meta": "{}"} for i in instructions]
+    return stream_batch([[{"role": "user", "content": i}] for i in instructions])
+
+
+def stream_batch(conversations: list[list[dict]]) -> pa.Table:
+    """Live rows of one shard, as a stage receives them in the stream."""
+    samples = [{"id": S.sample_id(m), "messages": m, "origin": "seed", "source": "t", "parent_ids": [], "meta": "{}"}
+               for m in conversations]
     table = pa.table(S.sample_arrays(samples))
     n = len(samples)
     for name, col in ((S.SHARD, ["s"] * n), (S.SHARD_ROWS, [n] * n), (S.ROW, list(range(n))), (S.STATUS, [S.KEPT] * n),

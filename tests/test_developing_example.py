@@ -18,7 +18,7 @@ import pytest
 from curate.generators.backends.base import Backend, Completion
 from curate.pipeline.dag import apply_stage
 from curate.storage import schema as S
-from test_evol import stream_batch
+from checks import stream_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "docs" / "examples"

@@ -1,0 +1,310 @@
+"""`curate export`: shapes (messages, alpaca, sharegpt, a Jinja template), the round trip through
+`curate run`, and a target that is never deleted unless curate wrote it (issue 17, items 7-9).
+
+One real database, built by `curate run` on tests/data/cases/export-roundtrip*.jsonl: a row with
+unit tests, one with a maths answer, one with a category (the issue's case), and our own rows: a
+multi-turn conversation with a system prompt and constraints, a ShareGPT row with its own `id`,
+an Alpaca row with `input` in Chinese, a conversation with a tool turn, nested `meta` with a null.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import datasets
+import duckdb
+import pytest
+
+from curate.cli import main
+from curate.errors import CurateError
+from curate.pipeline.config import load_config
+from curate.pipeline.runner import run
+from curate.storage.export import export
+from curate.storage.shapes import Unfit, to_alpaca, to_sharegpt
+from conftest import curate_cmd
+
+CASES = Path(__file__).resolve().parents[1] / "data" / "cases"
+INPUTS = [CASES / "export-roundtrip.jsonl", CASES / "export-roundtrip-conversations.jsonl"]
+TOOL_ROW_CATEGORY = "tool_use"
+
+
+def cli(capsys, *argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def curated(db) -> dict:
+    """id → (messages, meta) of a database's curated rows."""
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        rows = con.execute("SELECT id, to_json(messages)::VARCHAR, meta, source, origin FROM curated").fetchall()
+    finally:
+        con.close()
+    return {i: {"messages": json.loads(m), "meta": json.loads(meta), "source": s, "origin": o} for i, m, meta, s, o in rows}
+
+
+def tree(path: Path) -> dict:
+    """Every file under a path (hidden ones too) with its bytes; a file: itself."""
+    if path.is_file():
+        return {".": path.read_bytes()}
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def staging_dirs(target: Path) -> list[Path]:
+    return sorted(target.parent.glob(f".{target.name}.curate-tmp-*"))
+
+
+@pytest.fixture(scope="module")
+def base(ray_local, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export")
+    db = tmp / "base.duckdb"
+    report = run(load_config(None, input=[str(p) for p in INPUTS], db=str(db)), progress="off")
+    assert (report.rows_in, report.kept, report.quarantined) == (8, 8, 0)
+    return db
+
+
+# ---------------------------------------------------------------------------- round trip
+
+
+@pytest.mark.parametrize("fmt,shape", [("jsonl", "messages"), ("parquet", "messages"), ("hf", "messages"),
+                                       ("jsonl", "alpaca"), ("hf", "alpaca"), ("jsonl", "sharegpt"),
+                                       ("parquet", "sharegpt")])
+def test_export_then_run_gives_back_the_same_messages_and_meta(base, tmp_path, capsys, fmt, shape):
+    out = tmp_path / {"jsonl": "set.jsonl", "parquet": "set.parquet", "hf": "set"}[fmt]
+    code, said, err = cli(capsys, "export", "--db", base, "--format", fmt, "--out", out, "--shape", shape, "--skip-unfit")
+    assert code == 0, err
+    before = curated(base)
+    db = tmp_path / "again.duckdb"
+    report = run(load_config(None, input=[str(out)], db=str(db)), progress="off")
+    after = curated(db)
+    if shape == "alpaca":  # the tool conversation cannot be an Alpaca row: left out, and said so
+        tool_id, = [i for i, r in before.items() if r["meta"].get("category") == TOOL_ROW_CATEGORY]
+        assert "left out 1 row the alpaca shape cannot express: 1 × a tool turn" in said and tool_id in said
+        del before[tool_id]
+    assert (report.rows_in, report.kept, report.quarantined) == (len(before), len(before), 0)
+    assert set(after) == set(before)  # ids are content hashes: the same messages
+    for i, row in before.items():
+        assert after[i]["messages"] == row["messages"]
+        assert after[i]["meta"] == row["meta"], f"meta of {i} changed on the way back"
+        if shape == "messages":
+            assert (after[i]["source"], after[i]["origin"]) == (row["source"], row["origin"])
+    by_category = {r["meta"].get("category"): r["meta"] for r in after.values()}
+    assert by_category["coding"]["tests"] == ["assert add(2, 3) == 5", "assert add(-1, 1) == 0"]
+    assert by_category["math"]["answer"] in ("144", "63")
+
+
+def test_messages_jsonl_rows_are_id_messages_and_a_meta_object(base, tmp_path):
+    out = tmp_path / "m.jsonl"
+    export(str(base), str(out), "jsonl")
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 8
+    assert all(isinstance(r["meta"], dict) and r["messages"] and r["id"] for r in rows)
+    haiku, = [r for r in rows if "haiku" in r["messages"][0]["content"]]
+    assert haiku["meta"] == {"reviewer": None, "rubric": {"syllables": [5, 7, 5]}}
+
+
+# ---------------------------------------------------------------------------- shapes
+
+
+def test_alpaca_and_sharegpt_rows(base, tmp_path):
+    export(str(base), str(tmp_path / "a.jsonl"), "jsonl", shape="alpaca", skip_unfit=True)
+    alpaca = {r["output"]: r for r in map(json.loads, (tmp_path / "a.jsonl").read_text().splitlines())}
+    assert alpaca["63"]["system"] == "You are a terse maths tutor."
+    assert alpaca["63"]["history"] == [["What is 7 * 8?", "56"]]
+    assert (alpaca["63"]["instruction"], alpaca["63"]["input"]) == ("And 7 * 9?", "")
+    assert "system" not in alpaca["Bonjour"] and "history" not in alpaca["Bonjour"]
+
+    ds = datasets.load_from_disk(str(_export_hf(base, tmp_path / "sg", shape="sharegpt")))
+    rows = {r["conversations"][-1]["value"]: r for r in ds}
+    assert rows["63"]["system"] == "You are a terse maths tutor."
+    assert [t["from"] for t in rows["63"]["conversations"]] == ["human", "gpt", "human", "gpt"]
+    tool = rows["It is 18 °C in Paris <now>."]
+    assert tool["system"] is None and [t["from"] for t in tool["conversations"]] == ["human", "gpt", "observation", "gpt"]
+    assert json.loads(tool["meta"]) == {"category": "tool_use"}
+
+
+def test_a_conversation_alpaca_cannot_hold_is_named_not_dropped():
+    u, a = {"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}
+    sys_ = {"role": "system", "content": "s"}
+    for messages, reason in [([u, u, a], "do not alternate"), ([u, a, sys_, u, a], "system turn after the first"),
+                             ([u, a, u], "last turn is not an assistant answer"),
+                             ([u, {"role": "tool", "content": "t"}, a], "tool turn")]:
+        with pytest.raises(Unfit, match=reason):
+            to_alpaca(messages)
+    # Two system turns: ShareGPT keeps both in the conversation (a reader would put `system` first).
+    assert to_sharegpt([sys_, sys_, u, a]) == {"conversations": [{"from": "system", "value": "s"}] * 2
+                                               + [{"from": "human", "value": "q"}, {"from": "gpt", "value": "r"}]}
+
+
+def test_rows_a_shape_cannot_express_stop_the_export_unless_skipped(base, tmp_path, capsys):
+    out = tmp_path / "set"
+    _export_hf(base, out)
+    before = tree(out)
+    code, _, err = cli(capsys, "export", "--db", base, "--out", out, "--shape", "alpaca")
+    assert code == 2
+    assert "1 of 8 rows cannot be exported as alpaca: 1 × a tool turn" in err and "--skip-unfit" in err
+    assert tree(out) == before and not staging_dirs(out)
+    code, said, _ = cli(capsys, "export", "--db", base, "--out", out, "--shape", "alpaca", "--skip-unfit")
+    assert code == 0 and "exported 7 rows (hf, alpaca)" in said and "left out 1 row" in said
+    card = (out / "README.md").read_text()
+    assert "Left out: 1 row the alpaca shape cannot express" in card and "| 1 |" in card and "Shape `alpaca`" in card
+
+
+def test_template_renders_rows_skips_on_request_and_names_errors(base, tmp_path, capsys):
+    template = tmp_path / "chat.j2"
+    template.write_text("{% if meta.category is defined and meta.category == 'writing' %}"
+                        "{{ raise_exception('no poems in this set') }}{% endif %}"
+                        "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}{{ meta | tojson }}")
+    out = tmp_path / "t.jsonl"
+    code, said, _ = cli(capsys, "export", "--db", base, "--format", "jsonl", "--out", out, "--template", template, "--skip-unfit")
+    assert code == 0 and "exported 7 rows (jsonl, template)" in said and "1 × no poems in this set" in said
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(set(r) == {"id", "text"} for r in rows)
+    tool, = [r["text"] for r in rows if "Paris" in r["text"]]
+    assert tool.startswith("<|user|>What's the weather in Paris?\n<|assistant|>Let me check.\n<|tool|>")
+    assert "<now>" in tool and tool.endswith('{"category": "tool_use"}')  # no HTML escaping
+
+    code, _, err = cli(capsys, "export", "--db", base, "--format", "jsonl", "--out", out, "--template", template)
+    assert code == 2 and "1 of 8 rows cannot be exported as template" in err
+    template.write_text("{{ messages[0].content }")
+    code, _, err = cli(capsys, "export", "--db", base, "--format", "jsonl", "--out", out, "--template", template)
+    assert code == 2 and f"template {template}, line 1" in err
+    code, _, err = cli(capsys, "export", "--db", base, "--format", "jsonl", "--out", out, "--template", template, "--shape", "alpaca")
+    assert code == 2 and "leave out --shape alpaca" in err
+
+
+# ---------------------------------------------------------------------------- the target
+
+
+def test_a_foreign_folder_or_file_is_refused_and_left_as_it_was(base, tmp_path, capsys):
+    out = tmp_path / "out"
+    _export_hf(base, out / "earlier")  # an earlier export inside, and a file of the user's
+    (out / "notes.txt").write_text("mine")
+    before = tree(out)
+    code, _, err = cli(capsys, "export", "--db", base, "--format", "hf", "--out", out)
+    assert code == 2 and f"--out {out} is a folder that curate did not write" in err and "--overwrite" in err
+    assert tree(out) == before and not staging_dirs(out)
+
+    seeds = tmp_path / "seeds.jsonl"  # a user's data file where a jsonl export would go
+    seeds.write_bytes(INPUTS[0].read_bytes())
+    for fmt in ("jsonl", "parquet"):
+        code, _, err = cli(capsys, "export", "--db", base, "--format", fmt, "--out", seeds)
+        assert code == 2 and "is a file that is not an earlier curate export" in err
+    assert seeds.read_bytes() == INPUTS[0].read_bytes()
+
+    code, said, _ = cli(capsys, "export", "--db", base, "--format", "hf", "--out", out, "--overwrite")
+    assert code == 0 and datasets.load_from_disk(str(out)).num_rows == 8 and not (out / "notes.txt").exists()
+
+
+def test_the_working_directory_and_the_database_are_never_replaced(base, tmp_path, capsys, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "keep.txt").write_text("x")
+    monkeypatch.chdir(work)
+    for target in (".", "..", str(work)):
+        for extra in ([], ["--overwrite"]):
+            code, _, err = cli(capsys, "export", "--db", base, "--format", "hf", "--out", target, *extra)
+            assert code == 2 and "the working directory" in err and "not even with --overwrite" in err, err
+    assert tree(work) == {"keep.txt": b"x"}
+    db_before = curated(base)
+    for fmt, target in (("hf", base.parent), ("jsonl", base), ("parquet", str(base) + ".wal")):
+        code, _, err = cli(capsys, "export", "--db", base, "--format", fmt, "--out", target, "--overwrite")
+        assert code == 2 and "the database" in err and "not even with --overwrite" in err, err
+    assert curated(base) == db_before
+
+
+def test_an_earlier_export_is_replaced_but_not_files_added_to_it(base, tmp_path, capsys):
+    out = tmp_path / "set"
+    out.mkdir()  # an empty folder is fine
+    _export_hf(base, out, shape="sharegpt")
+    ds = datasets.load_from_disk(str(out))
+    ds.map(lambda r: {"n": len(r["conversations"])})  # `datasets` caches next to the data set: allowed
+    assert list(out.glob("cache-*.arrow"))
+    _export_hf(base, out)
+    assert "messages" in datasets.load_from_disk(str(out)).column_names
+    (out / "notes.txt").write_text("mine")
+    code, _, err = cli(capsys, "export", "--db", base, "--out", out)
+    assert code == 2 and "earlier curate export, but holds files curate did not write (notes.txt)" in err
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
+    (out / ".curate-export.json").unlink()  # an export made before the marker: known by its card
+    _export_hf(base, out, shape="alpaca", skip_unfit=True)
+    # File exports are known by their rows (ids are content hashes) or, Parquet, their metadata.
+    for fmt, name in (("jsonl", "x.jsonl"), ("parquet", "x.parquet")):
+        for shape in ("alpaca", "sharegpt", "messages"):
+            export(str(base), str(tmp_path / name), fmt, shape=shape, skip_unfit=True)
+    legacy = tmp_path / "legacy.jsonl"  # rows as curate wrote them before: meta a JSON string
+    legacy.write_text("".join(json.dumps({**r, "meta": json.dumps(r["meta"])}) + "\n"
+                              for r in map(json.loads, (tmp_path / "x.jsonl").read_text().splitlines())))
+    export(str(base), str(legacy), "jsonl")
+
+
+def test_a_failing_export_leaves_the_previous_one_intact(base, tmp_path, capsys):
+    out = tmp_path / "set.jsonl"
+    export(str(base), str(out), "jsonl")
+    before = tree(out)
+    bad = tmp_path / "bad.j2"
+    bad.write_text("{{ meta.tests[0] }}")  # rows without tests fail halfway through the set
+    code, _, err = cli(capsys, "export", "--db", base, "--format", "jsonl", "--out", out, "--template", bad)
+    assert code == 2 and "failed on row" in err and "has no attribute 'tests'" in err
+    assert tree(out) == before and not staging_dirs(out)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "hf"])
+def test_an_export_killed_midway_leaves_the_previous_one_intact(base, tmp_path, fmt):
+    out = tmp_path / ("set.jsonl" if fmt == "jsonl" else "set")
+    export(str(base), str(out), fmt)
+    before = tree(out)
+    slow = tmp_path / "slow.j2"  # a real template that takes about a second a row
+    slow.write_text("{% for i in range(4000000) %}{% endfor %}{{ messages[-1].content }}")
+    cmd = [*curate_cmd(), "export", "--db", str(base), "--format", fmt, "--out", str(out), "--template", str(slow)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.is_file() for d in staging_dirs(out) for p in d.rglob("*")):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.5)  # the writer has opened its file beside the target: inside the rows now
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert tree(out) == before
+    assert len(staging_dirs(out)) == 1  # what the killed export had written, beside the target
+    export(str(base), str(out), fmt, shape="sharegpt")  # the next export clears it away
+    assert not staging_dirs(out) and tree(out) != before
+
+
+def test_unknown_shape_and_format_are_clear_errors(base, tmp_path):
+    with pytest.raises(CurateError, match="unknown export shape 'chatml'"):
+        export(str(base), str(tmp_path / "x"), "hf", shape="chatml")
+    with pytest.raises(CurateError, match="needs --template FILE"):
+        export(str(base), str(tmp_path / "x"), "hf", shape="template")
+    with pytest.raises(CurateError, match="cannot read template"):
+        export(str(base), str(tmp_path / "x"), "hf", template=str(tmp_path / "missing.j2"))
+    assert not os.path.exists(tmp_path / "x")
+
+
+def _export_hf(base, out: Path, **kw) -> Path:
+    result = export(str(base), str(out), "hf", **kw)
+    assert result.path == str(out)
+    return out
+
+
+def test_a_run_config_exports_in_the_shape_it_names(ray_local, tmp_path, capsys):
+    """`export:` in a config takes the export command's options (shape, skip_unfit...)."""
+    out = tmp_path / "set.jsonl"
+    code, said, err = cli(capsys, "run", "--db", tmp_path / "c.duckdb", "--input", INPUTS[1], "--progress", "off",
+                          "--set", f"export={{format: jsonl, out: {out}, shape: sharegpt, skip_unfit: true}}")
+    assert code in (0, None), err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows and all("conversations" in r and "messages" not in r for r in rows)
+    assert {t["from"] for r in rows for t in r["conversations"]} >= {"human", "gpt"}

@@ -109,7 +109,7 @@ def inertia(rows: int, centroids: np.ndarray) -> float:
     return float(sum(index.search(x, 1)[0].sum() for _, x in clustered_chunks(rows)) / rows)
 
 
-def run_ours(db: str, k: int, budget: int, memory_limit: str) -> dict:
+def run_ours(db: str, k: int, budget: int, memory_limit: str, niter: int = 20, fit_sample: int | None = None) -> dict:
     from curate.selectors.kmeans import KMeansDiversity
     from curate.storage.store import Store
 
@@ -119,7 +119,8 @@ def run_ours(db: str, k: int, budget: int, memory_limit: str) -> dict:
     # selector's memory does not grow with the pool.
     store.con.execute(f"SET memory_limit = '{memory_limit}'")
     # The k-means path (fit, streaming assignment, central rows): what scikit-learn is compared with.
-    selector = KMeansDiversity(budget=budget, k=k, seed=0, within="central", max_similarity=None, allocation="uniform")
+    selector = KMeansDiversity(budget=budget, k=k, seed=0, within="central", max_similarity=None, allocation="uniform",
+                               niter=niter, fit_sample=fit_sample)
     start = time.perf_counter()
     picked = selector.select(store.con, "bench", "_pool", budget)
     kmeans_s = time.perf_counter() - start
@@ -408,6 +409,40 @@ def scale_coverage(db: str, ids: list[str]) -> dict:
     return figures
 
 
+# (niter, rows per centroid in the fit sample): the selector's default first, then lighter fits.
+FIT_SETTINGS = ((20, POINTS_PER_CENTROID), (10, POINTS_PER_CENTROID), (10, 32), (6, 32), (4, 32), (4, 16))
+
+
+def kmeans_only(rows: int, k: int, memory_limit: str) -> None:
+    """faiss k-means + selection at FIT_SETTINGS against MiniBatchKMeans on the same vectors and k.
+    Two points: the default setting's ratio (`kmeans_ratio`), and the fastest setting whose inertia
+    is at most MiniBatch's (`kmeans_ratio_1m` at 1M rows: speed at equal or lower inertia)."""
+    budget = rows // 10
+    with tempfile.TemporaryDirectory() as tmp:
+        db = os.path.join(tmp, "sel.duckdb")
+        fill_store(db, rows).close()
+        ref, ref_peak = in_fresh_process(run_sklearn, rows, k, budget, False)
+        ref_inertia = inertia(rows, ref["centroids"])
+        print(f"MiniBatchKMeans: {ref['sklearn_s']:.1f} s, inertia {ref_inertia:.4f}, peak RSS {ref_peak:,} MiB")
+        points = []
+        for niter, per_centroid in FIT_SETTINGS:
+            ours, peak = in_fresh_process(run_ours, db, k, budget, memory_limit, niter, k * per_centroid)
+            points.append({"niter": niter, "fit_rows": k * per_centroid, "seconds": round(ours["kmeans_s"], 2),
+                           "inertia": round(inertia(rows, ours["centroids"]), 4), "peak_mib": peak,
+                           "ratio": round(ref["sklearn_s"] / ours["kmeans_s"], 2)})
+            print("faiss k-means + selection, niter {niter}, fit on {fit_rows:,} rows: {seconds} s, inertia {inertia}, "
+                  "peak RSS {peak_mib:,} MiB, ratio {ratio}".format(**points[-1]))
+    default = points[0]
+    matched = [p for p in points if p["inertia"] <= ref_inertia]
+    best = min(matched, key=lambda p: p["seconds"]) if matched else None
+    print(json.dumps({"bench": "selection", "rows": rows, "k": k, "budget": budget, "sklearn_model": ref["sklearn_model"],
+                      "sklearn_s": round(ref["sklearn_s"], 2), "sklearn_inertia": round(ref_inertia, 4),
+                      "sklearn_peak_mib": ref_peak, "kmeans_s": default["seconds"], "kmeans_inertia": default["inertia"],
+                      "kmeans_ratio": default["ratio"], "matched_setting": best,
+                      f"kmeans_ratio_{'1m' if rows == 1_000_000 else rows}": best["ratio"] if best else None,
+                      "points": points, "peak_rss_mib": max([ref_peak, *(p["peak_mib"] for p in points)])}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -420,9 +455,13 @@ def main() -> None:
     ap.add_argument("--no-cache", action="store_true", help="encode the pools again instead of reading cached embeddings")
     ap.add_argument("--scale-selectors", default="kmeans_diversity,facility_location,k_center")
     ap.add_argument("--scale-rows", type=int, help="synthetic vectors for the coverage selectors at scale (default: --rows; 20,000 in --quick)")
+    ap.add_argument("--kmeans-only", action="store_true",
+                    help="only the k-means path against MiniBatchKMeans, at the default and at lighter fit settings")
     args = ap.parse_args()
     rows = args.rows or (50_000 if args.quick else 1_000_000)
     k = args.k or (128 if args.quick else 1024)
+    if args.kmeans_only:
+        return kmeans_only(rows, k, args.duckdb_memory)
     embed_rows = args.embed_rows or (200 if args.quick else 3111)
     alpaca_n = args.pool_rows or (600 if args.quick else 3111)
     planted_n = args.pool_rows or (200 if args.quick else 3111)

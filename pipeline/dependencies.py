@@ -96,8 +96,23 @@ def _check(where: str, requires, params: dict, provided: dict, who: str) -> None
         kind, _, name = missing[0].partition(":")
         have = sorted(k.partition(":")[2] for k in provided if k.startswith(kind + ":"))
         known = f" (the config makes {kind} {', '.join(have)})" if have else ""
+        makers = _default_writers(missing[0])
+        how = (f"{'an' if makers[0][0] in 'aeiou' else 'a'} {' or '.join(f'`{m}`' for m in makers)} stage"
+               if makers else HOW[kind])
         raise CurateError(f"config error: {where} needs {kind} '{name}', which {who} must provide: "
-                          f"add {HOW[kind]} before it{known}")
+                          f"add {how} before it{known}")
+
+
+def _default_writers(item: str) -> list[str]:
+    """The registered stages that write `item` (`scores:deita`) with their default parameters."""
+    out = []
+    for key in STAGE_PROVIDES:
+        try:
+            if item in STAGE_PROVIDES[key]({}):
+                out.append(key)
+        except (KeyError, TypeError, ValueError):  # a declaration that needs a parameter without a default
+            continue
+    return out
 
 
 def order_warnings(stages: list) -> list[str]:

@@ -18,6 +18,7 @@ STAGES = {
     "add_constraints": "curate.generators.add_constraints:AddConstraints",
     "verify_constraints": "curate.stages.verify.ifeval:VerifyConstraints",
     "ifd": "curate.stages.score.ifd:IFDScore",
+    "deita_scores": "curate.stages.score.deita:DeitaScores",
     "rds_embed": "curate.stages.score.rds:RDSEmbed",
     "self_instruct": "curate.generators.self_instruct:SelfInstruct",
     "skillmix": "curate.generators.skillmix:SkillMix",

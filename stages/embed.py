@@ -151,14 +151,24 @@ class Embed(Stage):
         return out
 
 
+def cpu_threads(threads: int | None) -> int:
+    """Torch threads for a CPU encode: `threads`, or every core this process may run on.
+
+    Ray sets OMP_NUM_THREADS to an actor's `num_cpus` (1 here), so torch in the embed actor ran
+    one thread where a bare `encode` runs one per core: half the speed on a 2-core machine
+    (bench/embed.py). The actor reserves one CPU so that it can be scheduled beside other
+    stages, but when it encodes it is mostly the only busy stage of its phase."""
+    return threads or len(os.sched_getaffinity(0))
+
+
 def load_model(path: str, device: str | None, fp16: bool, max_seq_length: int | None, threads: int | None):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
     import torch
     from sentence_transformers import SentenceTransformer
 
-    if threads:
-        torch.set_num_threads(threads)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu" or threads:
+        torch.set_num_threads(cpu_threads(threads))
     model = SentenceTransformer(path, device=device, local_files_only=True)
     if fp16 and device.startswith("cuda"):
         model.half()

@@ -167,8 +167,9 @@ class StoredColumn:
 
     @property
     def item(self) -> str:
-        """As stages declare it (`Stage.writes`)."""
-        return {"scores": f"scores:{self.name}", "vectors": f"vectors:{self.name}", "keys": "keys",
+        """As a phase's declared set spells it (pipeline/dag.py `declared_results`: a stage's
+        `writes`, with `keys` as `keys:<stage>`); verdicts are checked per verifier in `to_stream`."""
+        return {"scores": f"scores:{self.name}", "vectors": f"vectors:{self.name}", "keys": f"keys:{self.name}",
                 "verdicts": "verdicts"}[self.kind]
 
 

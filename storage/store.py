@@ -500,8 +500,7 @@ class Store:
         if declared is not None:
             declared = set(declared)
             for r in found:
-                wanted = f"keys:{r.name}" if r.kind == "keys" else r.item
-                if r.kind != "verdicts" and wanted not in declared:
+                if r.kind != "verdicts" and r.item not in declared:
                     raise CurateError(f"the shard holds {r.kind} {r.name!r} (column {r.column}), which no stage of "
                                       f"this phase declares (declared: {', '.join(sorted(declared)) or 'nothing'})")
         return found

@@ -92,6 +92,9 @@ def test_a_selector_before_the_scores_it_needs_is_rejected_before_anything_runs(
         load_config(None, stages=[{"filters": {}}], selectors=[{"kmeans_diversity": {"budget": 10}}])
     with pytest.raises(CurateError, match=r"selectors\.0\.ifd needs scores 'ifd'"):
         load_config(None, stages=[{"embed": {}}], selectors=[{"ifd": {"budget": 0.1}}])
+    with pytest.raises(CurateError, match=r"selectors\.0\.deita needs scores 'deita'.*add a `deita_scores` stage"):
+        load_config(None, stages=[{"embed": {}}], selectors=[{"deita": {"budget": 0.1}}])  # the default score
+    load_config(None, stages=[{"embed": {}}, {"deita_scores": {}}], selectors=[{"deita": {"budget": 0.1}}])
     with pytest.raises(CurateError, match=r"stages\.0\.semdedup needs vectors 'embed'.*earlier stage"):
         load_config(None, stages=[{"semdedup": {}}, {"embed": {}}])  # reordered: reads vectors not made yet
     with pytest.raises(CurateError, match=r"needs vectors 'other'.*makes vectors embed"):

@@ -95,3 +95,20 @@ def test_actor_takes_a_gpu_only_where_the_cluster_has_one(monkeypatch):
     assert (gpu.num_gpus, gpu.concurrency, gpu.actor) == (1, 2, True)
     fixed = Embed.with_(resources={"num_gpus": 0})
     assert fixed.resources_for({}, {"GPU": 2.0}).num_gpus == 0  # resources set by hand stay
+
+
+def test_a_cpu_actor_encodes_with_every_core_not_the_one_ray_reserves(ray_local):
+    """Ray sets OMP_NUM_THREADS to an actor's num_cpus (1): torch would encode on one thread where a
+    bare encode uses every core. The stage's model sets its own thread count; `threads` caps it."""
+    import ray
+
+    @ray.remote(num_cpus=Embed.resources.num_cpus)
+    def threads_in_actor(threads):
+        import torch
+
+        Embed(cache=False, threads=threads).setup(None)
+        return os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
+
+    omp, threads = ray.get(threads_in_actor.remote(None))
+    assert omp == "1" and threads == len(os.sched_getaffinity(0))
+    assert ray.get(threads_in_actor.remote(1))[1] == 1

@@ -1,0 +1,121 @@
+"""The embed stage through the runner against a bare `SentenceTransformer.encode` of the same
+texts, with the same model, threads and mini-batch size, in the same run.
+
+    python bench/embed.py --quick      # 800 rows, under a minute
+    python bench/embed.py              # 4,000 rows (about the survivors of bench/end_to_end.py)
+
+Pipeline side: ingest + embed (`cache: false`) through `curate.pipeline.runner.run`; its rows/s
+is rows over the stage's busy seconds (the time inside the actor's calls, as every stage's
+figure in `stage_totals`), and the run's wall time is printed beside it. Bare side: one process,
+the model loaded once (not timed), `encode(texts, batch_size=32, normalize_embeddings=True)`
+over the texts sorted longest first, as the stage orders them. Both sides run with the thread
+count the stage's actor runs with (printed). The last line is one JSON object
+(../shared/BENCHMARKS.md): `embed_rows_s`, `bare_rows_s`, `embed_ratio` (pipeline over bare),
+`threads`, `run_s`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import duckdb  # noqa: E402
+
+from bench._common import alpaca_pool  # noqa: E402
+from curate.pipeline.config import load_config  # noqa: E402
+from curate.pipeline.runner import run  # noqa: E402
+
+
+def pipeline_side(pool: Path, db: Path) -> tuple[float, float, int]:
+    """(rows/s over the embed stage's busy seconds, the run's wall seconds, rows embedded)."""
+    start = time.perf_counter()
+    report = run(load_config(None, input=[str(pool)], db=str(db), stages=[{"embed": {"cache": False}}]),
+                 progress="off")
+    wall = time.perf_counter() - start
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        rows, seconds = con.execute("SELECT sum(rows_in)::BIGINT, sum(seconds) FROM stage_totals "
+                                    "WHERE run_id = ? AND stage = 'embed'", [report.run_id]).fetchone()
+        stored = con.execute("SELECT count(*) FROM vectors WHERE run_id = ?", [report.run_id]).fetchone()[0]
+    finally:
+        con.close()
+    assert stored == rows, (stored, rows)
+    return rows / seconds, wall, rows
+
+
+def bare_side(pool: Path, threads: int, repeat: int) -> list[float]:
+    """rows/s of a bare encode of the instructions the stage embeds, `repeat` times."""
+    import pyarrow as pa
+    import torch
+
+    from curate.stages.embed import Embed, texts_to_embed
+    from curate.stages.ingest import Ingest
+    from curate.storage.schema import sample_arrays
+
+    parse = Ingest().parse
+    samples = [parse(line, "pool") for line in pool.read_text().splitlines()]
+    texts = texts_to_embed(pa.table(sample_arrays(samples)), "instruction", None)
+    texts.sort(key=len, reverse=True)
+    torch.set_num_threads(threads)
+    model = Embed(cache=False).model
+    model.encode(texts[:64], batch_size=32)  # warm up
+    out = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        out.append(len(texts) / (time.perf_counter() - start))
+    return out
+
+
+def actor_threads() -> int:
+    """The torch thread count inside the embed stage's actor: what the stage's call runs with."""
+    import ray
+
+    from curate.pipeline.runner import LOCAL_RAY_SYSTEM_CONFIG
+    from curate.stages.embed import Embed
+
+    ray.init(address="local", include_dashboard=False, _system_config=LOCAL_RAY_SYSTEM_CONFIG)
+    res = Embed.resources_for({}, ray.cluster_resources())
+
+    @ray.remote(num_cpus=res.num_cpus)
+    def probe():
+        import torch
+
+        Embed(cache=False).setup(None)
+        return torch.get_num_threads()
+
+    try:
+        return ray.get(probe.remote())
+    finally:
+        ray.shutdown()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rows", type=int)
+    ap.add_argument("--repeat", type=int, default=3, help="bare encodes; the median is the figure")
+    args = ap.parse_args()
+    rows = args.rows or (800 if args.quick else 4000)
+    with tempfile.TemporaryDirectory() as tmp:
+        pool = alpaca_pool(rows, Path(tmp) / "pool.jsonl")
+        embed_rows_s, run_s, n = pipeline_side(pool, Path(tmp) / "embed.duckdb")
+        threads = actor_threads()
+        bare = bare_side(pool, threads, args.repeat)
+    bare_rows_s = statistics.median(bare)
+    print(f"pipeline: {n} rows, embed stage {embed_rows_s:.0f} rows/s (busy time), run {run_s:.1f} s wall")
+    print(f"bare encode, {threads} thread(s): {', '.join(f'{b:.0f}' for b in bare)} rows/s")
+    print(json.dumps({"bench": "embed", "rows": n, "embed_rows_s": round(embed_rows_s, 1),
+                      "bare_rows_s": round(bare_rows_s, 1), "embed_ratio": round(embed_rows_s / bare_rows_s, 3),
+                      "threads": threads, "run_s": round(run_s, 1)}))
+
+
+if __name__ == "__main__":
+    main()

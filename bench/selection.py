@@ -410,7 +410,7 @@ def scale_coverage(db: str, ids: list[str]) -> dict:
 
 
 # (niter, rows per centroid in the fit sample): the selector's default first, then lighter fits.
-FIT_SETTINGS = ((20, POINTS_PER_CENTROID), (10, POINTS_PER_CENTROID), (10, 32), (6, 32), (4, 32), (4, 16))
+FIT_SETTINGS = ((20, POINTS_PER_CENTROID), (10, POINTS_PER_CENTROID), (4, 16), (2, 8))
 
 
 def kmeans_only(rows: int, k: int, memory_limit: str) -> None:

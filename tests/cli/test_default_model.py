@@ -28,7 +28,7 @@ pytest.importorskip("gguf", reason="the models extra is not installed (no gguf)"
 
 from conftest import ROOT, SELECTION_LINEAGE  # noqa: E402
 
-pytestmark = [pytest.mark.vllm, pytest.mark.model, pytest.mark.sandbox, pytest.mark.slow]
+pytestmark = [pytest.mark.model, pytest.mark.slow]
 
 
 
@@ -145,6 +145,8 @@ def main_run(default_model, ray_local, tmp_path_factory):
     return report, db, tmp
 
 
+@pytest.mark.vllm
+@pytest.mark.sandbox
 def test_self_instruct_makes_parseable_distinct_tasks(main_run):
     report, db, _ = main_run
     con = duckdb.connect(db, read_only=True)
@@ -167,6 +169,8 @@ def test_self_instruct_makes_parseable_distinct_tasks(main_run):
     assert drops.get("unparseable", 0) <= len(accepted)  # most completions parse into tasks
 
 
+@pytest.mark.vllm
+@pytest.mark.sandbox
 def test_main_job_selection_walks_back_to_seeds(main_run):
     from checks import assert_counts_add_up
 
@@ -191,6 +195,7 @@ def test_main_job_selection_walks_back_to_seeds(main_run):
     assert len(exported) == selected and exported[0]["messages"][-1]["role"] == "assistant"
 
 
+@pytest.mark.vllm
 def test_vllm_prompts_start_with_one_bos(default_model):
     """What VllmBackend sends vLLM (`prompt_token_ids`: the chat template's text, tokenized by
     vLLM's own tokenizer without special tokens) starts with one <bos>: Gemma degenerates into

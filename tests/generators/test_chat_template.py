@@ -11,7 +11,6 @@ import pytest
 from curate.errors import CurateError
 from curate.generators.backends.chat_template import FOLD, NATIVE, fold_system, preflight, probe, render
 
-pytestmark = [pytest.mark.vllm, pytest.mark.model, pytest.mark.slow]
 
 NATIVE_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
                    "{% if add_generation_prompt %}<|assistant|>{% endif %}")
@@ -104,6 +103,9 @@ def test_preflight_stops_a_model_folder_without_a_chat_template(tmp_path, monkey
     preflight(None)
 
 
+@pytest.mark.vllm
+@pytest.mark.model
+@pytest.mark.slow
 def test_vllm_engine_folds_the_system_turn_under_a_gemma_style_template(tmp_path):
     """The real engine on a tiny Llama whose template raises on the system role: a request
     with a system turn generates, its prompt is the folded conversation, and the engine's stats

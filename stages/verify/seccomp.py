@@ -2,7 +2,10 @@
 
 Default allow; denied with EPERM: sockets other than AF_UNIX (EACCES), ptrace and cross-process
 memory access, mounts and namespace changes, kernel keyrings, BPF, perf, userfaultfd, io_uring,
-and the TIOCSTI ioctl (typing into the caller's terminal, CVE-2017-5226).
+the TIOCSTI ioctl (typing into the caller's terminal, CVE-2017-5226), and creating SysV IPC
+objects or POSIX message queues: they live in the jail's IPC namespace, which a warm jail keeps
+across executions, so one execution could leave them for the next (the standard library uses
+neither; its semaphores and shared memory are files in /dev/shm, emptied after each run).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ DENIED = (
     "io_uring_setup", "io_uring_enter", "io_uring_register", "kexec_load", "init_module",
     "finit_module", "delete_module", "swapon", "swapoff", "reboot", "acct", "quotactl",
     "open_by_handle_at", "name_to_handle_at", "fanotify_init", "syslog",
+    "shmget", "semget", "msgget", "mq_open",
 )
 TIOCSTI = 0x5412
 

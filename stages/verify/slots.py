@@ -46,6 +46,7 @@ class Slot:
                  private_tmpfs: bool = False):
         self.uid = uid
         self.lock_fd = lock_fd
+        self.jail = None  # the slot's warm jail (zygote.Jail), kept by the Sandbox between executions
         self.workdir: Path | None = None
         if private_tmpfs:  # tier C: the only writable place, size-capped, emptied after every run
             WORK_DIR.mkdir(mode=0o711, exist_ok=True)
@@ -86,6 +87,12 @@ class Slot:
             if line.startswith("oom_kill "):
                 return int(line.split()[1])
         return int((self.memory_dir / "memory.failcnt").read_text())
+
+    def pids_current(self) -> int | None:
+        """Tasks now in the slot's pids cgroup (None without cgroups)."""
+        if not self.cgroup_dirs:
+            return None
+        return int((self.pids_dir / "pids.current").read_text())
 
     def wait_empty(self, timeout: float = 2.0) -> bool:
         if not self.cgroup_dirs:

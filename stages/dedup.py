@@ -12,6 +12,7 @@ character n-grams in scripts written without spaces (Chinese, Japanese, Thai...)
 
 from __future__ import annotations
 
+import array
 import functools
 import hashlib
 from typing import Literal
@@ -20,7 +21,8 @@ import numpy as np
 import pyarrow as pa
 
 from curate.stages.base import GlobalStage, Resources, StageResult
-from curate.stages.text import conversation_keys, first_user_turn, key_text, ngram_hashes, word_hashes
+from curate.stages.text import (conversation_keys, conversation_words, first_user_turn, key_text, token_hashes, tokens,
+                                word_spaced)
 
 
 def dedup_text(batch: pa.Table, on: str) -> pa.Array:
@@ -65,38 +67,107 @@ class ExactDedup(GlobalStage):
 
 class MinHasher:
     """MinHash signatures of token shingles (`shingle` consecutive tokens: words, or characters
-    in scripts without spaces), vectorised over a batch with NumPy.
+    in scripts without spaces), a batch at a time, computed by rensa (Rust, PyPI `rensa`):
+    `RMinHash.digest_matrix_from_flat_token_hashes` over each row's 64-bit shingle hashes, its
+    R-MinHash permutations being multiply-shift hashes (a·h + b mod 2^64, top 32 bits, `a` odd)
+    drawn from Xoshiro256++ seeded with `seed`, so every worker computes the same signatures.
 
-    Permutations are multiply-shift hashes (a·h + b mod 2^64, top 32 bits) with odd `a`, drawn
-    from `seed`, so every worker computes the same signatures."""
+    Tokens are hashed by `token_hashes` (rensa's token hash, per distinct word of a batch),
+    shingles by `shingle_hashes` (a polynomial rolling hash of the token hashes)."""
 
     def __init__(self, shingle: int = 5, num_perm: int = 128, seed: int = 0):
+        if shingle < 1 or num_perm < 1:
+            raise ValueError(f"shingle and num_perm must be at least 1, got {shingle} and {num_perm}")
         self.shingle = shingle
         self.num_perm = num_perm
-        rng = np.random.default_rng(seed)
-        self.a = rng.integers(1, 2**63, num_perm, dtype=np.uint64) | np.uint64(1)
-        self.b = rng.integers(0, 2**63, num_perm, dtype=np.uint64)
+        self.seed = seed
 
     def signatures(self, text: pa.Array, normalised: bool = False) -> np.ndarray:
         """(rows, num_perm) uint32; a row without tokens gets all-max (it matches nothing).
-        `normalised`: `text` is already normalised (`dedup_text`), so it is not normalised again."""
-        hashes, offsets = word_hashes(text, normalised=normalised)
-        grams, rows = ngram_hashes(hashes, offsets, self.shingle)
-        n_rows = len(offsets) - 1
-        sig = np.full((n_rows, self.num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
-        if len(grams) == 0:
-            return sig
-        order = np.argsort(rows, kind="stable")
-        grams, rows = grams[order], rows[order]
-        present, starts = np.unique(rows, return_index=True)
-        buf = np.empty_like(grams)
-        with np.errstate(over="ignore"):
-            for p in range(self.num_perm):  # one permutation at a time: 1-D, in place, cache-friendly
-                np.multiply(grams, self.a[p], out=buf)
-                buf += self.b[p]
-                # The shift to the top 32 bits is monotonic, so it can follow the min: once per row.
-                sig[present, p] = np.minimum.reduceat(buf, starts) >> np.uint64(32)
+        `text`: raw text, its words as `key_text` gives them (`word_spaced`); `normalised`: text
+        already normalised (`dedup_text`), split by `tokens`. Both give the same signatures."""
+        return self.digest(*token_hashes(tokens(text) if normalised else word_spaced(text)))
+
+    def digest(self, hashes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Signatures (rows, num_perm) uint32 of rows given as token hashes (uint64, flattened)
+        and row offsets (rows + 1,); a row without tokens gets all-max."""
+        import rensa
+
+        grams, gram_offsets = shingle_hashes(hashes, offsets, self.shingle)
+        flat = array.array(_U32)
+        for start in range(0, len(gram_offsets) - 1, DIGEST_ROWS):
+            part = gram_offsets[start: start + DIGEST_ROWS + 1]
+            matrix = rensa.RMinHash.digest_matrix_from_flat_token_hashes(
+                grams[part[0]: part[-1]], part - part[0], self.num_perm, self.seed)
+            for row in matrix.to_rows():  # rensa's one way out: lists of ints; array.extend reads them in C
+                flat.extend(row)
+        sig = np.frombuffer(flat, np.uint32).reshape(len(gram_offsets) - 1, self.num_perm)
+        sig[np.diff(gram_offsets) == 0] = np.iinfo(np.uint32).max  # rensa's empty digest, made explicit
         return sig
+
+
+# Rows per rensa call: rensa spreads a call of 256 rows or more over Rayon threads (one per core;
+# `DEFAULT_DOC_PAR_BATCH_SIZE`), while a near dedup task holds one CPU: smaller calls stay on its
+# thread, so two tasks on two cores do not contend, and busy seconds stay per core.
+DIGEST_ROWS = 255
+_U32 = next(code for code in "IL" if array.array(code).itemsize == 4)
+
+
+def shingle_hashes(hashes: np.ndarray, offsets: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes of every n-token window of each row, grouped by row in order (uint64), with the
+    rows' offsets into them (rows + 1,), int64. A row with fewer than n tokens but some gives one
+    window of all its tokens; a row without tokens none. The window hash is the polynomial
+    Σ h[j]·M^(len−1−j) mod 2^64 of its token hashes (as `ngram_hashes`), vectorised over the batch."""
+    offsets = np.asarray(offsets, np.int64)
+    lengths = np.diff(offsets)
+    counts = np.where(lengths >= n, lengths - n + 1, lengths > 0)
+    gram_offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(counts, out=gram_offsets[1:])
+    out = np.empty(gram_offsets[-1], np.uint64)
+    total = len(hashes)
+    if total == 0:
+        return out, gram_offsets
+    powers = np.cumprod(np.r_[np.uint64(1), np.full(n - 1, _MULT, np.uint64)], dtype=np.uint64)
+    padded = np.concatenate([hashes, np.zeros(n - 1, np.uint64)])
+    with np.errstate(over="ignore"):
+        # The window at every token (contiguous slices, no gathers), then the valid ones.
+        acc = padded[:total].copy()
+        for j in range(1, n):  # Horner: acc·M + the next token, in place
+            acc *= _MULT
+            acc += padded[j: j + total]
+        # A window starts at a token with n − 1 more of its row after it: not at the last n − 1
+        # tokens of a row of n or more, nor in a shorter row.
+        valid = np.ones(total, bool)
+        ends = offsets[1:][lengths >= n]
+        for k in range(1, n):
+            valid[ends - k] = False
+        short = (lengths > 0) & (lengths < n)
+        if not short.any():
+            return acc[valid], gram_offsets
+        valid[np.repeat(short, lengths)] = False
+        # Short rows too: the full windows go to their rows' places (shifted from token to
+        # window positions), then each short row's one window, rows of one length at a time.
+        starts = np.flatnonzero(valid)
+        out[starts + np.repeat(gram_offsets[:-1] - offsets[:-1], np.where(short, 0, counts))] = acc[starts]
+        for length in np.unique(lengths[short]):
+            first = offsets[:-1][lengths == length]
+            acc = padded[first] * powers[length - 1]
+            for j in range(1, length):
+                acc += padded[first + j] * powers[length - 1 - j]
+            out[gram_offsets[:-1][lengths == length]] = acc
+    return out, gram_offsets
+
+
+_MULT = np.uint64(0x100000001B3)
+
+
+def near_dedup_words(batch: pa.Table, on: str) -> tuple[np.ndarray, np.ndarray]:
+    """The token hashes and row offsets (`token_hashes`) of the words of `dedup_text(batch, on)`,
+    by the short path (`word_spaced`, `conversation_words`): the same words, without building
+    the normalised text."""
+    if on == "instruction":
+        return token_hashes(word_spaced(first_user_turn(batch["messages"])))
+    return token_hashes(conversation_words(batch["messages"]))
 
 
 class NearDedup(GlobalStage):
@@ -105,7 +176,11 @@ class NearDedup(GlobalStage):
     earlier kept row reaches `threshold` are dropped, naming that row. Rows without tokens pair
     with nothing.
 
-    Bands favour recall (`recall_weight` of the error mass on false negatives); every candidate
+    Bands favour recall (`recall_weight` of the error mass on false negatives: at the default
+    0.99 and threshold 0.8, 18 bands of 7 rows, which pass a pair at J = 0.8 with probability
+    0.986 and at 0.85 with 0.999, where 0.9's 14 × 9 passed 0.87 and 0.97 and missed ~2% of the
+    rows to drop in bench/cpu_stages.py; the extra candidates, most of them below the
+    threshold, cost little: each is verified on its signatures); every candidate
     pair is then verified on its signatures, accepting an estimated similarity of at least
     threshold − `verify_margin`: the estimate's noise (σ ≈ 0.04 at 128 permutations) would
     otherwise reject about half of the pairs just above the threshold."""
@@ -118,7 +193,7 @@ class NearDedup(GlobalStage):
 
     def __init__(self, threshold: float = 0.8, num_perm: int = 128, shingle: int = 5, seed: int = 0,
                  text: Literal["instruction", "conversation"] = "conversation", bands: int | None = None,
-                 recall_weight: float = 0.9, verify_margin: float = 0.05, max_bucket: int = 64):
+                 recall_weight: float = 0.99, verify_margin: float = 0.05, max_bucket: int = 64):
         if not 0 < threshold <= 1:
             raise ValueError(f"threshold must lie in (0, 1], got {threshold}")
         self.threshold = threshold
@@ -132,8 +207,8 @@ class NearDedup(GlobalStage):
         self.max_bucket = max_bucket
 
     def __call__(self, batch: pa.Table) -> StageResult:
-        sig = self.hasher.signatures(dedup_text(batch, self.text), normalised=True)
-        return StageResult.keep(batch, keys=_rows_as_bytes(sig))
+        sig = self.hasher.digest(*near_dedup_words(batch, self.text))
+        return StageResult.keep(batch, keys=_rows_as_binary(sig))
 
     def decide(self, batches) -> list[tuple[str, str]]:
         ids, sigs = [], []
@@ -175,7 +250,7 @@ class NearDedup(GlobalStage):
                 for start, size in zip(starts[sizes > 2], sizes[sizes > 2]):
                     group = np.sort(order[start: start + size])
                     if size <= self.max_bucket:
-                        i, j = np.triu_indices(size, k=1)
+                        i, j = _pairs_within(int(size))
                         found.append(group[i] * n + group[j])
                     else:  # a big bucket: pair every member with its first few, not all with all
                         heads = group[:8]
@@ -205,10 +280,12 @@ COMPACT_CODES = 1 << 21  # candidate pair codes held before they are made unique
 VERIFY_PAIRS = 16_384  # candidate pairs verified at once: 16 MiB of signatures at 128 permutations
 
 
-def _rows_as_bytes(sig: np.ndarray) -> list[bytes]:
+def _rows_as_binary(sig: np.ndarray) -> pa.Array:
+    """Each row of a (rows, num_perm) uint32 matrix as one binary value of num_perm × 4 bytes
+    (native order), over the matrix's own buffer (no bytes object per row)."""
     width = sig.shape[1] * 4
-    flat = sig.tobytes()
-    return [flat[i * width: (i + 1) * width] for i in range(len(sig))]
+    offsets = np.arange(len(sig) + 1, dtype=np.int32) * width
+    return pa.Array.from_buffers(pa.binary(), len(sig), [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(sig))])
 
 
 def _signature_matrix(keys: pa.Array, num_perm: int) -> np.ndarray:
@@ -223,6 +300,13 @@ def _signature_matrix(keys: pa.Array, num_perm: int) -> np.ndarray:
     if len(data) != width * len(keys):
         raise ValueError(f"near_dedup keys are not {width}-byte signatures (num_perm {num_perm})")
     return data.view(np.uint32).reshape(len(keys), num_perm).copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _pairs_within(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair (i < j) of `size` bucket members, as `np.triu_indices(size, k=1)`; cached, as
+    most buckets hold a few rows."""
+    return np.triu_indices(size, k=1)
 
 
 def greedy_drops(ids: list[str], pairs: np.ndarray) -> list[tuple[str, str]]:

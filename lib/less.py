@@ -3,8 +3,10 @@
 - Warmup: LoRA on q, k, v, o of a causal LM, AdamW with linear decay after a linear warmup,
   prompt tokens masked; after every epoch a checkpoint holds the LoRA weights, the optimizer's
   moments and the epoch's mean learning rate.
-- Features: per-example gradients of the LoRA parameters, many examples at a time with
-  `torch.func` (vmap over grad of a functional_call), in eval mode (no dropout). Pool examples
+- Features: per-example gradients of the LoRA parameters, a length-sorted batch of examples
+  per forward and backward pass (`per_example_grads`: hooks on the LoRA layers and one einsum
+  per layer), in eval mode (no dropout), the frozen base model in bf16 where the hardware has
+  it (`lm.scoring_dtype`) and the LoRA gradients in fp32. Pool examples
   get Adam-aware features from the checkpoint's moments, Γ = m' / sqrt(v' + 1e-8) with
   m' = β1 m + (1-β1) g and v' = β2 v + (1-β2) g² (ε inside the root, no bias correction, as
   the reference); targets get plain gradients. Each parameter's block of gradient is projected
@@ -80,13 +82,14 @@ def mean_answer_loss(logits, labels):
 
 def lora_model(model_path: str, r: int, alpha: float, dropout: float, modules: list[str], device: str | None = None,
                dtype: str | None = None, seed: int = 0):
-    """(peft model, tokenizer, device); eager attention, which vmap batches (SDPA's CPU kernel
-    has no batching rule and would run one example at a time)."""
+    """(peft model, tokenizer, device). The base model is frozen in
+    `dtype` (None: `lm.scoring_dtype`, bf16 on a GPU or a CPU with bf16 instructions); the LoRA
+    weights, their gradients and everything after them (Adam features, projection) stay fp32."""
     import torch
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
-    base, tok, device = L.load_causal_lm(model_path, device, dtype, attn="eager")
+    base, tok, device = L.load_causal_lm(model_path, device, dtype, scoring=True)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(modules), task_type="CAUSAL_LM")
     return get_peft_model(base, config).eval(), tok, device
 
@@ -144,7 +147,7 @@ def warmup(model, examples: list[Example], pad: int, device: str, out_dir: Path,
                 g["lr"] = rate
             for idx in L.length_batches([len(e.ids) for e in group], max_batch_tokens, len(group)):
                 ids, labels = padded([group[i] for i in idx], pad, device)
-                loss = mean_answer_loss(model(input_ids=ids).logits, labels).sum() / len(group)
+                loss = answer_losses(model, ids, labels).sum() / len(group)
                 loss.backward()
             optim.step()
             optim.zero_grad(set_to_none=True)
@@ -175,40 +178,59 @@ def load_lora(model, state: dict) -> None:
 # ---------------------------------------------------------------------------- gradients
 
 
-def answer_positions(labels):
-    """(B, A) positions t-1 that predict answer tokens t, their targets and 0/1 weights; rows
-    with fewer answer tokens than the longest are padded with weight 0."""
-    import torch
+def answer_losses(model, ids, labels):
+    """(B,) mean NLL over each sequence's answer tokens (labels not IGNORE), the vocabulary
+    projection run on answer positions only (`lm.token_nll`): the same loss as
+    `mean_answer_loss` on full logits, without the (B, T, V) logits of prompt and padding."""
+    targets = labels[:, 1:]
+    needed = targets != IGNORE
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the causal LM
+    nll = L.token_nll(inner, ids, needed)
+    return nll.sum(1) / needed.sum(1).clamp(min=1)
 
-    mask = labels[:, 1:] != IGNORE
-    width = max(1, int(mask.sum(1).max()))
-    pos = torch.zeros((len(labels), width), dtype=torch.long, device=labels.device)
-    weight = torch.zeros((len(labels), width), dtype=torch.float32, device=labels.device)
-    for row in range(len(labels)):
-        where = mask[row].nonzero().flatten()
-        pos[row, : len(where)] = where
-        weight[row, : len(where)] = 1.0
-    targets = labels[:, 1:].gather(1, pos).clamp(min=0)
-    return pos, targets, weight
+
+def lora_layers(model) -> dict:
+    """{parameter name: the nn.Linear module owning it}, for every trainable (LoRA) weight."""
+    params = lora_params(model)
+    return {f"{name}.weight": mod for name, mod in model.named_modules() if f"{name}.weight" in params}
 
 
 def per_example_grads(model, ids, labels) -> dict:
-    """{parameter name: (B, *shape)} gradients of each example's mean answer loss, all examples
-    in one vmapped call. Logits are computed at answer positions only (`logits_to_keep`), which
-    spares the vocabulary projection of prompt and padding tokens, forward and backward."""
+    """{parameter name: (B, *shape) float32} gradients of each example's mean answer loss, from
+    one batched forward and backward pass.
+
+    Every LoRA weight W sits in a bias-free linear layer y = x Wᵀ, so the gradient of a loss
+    Σ_b L_b is Σ_{b,t} ∂L/∂y[b,t] ⊗ x[b,t]; example b's rows are the only ones its own loss
+    reaches (padding follows the real tokens and a causal LM keeps examples apart), so the sum
+    over t alone is ∇L_b. Forward hooks keep x and y of each LoRA layer, autograd gives ∂L/∂y,
+    and one einsum per layer splits the gradient by example (the per-sample-gradient rule of
+    Opacus and of Goodfellow 2015, "Efficient per-example gradient computations"). No per-example
+    loop and no vmap: the base model runs its ordinary batched kernels (bf16, SDPA attention)."""
     import torch
-    from torch.func import functional_call, grad, vmap
 
-    params = {n: p.detach() for n, p in lora_params(model).items()}
-    pos, targets, weight = answer_positions(labels)
-
-    def loss(p, one_ids, one_pos, one_targets, one_weight):
-        logits = functional_call(model, p, (), {"input_ids": one_ids.unsqueeze(0), "logits_to_keep": one_pos}).logits[0]
-        nll = torch.nn.functional.cross_entropy(logits.float(), one_targets, reduction="none")
-        return (nll * one_weight).sum() / one_weight.sum()
-
-    with torch.enable_grad():
-        return vmap(grad(loss), in_dims=(None, 0, 0, 0, 0))(params, ids, pos, targets, weight)
+    layers = lora_layers(model)
+    seen: dict[str, list] = {name: [] for name in layers}
+    hooks = [mod.register_forward_hook(lambda m, inp, out, name=name: seen[name].append((inp[0], out)))
+             for name, mod in layers.items()]
+    try:
+        with torch.enable_grad():
+            loss = answer_losses(model, ids, labels).sum()
+            outs = [out for calls in seen.values() for _, out in calls]
+            grads = iter(torch.autograd.grad(loss, outs, allow_unused=True))
+    finally:
+        for h in hooks:
+            h.remove()
+    result = {}
+    for name, calls in seen.items():
+        total = None
+        for x, out in calls:
+            g = next(grads)
+            if g is None:
+                g = torch.zeros_like(out)
+            per_example = torch.einsum("bto,bti->boi", g.float(), x.detach().float())
+            total = per_example if total is None else total + per_example
+        result[name] = total
+    return result
 
 
 def adam_features(grads: dict, state: dict) -> dict:
@@ -285,8 +307,9 @@ class GradientFeatures:
                  max_batch_rows: int = 64, project_bytes: int = 512 << 20):
         self.model, self.tok, self.device, self.projector = model, tok, device, projector
         if max_batch_tokens is None:
-            # On a CPU a batch's (B, answer, vocab) logits also fall out of cache: one example
-            # per call measured 1.8x faster than 4,096-token batches.
+            # On a CPU one row of ~128 tokens already fills the matmuls: wider batches only add
+            # padding, and activations and answer logits held for the backward pass (about
+            # 2 MB a token with Gemma 3's vocabulary); 256 to 2,048 measured alike on Gemma.
             max_batch_tokens = 16384 if str(device).startswith("cuda") else 512
         self.max_batch_tokens, self.max_batch_rows = max_batch_tokens, max_batch_rows
         self.project_rows = max(1, project_bytes // (4 * sum(projector.sizes.values())))

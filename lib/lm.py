@@ -28,12 +28,37 @@ def pick_device(device: str | None = None) -> str:
 
 
 def pick_dtype(device: str, dtype: str | None = None):
-    """bf16 on a GPU, fp32 on a CPU (CPU bf16 matmuls are slow and lose the 1e-4 agreement)."""
+    """bf16 on a GPU, fp32 on a CPU (CPU bf16 matmuls are slow and lose the 1e-4 agreement).
+    The model scorers (IFD, LESS) use `scoring_dtype` instead, which also picks bf16 on CPUs
+    with bf16 instructions."""
     import torch
 
     if dtype and dtype != "auto":
         return getattr(torch, dtype)
     return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
+def cpu_has_bf16() -> bool:
+    """True when this CPU has bf16 matrix instructions (AVX-512 BF16, or AMX tiles) that
+    oneDNN uses for bf16 matmuls; without them torch emulates bf16 and it is slower than fp32."""
+    import torch
+
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(bool(check()) for check in checks if check is not None)
+
+
+def scoring_dtype(device: str, dtype: str | None = None):
+    """The dtype the model scorers (IFD, LESS) run in: `dtype` when given (a torch dtype name);
+    `None`/`auto`: bf16 on a GPU and on a CPU with bf16 instructions (`cpu_has_bf16`: there the
+    bf16 matmuls run about 4x the fp32 rate: 130-160 against 30-40 GFLOPS on 2 Zen 4 cores), fp32
+    on other CPUs. bf16 moves losses by about 1% (bench/scoring.py reports the difference)."""
+    import torch
+
+    if dtype and dtype != "auto":
+        return getattr(torch, dtype)
+    if str(device).startswith("cuda") or (str(device) == "cpu" and cpu_has_bf16()):
+        return torch.bfloat16
+    return torch.float32
 
 
 def resolve_model(model: str) -> str:
@@ -55,14 +80,16 @@ def load_tokenizer(model: str):
     return tok
 
 
-def load_causal_lm(model: str, device: str | None = None, dtype: str | None = None, attn: str | None = None):
+def load_causal_lm(model: str, device: str | None = None, dtype: str | None = None, attn: str | None = None,
+                   scoring: bool = False):
     """(model in eval mode on its device, tokenizer, device). `model`: a folder, a hub id, or
-    `default` (curate's built-in Gemma 3 270M, built once on first use: curate/models.py)."""
+    `default` (curate's built-in Gemma 3 270M, built once on first use: curate/models.py).
+    `dtype` None picks by `scoring_dtype` when `scoring` (IFD, LESS), else by `pick_dtype`."""
     from transformers import AutoModelForCausalLM
 
     model = resolve_model(model)
     device = pick_device(device)
-    kwargs = {"dtype": pick_dtype(device, dtype)}
+    kwargs = {"dtype": (scoring_dtype if scoring else pick_dtype)(device, dtype)}
     if attn:
         kwargs["attn_implementation"] = attn
     lm = AutoModelForCausalLM.from_pretrained(model, **kwargs).to(device).eval()
@@ -133,11 +160,16 @@ def length_batches(lengths, max_tokens: int, max_rows: int) -> list[np.ndarray]:
     return batches
 
 
-def default_batch_tokens(device: str) -> int:
-    """Tokens per forward pass: a GPU needs wide batches to fill it; a CPU computes no faster in
-    batches and loses cache locality to them (measured here: 16 rows of 250 tokens take 20%
-    longer in one batch than one by one), so it gets about one row per pass."""
-    return 16384 if str(device).startswith("cuda") else 1024
+def default_batch_tokens(device: str, dtype=None) -> int:
+    """Tokens per forward pass: a GPU needs wide batches to fill it. On a CPU in fp32, batches
+    compute no faster and lose cache locality (measured: 16 rows of 250 tokens took 20% longer in
+    one batch than one by one), so fp32 gets about one row per pass; bf16 matmuls (oneDNN's
+    AVX-512 BF16 kernels) run faster the more rows they get, so CPU bf16 gets several rows."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        return 16384
+    return 4096 if dtype == torch.bfloat16 else 1024
 
 
 def pad_right(seqs: list[list[int]], pad_id: int, device: str):
@@ -154,9 +186,12 @@ def pad_right(seqs: list[list[int]], pad_id: int, device: str):
 def token_nll(model, ids, needed, chunk_elements: int | None = None):
     """(B, T-1) NLL of tokens 1..T-1 given their prefixes, computed only where `needed` (a
     (B, T-1) bool mask; zero elsewhere). The vocabulary projection runs on the needed
-    positions only, `chunk_tokens` at a time: a (B, T, V) logits tensor never exists, which
-    skips padding; on a CPU, chunks of ~32 MB of logits run the log-softmax several times
-    faster per element than whole-batch logits. Models whose logits are
+    positions only, a chunk of positions at a time: a (B, T, V) logits tensor never exists, which
+    skips padding. Chunks: `chunk_elements` logits (default 2^27 on a GPU); on a CPU, 2^23
+    (~32 MB of fp32 logits, whose log-softmax runs several times faster per element than
+    whole-batch logits) but at least 128 positions, since each chunk streams the whole (V, H)
+    head through memory: with Gemma 3's 262,144-token vocabulary, 32-position chunks made the
+    bf16 head memory-bound (5.2 ms/token on one core, 3.6 at 128). Models whose logits are
     more than lm_head(last hidden) (Gemma-2's soft-capping) take the plain path."""
     import torch
 
@@ -167,8 +202,10 @@ def token_nll(model, ids, needed, chunk_elements: int | None = None):
         return nll * needed
     hidden = model.base_model(input_ids=ids).last_hidden_state[:, :-1]
     states, targets = hidden[needed], ids[:, 1:][needed]
-    chunk_elements = chunk_elements or (1 << 27 if ids.is_cuda else 1 << 23)
-    chunk_tokens = max(1, chunk_elements // head.out_features)
+    if chunk_elements or ids.is_cuda:
+        chunk_tokens = max(1, (chunk_elements or 1 << 27) // head.out_features)
+    else:
+        chunk_tokens = max(128, (1 << 23) // head.out_features)
     flat = torch.cat([
         torch.nn.functional.cross_entropy(head(states[i : i + chunk_tokens]).float(), targets[i : i + chunk_tokens], reduction="none")
         for i in range(0, len(states), chunk_tokens)

@@ -55,7 +55,7 @@ class LessSelector(Selector):
         self.shape = {"model": model, "warmup_fraction": warmup_fraction, "epochs": epochs, "lr": lr,
                       "batch_size": batch_size, "warmup_ratio": warmup_ratio, "lora_r": lora_r, "lora_alpha": lora_alpha,
                       "lora_dropout": lora_dropout, "lora_modules": list(lora_modules), "max_length": max_length,
-                      "dim": dim, "seed": seed}
+                      "dim": dim, "seed": seed, "dtype": dtype or "auto"}
         self.key = hashlib.sha256(json.dumps(self.shape, sort_keys=True).encode()).hexdigest()[:16]
         self.workdir, self.feature_batch_rows = workdir, feature_batch_rows
         self.max_batch_tokens, self.max_batch_rows, self.device, self.dtype = max_batch_tokens, max_batch_rows, device, dtype

@@ -14,6 +14,11 @@ when prompt + answer exceed it (the answer would be cut in one pass and not the 
 the prompt or answer span is empty. A skipped row is dropped with the reason by default
 (`on_skip: drop`; Cherry never selects it either), or kept without scores (`on_skip: keep`).
 
+The model runs in `dtype`; by default `lm.scoring_dtype`'s pick: bf16 on a GPU and on a CPU with
+bf16 instructions (AVX-512 BF16, AMX), fp32 elsewhere. bf16 moves each loss by up to about 2%
+(bench/scoring.py and tests/stages/test_scoring_dtype.py measure it against the fp32 reference);
+`dtype: float32` gives the reference's losses to 1e-4.
+
 The stage caches each row's three losses and skip reason by (model, conversation, max_length,
 direct_prefix, dtype, device) in `<db>.model_cache.duckdb` (storage/model_cache.py; `cache:
 false` turns it off); `ifd` and `ic_ifd` are derived from them, so `variant` needs no new pass.
@@ -102,10 +107,11 @@ class IFDScorer:
 
     def __init__(self, model: str, max_length: int = 512, variant: str = "loss_ratio", direct_prefix: str = "",
                  max_batch_tokens: int | None = None, max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None):
-        self.lm, self.tok, self.device = L.load_causal_lm(model, device, dtype)
+        self.lm, self.tok, self.device = L.load_causal_lm(model, device, dtype, scoring=True)
         self.model = model
         self.max_length, self.variant, self.direct_prefix = max_length, variant, direct_prefix
-        self.max_batch_tokens, self.max_batch_rows = max_batch_tokens or L.default_batch_tokens(self.device), max_batch_rows
+        self.max_batch_tokens = max_batch_tokens or L.default_batch_tokens(self.device, self.lm.dtype)
+        self.max_batch_rows = max_batch_rows
 
     def losses(self, convs: list[list[dict]]) -> tuple[np.ndarray, list[str | None]]:
         """(rows, 3) float64 losses in LOSS_NAMES order (NaN where skipped); and the skip reasons."""

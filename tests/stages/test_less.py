@@ -1,5 +1,6 @@
-"""LESS: vectorised per-example LoRA gradients equal backward() ones; the projection keeps inner
-products within the Johnson-Lindenstrauss bound; batched features equal the reference loop."""
+"""LESS: per-example LoRA gradients from one batched pass (split by example with hooks) equal
+backward() ones; the projection keeps inner products within the Johnson-Lindenstrauss bound;
+batched features equal the reference loop (all fp32 here; bf16: test_scoring_dtype.py)."""
 
 import math
 
@@ -28,7 +29,8 @@ CONVS = [
 @pytest.fixture(scope="module")
 def lora(tmp_path_factory):
     path = build_tiny_llama(tmp_path_factory.mktemp("tiny_llama_less"))
-    model, tok, device = less.lora_model(str(path), r=4, alpha=16, dropout=0.1, modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    model, tok, device = less.lora_model(str(path), r=4, alpha=16, dropout=0.1, modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                                         dtype="float32")  # exactness against the reference: the same dtype
     torch.manual_seed(1)
     with torch.no_grad():  # peft starts B at zero, which would make every gradient of A zero
         for p in less.lora_params(model).values():
@@ -37,7 +39,7 @@ def lora(tmp_path_factory):
     return model, tok, device
 
 
-def test_vectorised_per_example_grads_equal_backward(lora):
+def test_batched_per_example_grads_equal_backward(lora):
     model, tok, device = lora
     examples = less.training_examples(tok, CONVS, max_length=64)
     ids, labels = less.padded(examples, less.L.pad_id(tok), device)

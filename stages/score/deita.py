@@ -33,7 +33,8 @@ import pyarrow as pa
 
 from curate.generators.prompts_io import template
 from curate.lib import lm as L
-from curate.stages.base import Resources, Stage, StageContext, StageResult, param
+from curate.stages.base import StageContext, StageResult, param
+from curate.stages.score.base import ModelStage
 from curate.storage.model_cache import CachedRows, model_fingerprint
 from curate.storage.schema import canonical_messages
 
@@ -169,25 +170,15 @@ class DeitaScorer:
             "device": str(self.device).split(":")[0]}
 
 
-class DeitaScores(Stage):
+class DeitaScores(ModelStage):
     """Scores `<prefix>complexity`, `<prefix>quality` and `<prefix>deita` of every row (see the
     module's docstring); keeps every row."""
 
     name = "deita_scores"
-    resources = Resources(num_cpus=1, actor=True, concurrency=1)  # set num_gpus: 1 to score on a GPU
-    batch_size = 512
 
     @classmethod
     def writes(cls, params: dict) -> set[str]:
         return {f"scores:{param(cls, params, 'prefix')}{name}" for name in SCORE_NAMES}
-
-    @classmethod
-    def preflight(cls, params: dict) -> None:
-        """Before any Ray work (pipeline/preflight.py `check_model`): `model` is `default`, a folder
-        with a readable config.json and weights, or a Hugging Face id the cache or hub can give."""
-        from curate.pipeline.preflight import check_model
-
-        check_model(params.get("model", "default"), f"{cls.name}.model")
 
     def __init__(self, model: str = "default", max_length: int = 2048, prefix: str = "",
                  max_batch_tokens: int | None = None, max_batch_rows: int = 64, device: str | None = None,

@@ -33,7 +33,8 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from curate.stages.base import Resources, Stage, StageContext, StageResult, param
+from curate.stages.base import StageContext, StageResult, param
+from curate.stages.score.base import ModelStage
 from curate.lib import lm as L
 from curate.storage.model_cache import CachedRows, model_fingerprint
 from curate.storage.schema import canonical_messages
@@ -147,25 +148,15 @@ class IFDScorer:
             "device": str(self.device).split(":")[0]}
 
 
-class IFDScore(Stage):
+class IFDScore(ModelStage):
     """Scores `<prefix>ifd`, `<prefix>ic_ifd` and the three losses (`<prefix>loss_...`) of every
     row it scores; a skipped row has none."""
 
     name = "ifd"
-    resources = Resources(num_cpus=1, actor=True, concurrency=1)  # set num_gpus: 1 to score on a GPU
-    batch_size = 512
 
     @classmethod
     def writes(cls, params: dict) -> set[str]:
         return {f"scores:{param(cls, params, 'prefix')}{name}" for name in SCORE_NAMES}
-
-    @classmethod
-    def preflight(cls, params: dict) -> None:
-        """Before any Ray work (pipeline/preflight.py `check_model`): `model` is `default`, a folder
-        with a readable config.json and weights, or a Hugging Face id the cache or hub can give."""
-        from curate.pipeline.preflight import check_model
-
-        check_model(params.get("model"), f"{cls.name}.model")
 
     def __init__(self, model: str, max_length: int = 512, variant: Literal["loss_ratio", "ppl_ratio"] = "loss_ratio",
                  direct_prefix: str = "", on_skip: Literal["drop", "keep"] = "drop", prefix: str = "",

@@ -11,30 +11,21 @@ import pyarrow as pa
 
 from curate.lib import lm as L
 from curate.lib.rds import RDSEncoder, conversation_ids, weighted_mean_pool  # noqa: F401 - re-exported
-from curate.stages.base import Resources, Stage, StageContext, StageResult, param
+from curate.stages.base import StageContext, StageResult, param
+from curate.stages.score.base import ModelStage
 from curate.storage.model_cache import CachedRows
 from curate.storage.schema import canonical_messages
 
 
-class RDSEmbed(Stage):
+class RDSEmbed(ModelStage):
     """Vectors `<vectors>` (RDS+ representations, with the model's name) for every row."""
 
     name = "rds_embed"
     ALIASES = {"vector": "vectors"}  # old parameter name → new (pipeline/config.py)
-    resources = Resources(num_cpus=1, actor=True, concurrency=1)  # set num_gpus: 1 to embed on a GPU
-    batch_size = 512
 
     @classmethod
     def writes(cls, params: dict) -> set[str]:
         return {f"vectors:{param(cls, params, 'vectors')}"}
-
-    @classmethod
-    def preflight(cls, params: dict) -> None:
-        """Before any Ray work (pipeline/preflight.py `check_model`): `model` is `default`, a folder
-        with a readable config.json and weights, or a Hugging Face id the cache or hub can give."""
-        from curate.pipeline.preflight import check_model
-
-        check_model(params.get("model"), f"{cls.name}.model")
 
     def __init__(self, model: str, max_length: int = 2048, vectors: str = "rds", max_batch_tokens: int | None = None,
                  max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None, cache: bool | str = True):

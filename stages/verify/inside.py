@@ -375,13 +375,7 @@ def serve(spec):
             resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
             signal.signal(signal.SIGINT, signal.default_int_handler)
             os.chdir(workdir)
-            chunks = []
-            while True:
-                chunk = os.read(0, 1 << 20)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-            main(marshal.loads(b"".join(chunks)))
+            main()  # reads the payload from fd 0, as when run as a script
         except BaseException as exc:  # the runner failed before or around the candidate: say why
             try:
                 os.write(2, ("zygote child: %r\n" % (exc,)).encode())

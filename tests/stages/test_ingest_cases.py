@@ -11,7 +11,6 @@ import runpy
 from pathlib import Path
 
 import datasets
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -22,6 +21,7 @@ from curate.pipeline.dag import read_shard_table, stage_plans
 from curate.stages.ingest import Ingest
 from curate.stages.readers import input_fingerprint, plan_shards, resolve_inputs
 from curate.storage.schema import sample_id
+from checks import q
 from conftest import write_jsonl
 
 CASES = Path(__file__).resolve().parents[1] / "data" / "cases"
@@ -360,14 +360,6 @@ def test_a_meta_that_is_not_an_object_and_a_foreign_id_are_kept(tmp_path):
 
 
 # ---------------------------------------------------------------------------- the real pipeline
-
-
-def q(db, sql, *params):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, list(params)).fetchall()
-    finally:
-        con.close()
 
 
 def assert_counts_add_up(db, run_id):

@@ -48,6 +48,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from curate.stages.verify import seccomp
 from curate.stages.verify.isolation import SandboxUnavailableError, probe
@@ -431,38 +432,10 @@ class Sandbox:
         """Read the run's pipes (capped) and the zygote's answer until all have ended or the deadline."""
         L = self.limits
         caps = {"stdout": L.output_bytes, "stderr": L.output_bytes, "channel": L.channel_bytes}
-        control = jail.control.fileno()
-        fds = {out_r: "stdout", err_r: "stderr", chan_r: "channel", control: "control"}
-        streams = {name: bytearray() for name in caps}
-        poller = select.poll()
-        for fd in fds:
-            poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
-        status, answer = "finished", None
-        while fds:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                status = "timeout"
-                break
-            for fd, _ in poller.poll(remaining * 1000):
-                name = fds.get(fd)
-                if name is None:
-                    continue
-                if name == "control":
-                    answer = jail.answer()
-                    poller.unregister(fd)
-                    del fds[fd]
-                    continue
-                data = os.read(fd, 65536)
-                if not data:
-                    poller.unregister(fd)
-                    del fds[fd]
-                    continue
-                streams[name] += data
-                if len(streams[name]) > caps[name]:
-                    status = "output_limit"
-            if status != "finished":
-                break
-        return status, {k: bytes(v) for k, v in streams.items()}, answer
+        answers = []
+        status, streams = _drain({out_r: "stdout", err_r: "stderr", chan_r: "channel"}, caps, deadline,
+                                 {jail.control.fileno(): lambda: answers.append(jail.answer())})
+        return status, streams, (answers[0] if answers else None)
 
     def _watch(self, proc: subprocess.Popen, chan_r: int, info_r: int | None, deadline: float):
         L = self.limits
@@ -470,31 +443,7 @@ class Sandbox:
         fds = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr", chan_r: "channel"}
         if info_r is not None:
             fds[info_r] = "info"
-        streams = {name: bytearray() for name in caps}
-        poller = select.poll()
-        for fd in fds:
-            poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
-        status = "finished"
-        while fds:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                status = "timeout"
-                break
-            events = poller.poll(remaining * 1000)
-            for fd, _ in events:
-                name = fds.get(fd)
-                if name is None:
-                    continue
-                data = os.read(fd, 65536)
-                if not data:
-                    poller.unregister(fd)
-                    del fds[fd]
-                    continue
-                streams[name] += data
-                if len(streams[name]) > caps[name]:
-                    status = "output_limit"
-            if status != "finished":
-                break
+        status, streams = _drain(fds, caps, deadline)
         if status != "finished" or proc.poll() is None:
             # bwrap's exit takes the pid namespace with it; wait briefly for a normal exit first
             if status == "finished":
@@ -509,7 +458,7 @@ class Sandbox:
                     pass
         proc.stdout.close()
         proc.stderr.close()
-        return status, {k: bytes(v) for k, v in streams.items()}
+        return status, streams
 
     def _reap_namespace(self, info: bytes):
         """Wait for the namespace's pid 1, orphaned to us when bwrap exits: then nothing of the run is left."""
@@ -587,3 +536,41 @@ def shared_sandbox(limits: Limits, slots: int | None, allow_unsandboxed: bool, p
         if key not in _DEFAULT or _DEFAULT[key]._closed:
             _DEFAULT[key] = Sandbox(limits, slots, allow_unsandboxed, python)
         return _DEFAULT[key]
+
+
+def _drain(fds: dict[int, str], caps: dict[str, int], deadline: float,
+           signals: dict[int, Callable[[], None]] | None = None) -> tuple[str, dict[str, bytes]]:
+    """Read the pipes `fds` (fd → stream name) until each has ended, one passes its cap in
+    `caps` ("output_limit") or `deadline` (perf_counter seconds) passes ("timeout"); else
+    "finished". `signals`: fds whose readiness calls their function once (the zygote's answer),
+    read by it, not here. Returns the status and every stream's bytes (those of `caps`)."""
+    signals = dict(signals or {})
+    streams = {name: bytearray() for name in caps}
+    poller = select.poll()
+    for fd in (*fds, *signals):
+        poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    fds, status = dict(fds), "finished"
+    while fds or signals:
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            status = "timeout"
+            break
+        for fd, _ in poller.poll(remaining * 1000):
+            if fd in signals:
+                signals.pop(fd)()
+                poller.unregister(fd)
+                continue
+            name = fds.get(fd)
+            if name is None:
+                continue
+            data = os.read(fd, 65536)
+            if not data:
+                poller.unregister(fd)
+                del fds[fd]
+                continue
+            streams[name] += data
+            if len(streams[name]) > caps[name]:
+                status = "output_limit"
+        if status != "finished":
+            break
+    return status, {k: bytes(v) for k, v in streams.items()}

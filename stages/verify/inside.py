@@ -371,7 +371,15 @@ def serve(spec):
             high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in fds]  # out of the way of 0-3
             for target, fd in enumerate(high):
                 os.dup2(fd, target)
-            os.closerange(4, nofile)  # the control socket among them
+            os.closerange(4, nofile)
+            # An fd inherited above the NOFILE limit (the control socket, when the launching
+            # process had many files open) survives closerange: close what /proc lists too.
+            for name in os.listdir("/proc/self/fd"):
+                if int(name) > 3:
+                    try:
+                        os.close(int(name))
+                    except OSError:
+                        pass
             resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
             signal.signal(signal.SIGINT, signal.default_int_handler)
             os.chdir(workdir)

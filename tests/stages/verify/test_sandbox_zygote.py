@@ -224,3 +224,24 @@ def test_a_zygote_killed_from_outside_mid_run_is_replaced_and_the_run_retried(sa
     os.kill(zygote(sandbox), signal.SIGKILL)  # between runs
     time.sleep(0.1)
     assert run(sandbox, OK).passed
+
+
+FORGE = ("import os\nfor fd in os.listdir('/proc/self/fd'):\n    try:\n"
+         "        os.write(int(fd), b\"{'t': 'case', 'i': 0, 'v': {'i': '1'}, 'n': 'guess'}\\n\")\n"
+         "    except OSError:\n        pass\ndef f():\n    return 2\n", "assert f() == 1")
+
+
+@pytest.mark.parametrize("jail", ["bwrap", "unshare"])
+def test_a_child_holds_no_fd_of_the_zygote_even_one_above_its_nofile_limit(jail):
+    """A process that launches the jail with many files open passes the control socket in at a
+    high fd number, above the jail's NOFILE limit, where closerange does not reach: a forged
+    record written to every fd the child holds must reach only its own pipes (seen in a long CI
+    session: the record reached the control socket and the run read as `infra`)."""
+    held = [os.open("/dev/null", os.O_RDONLY) for _ in range(400)]
+    try:
+        with one_slot(jail, wall_s=10) as sb:
+            assert run(sb, FORGE).kind == "forged"
+            assert run(sb, ("def f():\n    return 1\n", "assert f() == 1")).passed  # the same zygote still answers
+    finally:
+        for fd in held:
+            os.close(fd)

@@ -42,6 +42,14 @@ def ray_local():
 
 
 @pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """The folder of tests/tiny_llm.py's tiny random Llama, built once per session (read-only)."""
+    from tiny_llm import build_tiny_llama
+
+    return str(build_tiny_llama(tmp_path_factory.mktemp("tiny_llama")))
+
+
+@pytest.fixture(scope="session")
 def alpaca_rows(shared_data) -> list[dict]:
     return json.loads((shared_data / ALPACA.name).read_text())
 

@@ -11,14 +11,8 @@ import pytest
 
 from curate.generators.prompts_io import template
 from curate.stages.score.deita import DIGITS, DeitaScorer, turn_pairs
-from tiny_llm import build_tiny_llama
 
 pytestmark = [pytest.mark.model, pytest.mark.usefixtures("one_torch_thread")]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
-    return str(build_tiny_llama(tmp_path_factory.mktemp("tiny_llama")))
 
 
 def chat(*turns):

@@ -8,15 +8,9 @@ import pytest
 from curate.stages.ingest import Ingest
 from curate.stages.score.ifd import IFDScorer
 from curate.stages.score.reference import ifd_one_at_a_time
-from tiny_llm import build_tiny_llama
 
 
 pytestmark = [pytest.mark.model, pytest.mark.usefixtures("one_torch_thread")]
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> str:
-    return str(build_tiny_llama(tmp_path_factory.mktemp("tiny_llama")))
 
 
 @pytest.fixture(scope="session")

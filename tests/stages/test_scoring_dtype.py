@@ -22,14 +22,8 @@ from curate.lib import lm as L
 from curate.stages.ingest import Ingest
 from curate.stages.score.ifd import IFDScorer
 from curate.stages.score.reference import ifd_one_at_a_time, less_features_one_at_a_time
-from tiny_llm import build_tiny_llama
 
 pytestmark = [pytest.mark.model, pytest.mark.usefixtures("one_torch_thread")]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
-    return str(build_tiny_llama(tmp_path_factory.mktemp("tiny_llama_dtype")))
 
 
 @pytest.fixture(scope="module")

@@ -232,9 +232,10 @@ def _stage_line(p, i: int, config) -> str:
 
 def _barrier_text(p) -> str:
     from curate.pipeline.dependencies import STAGE_REQUIRES
+    from curate.pipeline.registry import stage_class
 
     needs = sorted(STAGE_REQUIRES.get(p.key, lambda q: set())(p.params))
-    return (f"reads {', '.join(needs)}" if needs else f"reads keys:{p.name}") + ", drops duplicates of the rows still kept"
+    return (f"reads {', '.join(needs)}" if needs else f"reads keys:{p.name}") + ", " + stage_class(p.key).decides
 
 
 def _selector_line(i: int, sc) -> str:

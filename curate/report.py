@@ -6,7 +6,8 @@ are one line); drop reasons by the drops table's `kind`, with example rows of ea
 distributions; clusters of each clustered selection (pool rows beside selected rows, example rows
 of each); selection composition (by origin and skill) and coverage (beside a random draw's);
 verifier pass rates and failures (the failure kind read from the verdict's JSON detail, beside the
-drop it caused, with a full example detail); LLM tokens and cache; a wall-clock timeline and busy
+drop it caused, with a full example detail); LLM judges (judge score distributions, checklist
+pass rates per item kind, unparseable outputs, revisions made and how they scored); LLM tokens and cache; a wall-clock timeline and busy
 time per stage.
 Charts are drawn with matplotlib (Agg) and embedded as base64 PNG (curate/report_render.py), so
 the page opens anywhere without network access. A chart with nothing to draw is replaced by a
@@ -27,7 +28,7 @@ from curate.report_clusters import pool_cluster_sizes
 from curate.report_render import bars, barh, clip, e, empty, example_table, hist, note, plural, table, timeline
 from curate.storage.store import Store, drops_relation
 
-SECTIONS = ("summary", "funnel", "drop-reasons", "scores", "clusters", "selections", "verifiers", "llm", "time")
+SECTIONS = ("summary", "funnel", "drop-reasons", "scores", "clusters", "selections", "verifiers", "judges", "llm", "time")
 EXAMPLES = 3  # example rows per drop kind and per cluster
 EXAMPLE_KINDS = 24  # drop kinds given examples (the most frequent)
 EXAMPLE_CLUSTERS = 12  # clusters given examples (the largest)
@@ -48,7 +49,7 @@ def write_report(db: str, out: str, run_id: str | None = None) -> str:
         steps = _steps(con, run_id)
         sections = [
             _summary(con, run_id), _funnel(steps), _drop_reasons(con, run_id), _scores(con, run_id),
-            _clusters(con, run_id), _selections(con, run_id), _verifiers(con, run_id), _llm(con, run_id, db),
+            _clusters(con, run_id), _selections(con, run_id), _verifiers(con, run_id), _judges(con, run_id), _llm(con, run_id, db),
             _time(con, run_id, steps),
         ]
     page = _page(run_id, db, sections)
@@ -359,6 +360,68 @@ def _verifiers(con, run_id) -> Section:
                                           "example detail"], failed, id="verifier-failures", raw=(0, 1, 2, 3, 4, 5))
                                     if failed else empty("no verdict failed"))
     return Section("verifiers", "Verifier pass rates", body)
+
+
+# A checklist question's kind, from its words (first match wins): a coarse grouping so pass rates
+# can be compared across prompts whose checklists differ.
+ITEM_KINDS = (
+    ("correctness", r"correct|accurate|right answer|valid|true|error"),
+    ("format", r"format|list|bullet|line|word|sentence|paragraph|title|length|short|brief|json|table|code block|heading"),
+    ("style", r"tone|polite|formal|friendly|concise|clear|voice|style|language"),
+    ("reasoning", r"step|explain|reason|justif|show"),
+    ("content", r"mention|include|about|describe|provide|give|address|cover|contain|ask|refrain|avoid"),
+)
+
+
+def _item_kind_sql() -> str:
+    cases = " ".join(f"WHEN regexp_matches(lower(question), '{pattern}') THEN '{kind}'" for kind, pattern in ITEM_KINDS)
+    return f"CASE {cases} ELSE 'other' END"
+
+
+def _judges(con, run_id) -> Section:
+    title = "LLM judges"
+    judged = _rows(con, """SELECT verifier, count(DISTINCT id) FROM verdicts WHERE run_id = ? AND verifier IN ('tick')
+                           GROUP BY 1 ORDER BY 1""", [run_id])
+    revised = _rows(con, """SELECT meta->>'generator', origin, count(*), count(*) FILTER (kept) FROM samples
+                            WHERE run_id = ? AND meta->>'generator' IN ('stick', 'revise') GROUP BY ALL ORDER BY 1""", [run_id])
+    if not judged and not revised:
+        return Section("judges", title, empty("no LLM judge in this run (tick, revise write verdicts and rows)"))
+    parts = []
+    for verifier, rows in judged:
+        names = [r[0] for r in _rows(con, """SELECT DISTINCT s.name FROM scores s JOIN verdicts v ON v.run_id = s.run_id AND v.id = s.id
+                                             WHERE s.run_id = ? AND v.verifier = ? AND s.name = ?""", [run_id, verifier, verifier])]
+        for name in names:
+            values = [r[0] for r in _rows(con, "SELECT value FROM scores WHERE run_id = ? AND name = ? AND isfinite(value)", [run_id, name])]
+            parts.append(hist(values, f"{name} (fraction of checklist questions answered YES)", name, f"{name}: no scores"))
+        unparseable = _rows(con, """SELECT count(*) FILTER (detail->>'kind' = 'unparseable'),
+                                           count(*) FILTER (detail->>'kind' = 'item' AND passed IS NULL), count(*) FILTER (detail->>'kind' = 'item')
+                                    FROM verdicts WHERE run_id = ? AND verifier = ?""", [run_id, verifier])[0]
+        parts.append(note(f"{e(verifier)}: {rows} rows judged; {unparseable[0]} checklists unparseable; "
+                          f"{unparseable[1]} of {unparseable[2]} answers neither YES nor NO (raw outputs in <code>verdicts.detail</code>)."))
+    kinds = _rows(con, f"""
+        WITH items AS (SELECT detail->>'question' AS question, passed FROM verdicts
+                       WHERE run_id = ? AND verifier = 'tick' AND detail->>'kind' = 'item')
+        SELECT {_item_kind_sql()} AS kind, count(*), count(*) FILTER (passed), count(*) FILTER (NOT passed),
+               round(100.0 * count(*) FILTER (passed) / nullif(count(*) FILTER (passed IS NOT NULL), 0), 1)
+        FROM items GROUP BY 1 ORDER BY 2 DESC""", [run_id])
+    if kinds:
+        parts.append("<h3>Checklist pass rates per item kind</h3>" +
+                     barh([r[0] for r in kinds], {"% YES": [r[4] or 0 for r in kinds]}, "% of answered questions YES",
+                          "checklist pass rates", "no checklist question was answered") +
+                     table(["item kind", "answers", "YES", "NO", "% YES"], kinds, id="checklist-kinds") +
+                     note("The kind is read from the question's words (report.py ITEM_KINDS); "
+                          "<code>SELECT * FROM checklists</code> lists every question with its answers."))
+    if revised:
+        delta = _rows(con, """
+            SELECT c.meta->>'generator', count(*), round(avg(cs.value - ps.value), 3), count(*) FILTER (cs.value > ps.value)
+            FROM samples c JOIN scores cs ON cs.run_id = c.run_id AND cs.id = c.id
+            JOIN scores ps ON ps.run_id = c.run_id AND ps.id = c.parent_ids[1] AND ps.name = cs.name
+            WHERE c.run_id = ? AND c.meta->>'generator' IN ('stick', 'revise') AND cs.name IN ('tick')
+            GROUP BY 1 ORDER BY 1""", [run_id])
+        parts.append("<h3>Revisions</h3>" + table(["generator", "origin", "rows made", "still kept"], revised, id="revisions") +
+                     (table(["generator", "scored beside their original", "mean score change", "scored higher"], delta)
+                      if delta else ""))
+    return Section("judges", title, "".join(parts))
 
 
 def _pretty(detail: str | None) -> str:

@@ -15,12 +15,14 @@ shares, written once.
 
 A task subclass writes `requests(batch)`, the chat requests to send per row, and
 `parse(row, completions)`, what to make of them: new rows (children, and failed rows built with
-`failed`), a `Failure` (the parent is dropped), or a `FollowUp` (more requests for that row,
+`failed`), a `Failure` (the parent is dropped), a `Judged` (a judge's answer: the row itself,
+kept or dropped, with its scores and verdicts), or a `FollowUp` (more requests for that row,
 answered in the next round of the same call, as Evol-Instruct answers its evolved instruction).
 This is distilabel's task contract (`format_input` / `format_output`; Argilla's distilabel,
 2024, https://github.com/argilla-io/distilabel). The base's `__call__` batches each round's
-requests of all rows into one backend call, in row order, so the requests (and with them the
-LLM cache's keys) are what a hand-written loop would send. A task whose flow does not fit (a
+requests of all rows into one backend call, in row order (a reproducible request repeated in a
+round sent once), so the requests (and with them the LLM cache's keys) are what a hand-written
+loop would send. A task whose flow does not fit (a
 pool of a whole shard: Self-Instruct's rounds, SkillMix's skill pool) overrides `__call__` and
 uses the helpers.
 """
@@ -29,13 +31,13 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
 import pyarrow as pa
 
 from curate.generators.backends.base import Backend, ChatRequest, Completion, Sampling
-from curate.stages.base import Stage, StageContext, StageResult
+from curate.stages.base import Stage, StageContext, StageResult, score_array, verdict_array
 from curate.stages.text import instruction  # noqa: F401 - re-exported: the one meaning of "instruction" (stages/text.py)
 from curate.storage import schema as S
 
@@ -54,6 +56,11 @@ def on_subset(batch: pa.Table, chosen: list[bool], generate: Callable[[pa.Table]
         result.generated = result.generated.set_column(result.generated.column_names.index(S.PARENT), S.PARENT, parents)
     others = batch.take(pa.array([i for i, c in enumerate(chosen) if not c], pa.int64()))
     result.kept = pa.concat_tables([others, result.kept])
+    # Per-row results cover the step's kept rows: the rows passed through come first, with none.
+    for name, values in result.scores.items():
+        values.kept = pa.concat_arrays([pa.nulls(others.num_rows, values.kept.type), values.kept])
+    if result.verdicts is not None:
+        result.verdicts.kept = pa.concat_arrays([pa.array([[]] * others.num_rows, result.verdicts.kept.type), result.verdicts.kept])
     return result
 
 
@@ -177,10 +184,67 @@ class Failure:
 
 
 @dataclass
+class Judged:
+    """`parse`'s answer when the task judges the row it read (a judge, not a generator): the row
+    stays as it is, kept, or dropped with `reason`, and carries `scores` (name → value, None for
+    none) and `verdicts` (verdict dicts: verifier, passed, strength, detail), stored for it.
+    `children`: new rows made beside it (a refined response), each with its own judgement (or
+    None); the judged row stays in play beside them."""
+    scores: dict[str, float | None] = field(default_factory=dict)
+    verdicts: list[dict] = field(default_factory=list)
+    reason: str | None = None
+    children: list[tuple[dict, "Judged | None"]] = field(default_factory=list)
+
+
+@dataclass
 class FollowUp:
     """`parse`'s answer when the row needs more calls: `requests` are sent in the next round
     (one backend call with every row's follow-ups), then `parse` sees all completions so far."""
     requests: list[ChatRequest] = field(default_factory=list)
+
+
+def distinct_calls(backend: Backend, requests: list[ChatRequest]) -> list[list[Completion]]:
+    """backend.generate over the distinct requests only (a judge asks for one instruction's
+    checklist once per response): a repeated request that is reproducible (a seed, or greedy)
+    gets the same completions, so sending it once changes no output. Unseeded sampled requests
+    are all sent."""
+    if not requests:
+        return []
+    keys = [json.dumps([r.messages, asdict(r.sampling)], sort_keys=True)
+            if r.sampling.seed is not None or r.sampling.temperature == 0 else i for i, r in enumerate(requests)]
+    first = {}
+    for k, r in zip(keys, requests):
+        first.setdefault(k, r)
+    if len(first) == len(requests):
+        return backend.generate(requests)
+    answers = dict(zip(first, backend.generate(list(first.values()))))
+    return [answers[k] for k in keys]
+
+
+def judged_result(batch: pa.Table, outcome: list[list[dict] | Failure | Judged]) -> StageResult:
+    """The StageResult of a judge's outcomes: each row kept or dropped as its `Judged` says (a
+    `Failure` drops it, a row list with no row keeps it unjudged), with its scores and verdicts;
+    the `Judged` children are added beside their parents (`parents_stay`), with theirs. New rows
+    outside a `Judged` are a task's bug (ValueError): a judge's rows stay in play."""
+    if any(isinstance(out, list) and out for out in outcome):
+        raise ValueError("a task's parse returned both judged rows and new rows in one batch: a judge makes no rows")
+    judged = [out if isinstance(out, Judged) else Judged() for out in outcome]
+    reasons = [out.drop_reason() if isinstance(out, Failure) else j.reason for out, j in zip(outcome, judged)]
+    children = [(i, row, c or Judged()) for i, j in enumerate(judged) for row, c in j.children]
+    for i, row, _ in children:
+        row[S.PARENT] = i
+    result = StageResult.split(batch, reasons, scores=_scores_of(judged), verdicts=[list(j.verdicts) for j in judged])
+    if children:
+        result.generated = generated_table([row for _, row, _ in children])
+        result.generated_scores = {n: score_array(v) for n, v in _scores_of([c for _, _, c in children]).items()}
+        result.generated_verdicts = verdict_array([list(c.verdicts) for _, _, c in children])
+        result.parents_stay = True
+    return result
+
+
+def _scores_of(judged: list[Judged]) -> dict[str, list]:
+    names = sorted({name for j in judged for name in j.scores})
+    return {name: [j.scores.get(name) for j in judged] for name in names}
 
 
 class LLMTask(Stage):
@@ -234,7 +298,7 @@ class LLMTask(Stage):
     def requests(self, batch: pa.Table) -> list[list[ChatRequest]]:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def parse(self, row: dict, completions: list[list[Completion]]) -> list[dict] | Failure | FollowUp:  # pragma: no cover - interface
+    def parse(self, row: dict, completions: list[list[Completion]]) -> list[dict] | Failure | Judged | FollowUp:  # pragma: no cover - interface
         raise NotImplementedError
 
     # --- the flow -------------------------------------------------------------------------
@@ -257,7 +321,7 @@ class LLMTask(Stage):
         while pending:
             order = sorted(pending)
             flat = [r for i in order for r in pending[i]]
-            results = self.backend.generate(flat) if flat else []
+            results = distinct_calls(self.backend, flat)
             at, follow = 0, {}
             for i in order:
                 k = len(pending[i])
@@ -274,8 +338,10 @@ class LLMTask(Stage):
         return self.result(batch, outcome)
 
     @staticmethod
-    def result(batch: pa.Table, outcome: list[list[dict] | Failure]) -> StageResult:
-        """The StageResult of per-row outcomes (rows or a Failure, in batch order)."""
+    def result(batch: pa.Table, outcome: list[list[dict] | Failure | Judged]) -> StageResult:
+        """The StageResult of per-row outcomes (rows, a Failure or a Judged, in batch order)."""
+        if any(isinstance(out, Judged) for out in outcome):
+            return judged_result(batch, outcome)
         children, kept, dropped, reasons = [], [], [], []
         for i, out in enumerate(outcome):
             if isinstance(out, Failure):

@@ -289,8 +289,8 @@ def apply_stage(stage: Stage, name: str, batch: pa.Table, writes: set[str] | fro
     if out.quarantined is not None and out.quarantined.num_rows:
         parts.append(_mark(out.quarantined, out.errors, S.QUARANTINED, name))
     accounted = sum(p.num_rows for p in parts)
-    if result.generated is not None and result.generated.num_rows:
-        children, parents, share = _children(live, result.generated, name, result.parents_stay)
+    if out.generated is not None and out.generated.num_rows:
+        children, parents, share = _children(live, out.generated, name, result.parents_stay)
         parts = [_reweigh(p, share) for p in parts]
         parts.insert(1, children)
         if parents is not None:

@@ -24,6 +24,8 @@ STAGES = {
     "skillmix": "curate.generators.skillmix:SkillMix",
     "embed": "curate.stages.embed:Embed",
     "semdedup": "curate.stages.semdedup:SemDeDup",
+    "tick": "curate.stages.judge.tick:Tick",
+    "best_of_n": "curate.stages.judge.best_of_n:BestOfN",
 }
 
 

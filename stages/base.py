@@ -95,6 +95,10 @@ class StageResult:
     # list<VERDICT> per row ({verifier, passed, strength, detail}), stored in `verdicts` for kept
     # and dropped rows. A plain list (of verdict lists) covers the kept rows only.
     verdicts: RowValues | None = None
+    # Generators that also judge their new rows (a judge that refines a response): per row of
+    # `generated`, name → float64 (null: none) and list<VERDICT>, stored as for any row.
+    generated_scores: dict[str, pa.Array] = field(default_factory=dict)
+    generated_verdicts: pa.Array | None = None
 
     def __post_init__(self):
         if self.reasons is not None:
@@ -105,6 +109,9 @@ class StageResult:
         self.vectors = {name: (vector_array(v), model) for name, (v, model) in (self.vectors or {}).items()}
         if self.verdicts is not None:
             self.verdicts = _row_values(self.verdicts, verdict_array)
+        self.generated_scores = {name: score_array(v) for name, v in (self.generated_scores or {}).items()}
+        if self.generated_verdicts is not None:
+            self.generated_verdicts = verdict_array(self.generated_verdicts)
 
     # -------------------------------------------------------------- helpers
 
@@ -323,6 +330,7 @@ class GlobalStage(Stage):
     """
 
     order: ClassVar[str] = "position"
+    decides: ClassVar[str] = "drops duplicates of the rows still kept"  # what its barrier does, as `curate plan` says it
 
     @classmethod
     def writes(cls, params: dict) -> set[str]:

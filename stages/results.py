@@ -6,10 +6,10 @@ results must ride on the rows as columns: `to_stream` (called by pipeline/dag.py
 checks them against what the stage declares (`Stage.writes`) and adds the columns; the store
 (storage/store.py) reads them back with `stored_columns`. Nothing else names these columns:
 
-    _score:<name>     float64          → scores(run_id, id, name, value)     kept and dropped rows
+    _score:<name>     float64          → scores(run_id, id, name, value)     kept, dropped and generated rows
     _vec:<name>       list<float32>    → vectors(run_id, name, id, model, vec)  kept rows
     _vecmodel:<name>  string, the model that made _vec:<name>
-    _verdicts         list<VERDICT>    → verdicts(run_id, id, verifier, ...)  kept and dropped rows;
+    _verdicts         list<VERDICT>    → verdicts(run_id, id, verifier, ...)  kept, dropped and generated rows;
                                          each verifier stage appends its verdicts to the row's list
     _key:<stage>      binary           → row_keys (a GlobalStage's key, for its global step)
 
@@ -52,6 +52,7 @@ class StreamParts:
     reasons: pa.Array | None
     quarantined: pa.Table | None
     errors: pa.Array | None
+    generated: pa.Table | None = None  # a generator's new rows, with their own results (judged children)
 
 
 def to_stream(result: StageResult, stage: str, declared: set[str] | None, input_columns: Iterable[str]) -> StreamParts:
@@ -82,13 +83,22 @@ def to_stream(result: StageResult, stage: str, declared: set[str] | None, input_
             dropped = _add_verdicts(dropped, result.verdicts.dropped, stage, "dropped")
     if result.keys is not None:
         kept, _ = _add(kept, None, S.KEY_PREFIX + stage, RowValues(result.keys.cast(pa.binary())), stage, "keys")
-    return StreamParts(kept, dropped, reasons, quarantined, errors)
+    generated = result.generated
+    if generated is not None:
+        for name, values in result.generated_scores.items():
+            generated = _set(generated, S.SCORE_PREFIX + name, values, stage, f"score {name!r} (generated rows)")
+        if result.generated_verdicts is not None:
+            generated = _add_verdicts(generated, result.generated_verdicts, stage, "generated")
+    elif result.generated_scores or result.generated_verdicts is not None:
+        raise ValueError(f"stage {stage}: results for generated rows, but it generates none")
+    return StreamParts(kept, dropped, reasons, quarantined, errors, generated)
 
 
 def _check_declared(result: StageResult, stage: str, declared: set[str]) -> None:
-    wrote = {f"scores:{n}" for n in result.scores} | {f"vectors:{n}" for n in result.vectors}
-    if result.verdicts is not None:
-        for part in (result.verdicts.kept, result.verdicts.dropped):
+    wrote = {f"scores:{n}" for n in (*result.scores, *result.generated_scores)} | {f"vectors:{n}" for n in result.vectors}
+    if result.verdicts is not None or result.generated_verdicts is not None:
+        parts = (result.verdicts.kept, result.verdicts.dropped) if result.verdicts is not None else ()
+        for part in (*parts, result.generated_verdicts):
             if part is not None and len(part):
                 wrote |= {f"verdicts:{v}" for v in pc.unique(pc.list_flatten(part).field("verifier")).to_pylist() if v is not None}
     if result.keys is not None:

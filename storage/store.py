@@ -125,17 +125,18 @@ CREATE OR REPLACE VIEW skills AS
     SELECT run_id, skill->>'name' AS name, skill->>'definition' AS definition, id AS extracted_from
     FROM (SELECT run_id, id, unnest(CAST(json_extract(meta, '$.skills_extracted') AS JSON[])) AS skill
           FROM samples WHERE meta LIKE '%"skills_extracted"%');
--- TICK checklists (stages/judge/tick.py): one row per question of each prompt's checklist, and
--- how the responses judged against it answered (yes, no, unparseable: counts over responses).
+-- Checklists of the checklist judges (stages/judge/checklist.py: TICK questions, DeCRIM
+-- constraints): one row per item of each prompt's list, and how the responses judged against it
+-- answered (yes, no, unparseable: counts over responses and refinements).
 CREATE OR REPLACE VIEW checklists AS
     WITH items AS (
-        SELECT run_id, detail->>'prompt_id' AS prompt_id, CAST(detail->>'item' AS INTEGER) AS item,
+        SELECT run_id, verifier, detail->>'prompt_id' AS prompt_id, CAST(detail->>'item' AS INTEGER) AS item,
                detail->>'question' AS question, passed, strength
-        FROM verdicts WHERE verifier = 'tick' AND detail->>'kind' = 'item')
-    SELECT run_id, prompt_id, item, any_value(question) AS question,
+        FROM verdicts WHERE verifier IN ('tick', 'decrim') AND detail->>'kind' = 'item')
+    SELECT run_id, verifier, prompt_id, item, any_value(question) AS question,
            count(*) FILTER (passed) AS yes, count(*) FILTER (NOT passed) AS no,
            count(*) FILTER (passed IS NULL) AS unparseable
-    FROM items GROUP BY run_id, prompt_id, item ORDER BY run_id, prompt_id, item;
+    FROM items GROUP BY run_id, verifier, prompt_id, item ORDER BY run_id, verifier, prompt_id, item;
 CREATE OR REPLACE VIEW stage_totals AS
     SELECT run_id, position, stage, sum(rows_in)::BIGINT AS rows_in, sum(kept)::BIGINT AS kept,
            sum(dropped)::BIGINT AS dropped, sum(quarantined)::BIGINT AS quarantined,

@@ -67,7 +67,7 @@ STAGE_REQUIRES = _Declarations("STAGES", "reads")
 SELECTOR_REQUIRES = _Declarations("SELECTORS", "reads")
 
 # Generators make rows: a dedup after one dedups its new rows, which is a reason to put it first.
-GENERATORS = {"respond", "evol_instruct", "self_instruct", "skillmix"}
+GENERATORS = {"respond", "evol_instruct", "self_instruct", "skillmix", "revise", "codeclm"}
 
 # What an expensive stage does to the rows, for the warning's advice.
 VERBS = {"embed": "embed", "rds_embed": "embed", "ifd": "score", "verify_code": "verify", "verify_math": "verify",

@@ -27,6 +27,7 @@ STAGES = {
     "tick": "curate.stages.judge.tick:Tick",
     "best_of_n": "curate.stages.judge.best_of_n:BestOfN",
     "decrim": "curate.stages.judge.decrim:Decrim",
+    "revise": "curate.stages.judge.revise:Revise",
 }
 
 

@@ -521,7 +521,9 @@ class Store:
         """Scores, vectors and verdicts that stages attached to rows, once per sample id."""
         con = self.con
         status, row = f'"{S.STATUS}"', f'"{S.ROW}"'
-        scored = f"{status} IN ('{S.KEPT}', '{S.DROPPED}')"
+        # Expanded rows too: a row scored or judged by one stage and then replaced by a generator's
+        # children (a revision) keeps what was said about it.
+        scored = f"{status} IN ('{S.KEPT}', '{S.DROPPED}', '{S.EXPANDED}')"
         scores = [r for r in results if r.kind == "scores"]
         if scores:  # one statement for all of them: one anti-join against `scores`, however many names
             each = " UNION ALL ".join(f'SELECT id, {row} AS "row", $name{i} AS name, "{r.column}" AS value FROM _batch '

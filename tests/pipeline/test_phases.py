@@ -160,17 +160,23 @@ def _nth_line(prefix: str, n: int):
 @pytest.mark.parametrize("where", ["phase 1", "barrier"])
 def test_sigkill_in_a_later_phase_or_in_a_barrier_then_rerun(ray_local, tmp_path, alpaca_rows, where):
     src = write_jsonl(tmp_path / "seeds.jsonl", with_repeats(alpaca_rows[:900]))
-    killed_db = tmp_path / "killed.duckdb"
-    when = _nth_line("committed shard", 27 + 3) if where == "phase 1" else _nth_line("global step exact_dedup", 1)
-    code, killed, err = run_killing_at(_cli(killed_db, src, DEDUP_THEN_FILTER), when, _kill_group)
-    assert killed and code == -signal.SIGKILL, err[-2000:]
+    # The kill is sent when the driver prints the line; on a busy machine the next step can finish
+    # before it lands (near dedup's decision takes well under a second), so a kill that missed its
+    # window is tried again on a fresh database, up to three times.
+    for attempt in range(3):
+        killed_db = tmp_path / f"killed{attempt}.duckdb"
+        when = _nth_line("committed shard", 27 + 3) if where == "phase 1" else _nth_line("global step exact_dedup", 1)
+        code, killed, err = run_killing_at(_cli(killed_db, src, DEDUP_THEN_FILTER), when, _kill_group)
+        assert killed and code == -signal.SIGKILL, err[-2000:]
+        steps = [r[0] for r in q(killed_db, "SELECT stage FROM global_steps")]
+        phase1 = q(killed_db, "SELECT count(*) FROM shards WHERE phase = 1")[0][0]
+        landed = (steps == ["exact_dedup", "near_dedup"] and 3 <= phase1 < 27) if where == "phase 1" else \
+            (steps == ["exact_dedup"] and phase1 == 0)
+        if landed:
+            break
+    assert landed, f"the kill must land {'inside phase 1' if where == 'phase 1' else 'between the barrier decisions'}: " \
+                   f"3 tries ended at steps {steps}, {phase1} phase-1 shards"
     partial = snapshot(killed_db)
-    steps = [r[0] for r in q(killed_db, "SELECT stage FROM global_steps")]
-    phase1 = q(killed_db, "SELECT count(*) FROM shards WHERE phase = 1")[0][0]
-    if where == "phase 1":
-        assert steps == ["exact_dedup", "near_dedup"] and 3 <= phase1 < 27, "the kill must land inside phase 1"
-    else:
-        assert steps == ["exact_dedup"] and phase1 == 0, "the kill must land between the barrier's two decisions"
 
     resumed = run(load_config(None, input=[str(src)], db=str(killed_db), shard_size=100, stages=DEDUP_THEN_FILTER),
                   progress="off")

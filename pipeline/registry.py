@@ -28,6 +28,7 @@ STAGES = {
     "best_of_n": "curate.stages.judge.best_of_n:BestOfN",
     "decrim": "curate.stages.judge.decrim:Decrim",
     "revise": "curate.stages.judge.revise:Revise",
+    "meta_rank": "curate.stages.judge.meta_rank:MetaRank",
 }
 
 

@@ -232,3 +232,19 @@ def test_best_of_n_keys_group_responses_by_prompt():
     assert keys[0] == keys[1] != keys[2] and len(keys[0]) == 16
     with pytest.raises(ValueError, match="at least 1"):
         BestOfN(keep=0)
+
+
+def test_refinement_beside_rows_passed_through():
+    batch = stream_batch([[{"role": "user", "content": "No answer yet."}],
+                          [{"role": "user", "content": "Write a haiku about rain."}, {"role": "assistant", "content": "half"}]])
+    stage = Tick(backend=MODEL, refine=True)
+    stage.backend = Judge({"Write a haiku about rain.": CHECKLIST},
+                          {"half": {"Is the response a haiku?"}, "better": {"Is the response a haiku?", "Is the haiku about rain?"}},
+                          refined="better")
+    out = apply_stage(stage, "tick", batch, Tick.writes({})).to_pylist()
+    unjudged, judged = batch["id"].to_pylist()
+    by_id = {r["id"]: r for r in out}
+    (child,) = [r for r in out if r["origin"] == "refined"]
+    assert by_id[unjudged][S.SCORE_PREFIX + "tick"] is None and not by_id[unjudged][S.VERDICTS]
+    assert by_id[judged][S.SCORE_PREFIX + "tick"] == pytest.approx(1 / 3)
+    assert child["parent_ids"] == [judged] and child[S.SCORE_PREFIX + "tick"] == pytest.approx(2 / 3)

@@ -396,7 +396,7 @@ def _judges(con, run_id) -> Section:
         unparseable = _rows(con, """SELECT count(*) FILTER (detail->>'kind' = 'unparseable'),
                                            count(*) FILTER (detail->>'kind' = 'item' AND passed IS NULL), count(*) FILTER (detail->>'kind' = 'item')
                                     FROM verdicts WHERE run_id = ? AND verifier = ?""", [run_id, verifier])[0]
-        parts.append(note(f"{e(verifier)}: {rows} rows judged; {unparseable[0]} checklists unparseable; "
+        parts.append(note(f"{e(verifier)}: {rows} rows judged; {unparseable[0]} without a parseable checklist; "
                           f"{unparseable[1]} of {unparseable[2]} answers neither YES nor NO (raw outputs in <code>verdicts.detail</code>)."))
     kinds = _rows(con, f"""
         WITH items AS (SELECT detail->>'question' AS question, passed FROM verdicts

@@ -41,16 +41,23 @@ def scoped(spec: dict, scope: str | None) -> dict:
     return {**spec, SCOPE: scope}
 
 
+def backend_keys(params: dict) -> list[str]:
+    """The parameters of a stage that are backend specs: `backend`, and any `<role>_backend`
+    mapping (contrastive_filter's `target_backend` and `judge_backend`)."""
+    return [k for k, v in params.items() if (k == "backend" or k.endswith("_backend")) and isinstance(v, dict)]
+
+
 def vllm_specs(stage_params: list[dict]) -> list[dict]:
-    """The distinct vLLM backend specs the stages name, in order."""
+    """The distinct vLLM backend specs the stages name (every `backend_keys` parameter), in order."""
     seen, out = set(), []
     for params in stage_params:
-        spec = params.get("backend")
-        if isinstance(spec, dict) and spec.get("kind", "vllm") == "vllm":
-            name = engine_name(spec)
-            if name not in seen:
-                seen.add(name)
-                out.append(dict(spec))
+        for key in backend_keys(params):
+            spec = params[key]
+            if spec.get("kind", "vllm") == "vllm":
+                name = engine_name(spec)
+                if name not in seen:
+                    seen.add(name)
+                    out.append(dict(spec))
     return out
 
 
@@ -154,9 +161,10 @@ def engine_labels(specs: list[dict], stages: list[tuple[str, dict]]) -> list[str
     (`self_instruct, respond`): what the progress display calls the engine."""
     users: dict[str, list[str]] = {}
     for name, params in stages:
-        spec = params.get("backend")
-        if isinstance(spec, dict) and spec.get("kind", "vllm") == "vllm":
-            users.setdefault(engine_name(spec), []).append(name)
+        for key in backend_keys(params):
+            spec = params[key]
+            if spec.get("kind", "vllm") == "vllm" and name not in users.get(engine_name(spec), []):
+                users.setdefault(engine_name(spec), []).append(name)
     return [", ".join(users.get(engine_name(spec), [])) or engine_name(spec) for spec in specs]
 
 

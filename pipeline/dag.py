@@ -119,10 +119,11 @@ def stage_plans(config: RunConfig, run_id: str | None = None) -> list[StagePlan]
             name, n = f"{sc.name}_{n}", n + 1
         seen.add(name)
         params = dict(sc.params)  # run-scoped paths (the caches beside the database) come in the setup context
-        if scope is not None and isinstance(params.get("backend"), dict):
-            from curate.generators.engines import scoped
+        if scope is not None:
+            from curate.generators.engines import backend_keys, scoped
 
-            params["backend"] = scoped(params["backend"], scope)
+            for key in backend_keys(params):  # `backend`, and a second one (`target_backend`)
+                params[key] = scoped(params[key], scope)
         plans.append(_plan(name, sc.key, params, stage_class(sc.key), sc, sc.batch_size, context))
     return plans
 

@@ -29,6 +29,8 @@ STAGES = {
     "decrim": "curate.stages.judge.decrim:Decrim",
     "revise": "curate.stages.judge.revise:Revise",
     "meta_rank": "curate.stages.judge.meta_rank:MetaRank",
+    "codeclm": "curate.generators.codeclm:CodecLM",
+    "contrastive_filter": "curate.stages.judge.contrastive:ContrastiveFilter",
 }
 
 

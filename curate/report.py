@@ -362,7 +362,9 @@ def _verifiers(con, run_id) -> Section:
     return Section("verifiers", "Verifier pass rates", body)
 
 
-JUDGES = "('tick', 'decrim', 'meta_rank')"  # verifiers that are LLM judges (stages/judge/)
+# Verifiers that are LLM judges (stages/judge/), each with its default score's name.
+JUDGE_SCORES = {"tick": "tick", "decrim": "decrim", "meta_rank": "meta_rank", "contrastive": "contrastive_gap"}
+JUDGES = "(" + ", ".join(f"'{v}'" for v in JUDGE_SCORES) + ")"
 REVISERS = "('stick', 'decrim', 'revise')"  # meta `generator` of rows a judge or reviser rewrote
 
 # A checklist question's kind, from its words (first match wins): a coarse grouping so pass rates
@@ -388,11 +390,12 @@ def _judges(con, run_id) -> Section:
     revised = _rows(con, f"""SELECT meta->>'generator', origin, count(*), count(*) FILTER (kept) FROM samples
                             WHERE run_id = ? AND meta->>'generator' IN {REVISERS} GROUP BY ALL ORDER BY 1""", [run_id])
     if not judged and not revised:
-        return Section("judges", title, empty("no LLM judge in this run (tick, decrim, meta_rank, revise write verdicts and rows)"))
+        return Section("judges", title, empty("no LLM judge in this run (tick, decrim, meta_rank, contrastive_filter, revise write verdicts and rows)"))
     parts = []
     for verifier, rows in judged:
-        values = [r[0] for r in _rows(con, "SELECT value FROM scores WHERE run_id = ? AND name = ? AND isfinite(value)", [run_id, verifier])]
-        parts.append(hist(values, f"{verifier} score", verifier, f"no score named {verifier} (a judge's default score name)"))
+        name = JUDGE_SCORES[verifier]
+        values = [r[0] for r in _rows(con, "SELECT value FROM scores WHERE run_id = ? AND name = ? AND isfinite(value)", [run_id, name])]
+        parts.append(hist(values, f"{name} score", name, f"no score named {name} (the judge's default score name)"))
         unparseable = _rows(con, """SELECT count(*) FILTER (detail->>'kind' = 'unparseable'),
                                            count(*) FILTER (detail->>'kind' = 'item' AND passed IS NULL), count(*) FILTER (detail->>'kind' = 'item')
                                     FROM verdicts WHERE run_id = ? AND verifier = ?""", [run_id, verifier])[0]
@@ -416,7 +419,8 @@ def _judges(con, run_id) -> Section:
             SELECT c.meta->>'generator', cs.name, count(*), round(avg(cs.value - ps.value), 3), count(*) FILTER (cs.value > ps.value)
             FROM samples c JOIN scores cs ON cs.run_id = c.run_id AND cs.id = c.id
             JOIN scores ps ON ps.run_id = c.run_id AND ps.id = c.parent_ids[1] AND ps.name = cs.name
-            WHERE c.run_id = ? AND c.meta->>'generator' IN {REVISERS} AND cs.name IN {JUDGES}
+            WHERE c.run_id = ? AND c.meta->>'generator' IN {REVISERS}
+              AND cs.name IN ({", ".join(f"'{n}'" for n in JUDGE_SCORES.values())})
             GROUP BY 1, 2 ORDER BY 1, 2""", [run_id])
         parts.append("<h3>Revisions</h3>" + table(["generator", "origin", "rows made", "still kept"], revised, id="revisions") +
                      (table(["generator", "score", "scored beside their original", "mean score change", "scored higher"], delta)

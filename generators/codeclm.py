@@ -44,7 +44,6 @@ from curate.generators.backends.base import ChatRequest, Completion, Sampling
 from curate.generators.base import EMPTY_OUTPUT, FollowUp, LLMTask, instruction
 from curate.generators.evol import parse_evolved
 from curate.generators.prompts_io import template, turns
-from curate.stages.base import Resources
 
 TEMPLATE_VERSION = "codeclm/1"
 MAX_SKILLS = 3  # the paper's encoding prompt: "at most 3 skills"
@@ -173,8 +172,6 @@ class CodecLM(LLMTask):
     name = generator = "codeclm"
     origin = "codeclm"
     template_version = TEMPLATE_VERSION
-    resources = Resources(num_cpus=0.05, actor=True, concurrency=1, calls_per_actor=2)
-    batch_size = None
 
     def __init__(self, backend: dict, per_seed: int = 3, rubric_rounds: int = 1, num_rubrics: int = 4,
                  temperature: float = 0.7, top_p: float = 1.0, max_tokens: int = 512, encode_max_tokens: int = 64,

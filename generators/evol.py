@@ -27,7 +27,6 @@ from curate.generators.backends.base import ChatRequest, Completion, Sampling
 from curate.generators.base import FollowUp, LLMTask, instruction, row_meta, sampling_record
 from curate.generators.prompts_io import fill, template
 from curate.generators.replies import is_closer, is_interjection, trailing_remarks, unwrap
-from curate.stages.base import Resources
 
 TEMPLATE_VERSION = "evol/2"
 OPERATIONS = ("constraints", "deepen", "concretize", "reasoning", "complicate_input", "breadth")
@@ -152,8 +151,6 @@ class EvolInstruct(LLMTask):
     template_version = TEMPLATE_VERSION
     # As Respond: whole shards per engine call, two at a time in one actor, so one shard's calls
     # are queued in the engine while the other's last sequences finish. Each batch is evolved on its own.
-    resources = Resources(num_cpus=0.05, actor=True, concurrency=1, calls_per_actor=2)
-    batch_size = None
 
     def __init__(self, backend: dict, operations: Sequence[str] = OPERATIONS, generation: int = 1,
                  temperature: float = 1.0, top_p: float = 0.95, max_tokens: int = 2048, response_max_tokens: int = 2048,

@@ -15,7 +15,6 @@ from curate.generators.backends.base import ChatRequest, Completion, Sampling
 # The backend wiring and the pass-through lived here; they are the LLM task base's now
 # (generators/base.py), re-exported under their old names.
 from curate.generators.base import Failure, LazyBackend, LLMTask, RemoteEngine, on_subset, row_meta, stage_backend  # noqa: F401
-from curate.stages.base import Resources
 
 TEMPLATE_VERSION = "respond/1"
 # Keys of the parent's meta that describe its own generation, not the task: not inherited.
@@ -34,17 +33,6 @@ class Respond(LLMTask):
     generator = "respond"
     origin = "response"
     template_version = TEMPLATE_VERSION
-    # Two shards at a time: while one shard's last sequences finish, the next shard's requests
-    # are already queued in the engine (4,000 prompts, 128 tokens: generating ratio 0.70 -> 0.78).
-    # Both in one actor, whose calls mostly wait on the engine: on a 2-core CPU every process
-    # beside the engine slows its steps, and one actor instead of two took the end-to-end ratio
-    # from 0.86/0.75 to 0.88/0.85 (bench/generation.py --repeat 2).
-    resources = Resources(num_cpus=0.05, actor=True, concurrency=1, calls_per_actor=2)
-    # Whole shards, one engine call each. A batch size above the shard size made Ray Data bundle
-    # two shards into one actor's task, whose two calls then ran one after the other while the
-    # second actor idled (2,000 prompts: 1,024 requests in flight at most, 515 engine steps
-    # against 483 for the same prompts in one call).
-    batch_size = None
 
     def __init__(self, backend: dict, n: int = 1, temperature: float = 0.7, top_p: float = 1.0,
                  max_tokens: int = 512, seed: int = 0, system_prompt: str | None = None, skip_answered: bool = False,

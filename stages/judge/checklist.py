@@ -20,7 +20,7 @@ import pyarrow as pa
 from curate.generators.backends.base import ChatRequest, Completion, Sampling
 from curate.generators.base import FollowUp, Judged, LLMTask, row_meta
 from curate.generators.prompts_io import template, turns
-from curate.stages.base import Resources, param
+from curate.stages.base import param
 from curate.storage import schema as S
 
 _BULLET = re.compile(r"^\s*(?:[-*•]|\(?\d{1,2}[.):]|Q\d{1,2}[.):]?)\s*", re.IGNORECASE)
@@ -113,8 +113,6 @@ class ChecklistJudge(LLMTask):
     refine_version: ClassVar[str]
     questions: ClassVar[bool] = True  # items are questions (ending in `?`), else statements
     origin = "refined"
-    resources = Resources(num_cpus=0.05, actor=True, concurrency=1, calls_per_actor=2)
-    batch_size = None
 
     @classmethod
     def writes(cls, params: dict) -> set[str]:

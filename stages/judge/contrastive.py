@@ -39,7 +39,7 @@ from curate.generators.backends.base import Backend, ChatRequest, Completion, Sa
 from curate.generators.base import FollowUp, Judged, LLMTask, child_row, row_meta, stage_backend
 from curate.generators.prompts_io import turns
 from curate.generators.respond import INHERIT_NOT
-from curate.stages.base import Resources, StageContext
+from curate.stages.base import StageContext
 from curate.stages.judge.checklist import instruction_text, last_response, prompt_turns
 from curate.storage import schema as S
 
@@ -101,8 +101,6 @@ class ContrastiveFilter(LLMTask):
     origin = "target_response"
     template_version = TEMPLATE_VERSION
     verifier: ClassVar[str] = VERIFIER
-    resources = Resources(num_cpus=0.05, actor=True, concurrency=1, calls_per_actor=2)
-    batch_size = None
 
     def __init__(self, backend: dict, target_backend: dict, judge_backend: dict | None = None, min_gap: float = 3.5,
                  keep_target_wins: bool = True, swap: bool = True, target_temperature: float = 0.7, target_max_tokens: int = 512,

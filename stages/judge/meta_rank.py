@@ -50,7 +50,7 @@ from curate.errors import CurateError
 from curate.generators.backends.base import ChatRequest, Completion, Sampling
 from curate.generators.base import Judged, LLMTask
 from curate.generators.prompts_io import turns
-from curate.stages.base import Resources, param
+from curate.stages.base import param
 from curate.stages.judge.checklist import instruction_text, last_response
 
 TEMPLATE_VERSION = "meta_rank/1"
@@ -160,8 +160,6 @@ class MetaRank(LLMTask):
     generator = "meta_rank"
     template_version = TEMPLATE_VERSION
     verifier: ClassVar[str] = VERIFIER
-    resources = Resources(num_cpus=0.05, actor=True, concurrency=1, calls_per_actor=2)
-    batch_size = None
 
     def __init__(self, backend: dict, references: str, k: int = 5, score: str = "meta_rank", min_score: float | None = None,
                  max_tokens: int = 4, seed: int = 0, cache: str | None = None):

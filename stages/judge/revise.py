@@ -19,7 +19,6 @@ from curate.generators.backends.base import ChatRequest, Completion, Sampling
 from curate.generators.base import LLMTask, row_meta
 from curate.generators.prompts_io import fill
 from curate.generators.respond import INHERIT_NOT
-from curate.stages.base import Resources
 from curate.storage import schema as S
 
 TEMPLATE = "coachlm_revise.txt"
@@ -106,8 +105,6 @@ class Revise(LLMTask):
     generator = "revise"
     origin = "revised"
     template_version = TEMPLATE_VERSION
-    resources = Resources(num_cpus=0.05, actor=True, concurrency=1, calls_per_actor=2)  # waits on the engine, as respond
-    batch_size = None  # whole shards, one engine call each (as respond)
 
     @classmethod
     def reads(cls, params: dict) -> set[str]:

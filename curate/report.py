@@ -396,11 +396,10 @@ def _judges(con, run_id) -> Section:
         name = JUDGE_SCORES[verifier]
         values = [r[0] for r in _rows(con, "SELECT value FROM scores WHERE run_id = ? AND name = ? AND isfinite(value)", [run_id, name])]
         parts.append(hist(values, f"{name} score", name, f"no score named {name} (the judge's default score name)"))
-        unparseable = _rows(con, """SELECT count(*) FILTER (detail->>'kind' = 'unparseable'),
-                                           count(*) FILTER (detail->>'kind' = 'item' AND passed IS NULL), count(*) FILTER (detail->>'kind' = 'item')
-                                    FROM verdicts WHERE run_id = ? AND verifier = ?""", [run_id, verifier])[0]
-        parts.append(note(f"{e(verifier)}: {rows} rows judged; {unparseable[0]} without a parseable checklist; "
-                          f"{unparseable[1]} of {unparseable[2]} answers neither YES nor NO (raw outputs in <code>verdicts.detail</code>)."))
+        unparseable, outputs = _rows(con, """SELECT count(*) FILTER (strength = 'unparseable'), count(*)
+                                             FROM verdicts WHERE run_id = ? AND verifier = ?""", [run_id, verifier])[0]
+        parts.append(note(f"{e(verifier)}: {rows} rows judged; {unparseable} of {outputs} judge outputs unparseable "
+                          "(raw outputs in <code>verdicts.detail</code>)."))
     kinds = _rows(con, f"""
         WITH items AS (SELECT detail->>'question' AS question, passed FROM verdicts
                        WHERE run_id = ? AND verifier IN ('tick', 'decrim') AND detail->>'kind' = 'item')
@@ -410,7 +409,7 @@ def _judges(con, run_id) -> Section:
     if kinds:
         parts.append("<h3>Checklist pass rates per item kind</h3>" +
                      barh([r[0] for r in kinds], {"% YES": [r[4] or 0 for r in kinds]}, "% of answered questions YES",
-                          "checklist pass rates", "no checklist question was answered") +
+                          "checklist pass rates", "no checklist question was answered YES") +
                      table(["item kind", "answers", "YES", "NO", "% YES"], kinds, id="checklist-kinds") +
                      note("The kind is read from the question's words (report.py ITEM_KINDS); "
                           "<code>SELECT * FROM checklists</code> lists every question with its answers."))

@@ -269,7 +269,7 @@ def _one(con, run_id: str, prefix: str, width: int) -> str:
     for verifier, passed, strength, detail in con.execute(
             "SELECT verifier, passed, strength, detail FROM verdicts WHERE run_id = ? AND id = ? ORDER BY verifier",
             [run_id, id_]).fetchall():
-        lines += _wrap(f"verdict {verifier}: {'passed' if passed else 'failed'} ({strength}) {detail or ''}".rstrip(),
+        lines += _wrap(f"verdict {verifier}: {'passed' if passed else 'failed' if passed is False else 'no verdict'} ({strength}) {detail or ''}".rstrip(),
                        width, INDENT)
     for name, rank, cluster in con.execute(
             "SELECT name, rank, cluster FROM selections WHERE run_id = ? AND id = ? ORDER BY name", [run_id, id_]).fetchall():

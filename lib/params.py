@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
+
+# Parameter types whose range the config check enforces (pipeline/config.py validates a stage's
+# constructor signature), so `min_score: 2` fails `curate plan` in one line, not a Ray actor.
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Positive = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
 
 
 def param(cls, params: dict, name: str) -> Any:

@@ -80,6 +80,40 @@ def example_lines(prompt: str, question: bool) -> frozenset[str]:
     return frozenset(_BULLET.sub("", line).lower() for line in lines if line and (line.endswith("?") or not question))
 
 
+_STOP = frozenset("does response answer that this with from have give gives each more than what which their they them "
+                  "into about should would could there these those your".split())
+
+
+def content_words(text: str) -> set[str]:
+    """Lower-case words of four letters or more, less a few that say nothing about a topic."""
+    return {w for w in re.findall(r"[a-z]{4,}", text.lower())} - _STOP
+
+
+def copied_examples(prompt: str, question: bool, instruction: str) -> frozenset[str]:
+    """The prompt's example items that share no content word with `instruction`: copies of the
+    examples, not about the instruction at hand (an example question that fits it, "Does the
+    response show the steps?" for "Show your work", stays)."""
+    words = content_words(instruction)
+    return frozenset(line for line in example_lines(prompt, question) if not content_words(line) & words)
+
+
+def scaffold_labels(prompt: str) -> tuple[str, ...]:
+    """The labels a prompt file puts at the start of its lines (`INSTRUCTION:`, `FAILED
+    QUESTIONS:`): a rewrite that reaches one has started to repeat the prompt."""
+    return tuple(sorted({m.group(0) for m in re.finditer(r"(?m)^[A-Z][A-Z ]{2,}:", template(prompt))}))
+
+
+def cut_at_labels(text: str, labels: tuple[str, ...]) -> str:
+    """`text` up to the first line that starts with one of `labels` (a leading one is dropped:
+    a reply that opens with `IMPROVED RESPONSE:` keeps what follows it)."""
+    lines = text.strip().splitlines()
+    if lines and lines[0].startswith(labels):
+        first = lines[0]
+        lines[0] = first[next(len(l) for l in labels if first.startswith(l)):].strip()
+    end = next((i for i, line in enumerate(lines) if i > 0 and line.strip().startswith(labels)), len(lines))
+    return "\n".join(lines[:end]).strip()
+
+
 def parse_answer(text: str) -> bool | None:
     """A judge's answer to one item: True for YES, False for NO (the first word, any case, after
     punctuation), None for anything else."""
@@ -132,8 +166,11 @@ class ChecklistJudge(LLMTask):
 
     # --- what a judge may change ------------------------------------------------------------
 
-    def parse_items(self, raw: str) -> list[str]:
-        return list_lines(raw, self.questions, self.max_items, example_lines(self.checklist_prompt, self.questions))
+    def parse_items(self, raw: str, row: dict) -> list[str]:
+        """The items of the reply, copies of the prompt's examples unrelated to the row's
+        instruction left out (`copied_examples`)."""
+        skip = copied_examples(self.checklist_prompt, self.questions, instruction_text(row["messages"]))
+        return list_lines(raw, self.questions, self.max_items, skip)
 
     def local_items(self, row: dict) -> list[tuple[str, Callable[[str], bool | None]]]:
         """Items checked without the model: (description, check(response) → passed or None)."""
@@ -167,7 +204,7 @@ class ChecklistJudge(LLMTask):
     def parse(self, row: dict, completions: list[list[Completion]]) -> Judged | FollowUp:
         messages, pid = row["messages"], prompt_id(row["messages"])
         raw = completions[0][0].text
-        items, local = self.parse_items(raw), self.local_items(row)
+        items, local = self.parse_items(raw, row), self.local_items(row)
         if not items and not local:
             return Judged({self.score: None}, [self.checklist_verdict([], pid, raw)])
         k, at = len(items), 1
@@ -184,14 +221,16 @@ class ChecklistJudge(LLMTask):
                 return FollowUp([self.refine_request(current, failed)])
             rewrite = completions[at][0]
             at += 1
-            text = rewrite.text.strip()
+            text = cut_at_labels(rewrite.text, scaffold_labels(self.refine_prompt))
             meta = {**row_meta(row["meta"]), **self.meta(self.refine_sampling, rewrite, generator=self.refiner,
                                                          template=self.refine_version, refined_from=row["id"],
                                                          failed_items=first_failed)}
-            if not text or text == last_response(current).strip():
-                if not history:  # nothing refined: the failed rewrite is stored as a drop
-                    why = "unchanged" if text else "unparseable"
-                    judged.children = [(self.failed(rewrite.text, why, meta, parent_ids=[row["id"]]), None)]
+            truncated = rewrite.finish_reason == "length"  # cut off (a small model repeating itself): not a rewrite
+            if not text or text == last_response(current).strip() or truncated:
+                if not history:  # nothing refined: the failed rewrite is stored as a drop, under the prompt it answers
+                    why = "truncated" if truncated and text else "unchanged" if text else "unparseable"
+                    turns_ = [*prompt_turns(messages), {"role": "assistant", "content": rewrite.text.strip() or "(empty output)"}]
+                    judged.children = [(self.failed(rewrite.text, why, meta, parent_ids=[row["id"]], messages=turns_), None)]
                 break
             candidate = [*prompt_turns(messages), {"role": "assistant", "content": text}]
             if len(completions) < at + k:
@@ -226,7 +265,7 @@ class ChecklistJudge(LLMTask):
         score = sum(answered) / len(answered) if answered else None
         reason = None
         if self.min_score is not None and score is not None and score < self.min_score:
-            reason = f"{self.verifier}: {score:.2f} below {self.min_score}"
+            reason = f"{self.score}<{self.min_score:g} ({score:.3g})"  # a filter's form: kind `<score>`, value in drops
         return Judged({self.score: score}, verdicts, reason)
 
     def checklist_verdict(self, items: list[str], pid: str, raw: str) -> dict:

@@ -16,7 +16,7 @@ target is better, and the paper adds (I, f_t(I)) instead, "an implicit regulariz
 target LLM's desirable behavior": the row is dropped (`contrastive: target better, gap -4`) and
 the target's response is a new row beside it (origin `target_response`), kept (`keep_target_wins`).
 |G| below `min_gap`: both answers are alike and the target learns little; the paper sends the
-instruction back to Self-Rubrics, here the row is dropped (`contrastive: gap 1 below 3.5`).
+instruction back to Self-Rubrics, here the row is dropped (`contrastive_gap<3.5 (1)`).
 The paper's threshold is |G| > 3 on the 10-point scale; with whole-number scores averaged over the
 two orders gaps are multiples of 0.5, so `min_gap: 3.5` (the default) is that rule.
 
@@ -31,13 +31,15 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import pyarrow as pa
+from pydantic import Field
 
 from curate.generators.backends.base import Backend, ChatRequest, Completion, Sampling
 from curate.generators.base import FollowUp, Judged, LLMTask, child_row, row_meta, stage_backend
 from curate.generators.prompts_io import turns
+from curate.lib.params import Positive
 from curate.generators.respond import INHERIT_NOT
 from curate.stages.base import StageContext
 from curate.stages.judge.checklist import instruction_text, last_response, prompt_turns
@@ -102,9 +104,9 @@ class ContrastiveFilter(LLMTask):
     template_version = TEMPLATE_VERSION
     verifier: ClassVar[str] = VERIFIER
 
-    def __init__(self, backend: dict, target_backend: dict, judge_backend: dict | None = None, min_gap: float = 3.5,
-                 keep_target_wins: bool = True, swap: bool = True, target_temperature: float = 0.7, target_max_tokens: int = 512,
-                 judge_max_tokens: int = 16, rejudge: bool = False, seed: int = 0, cache: str | None = None):
+    def __init__(self, backend: dict, target_backend: dict, judge_backend: dict | None = None, min_gap: Annotated[float, Field(ge=0)] = 3.5,
+                 keep_target_wins: bool = True, swap: bool = True, target_temperature: float = 0.7, target_max_tokens: Positive = 512,
+                 judge_max_tokens: Positive = 16, rejudge: bool = False, seed: int = 0, cache: str | None = None):
         super().__init__(backend, cache)
         for key, spec in (("target_backend", target_backend), ("judge_backend", judge_backend)):
             if spec is not None and (not isinstance(spec, dict) or "model" not in spec):
@@ -193,7 +195,7 @@ class ContrastiveFilter(LLMTask):
             return Judged({SCORE: gap}, [self.verdict(True, "judge", {**detail, "kept": "strong"})])
         if gap > -self.min_gap:
             return Judged({SCORE: gap}, [self.verdict(False, "judge", {**detail, "kept": None})],
-                          reason=f"{VERIFIER}: gap {gap:g} below {self.min_gap:g}")
+                          reason=f"contrastive_gap<{self.min_gap:g} ({gap:g})")
         reason = f"{VERIFIER}: target better, gap {gap:g}"
         if not self.keep_target_wins or not target.text.strip():
             return Judged({SCORE: gap}, [self.verdict(False, "judge", {**detail, "kept": None})], reason=reason)

@@ -21,6 +21,7 @@ failed. The paper's critic is a fine-tuned model; here it is whatever `backend` 
 from __future__ import annotations
 
 from curate.generators.base import row_meta
+from curate.lib.params import Fraction, NonNegative, Positive
 from curate.stages.judge.checklist import ChecklistJudge
 from curate.stages.verify.constraints import CONSTRAINTS, check, describe
 
@@ -45,9 +46,9 @@ class Decrim(ChecklistJudge):
     refiner, refine_version = "decrim", TEMPLATE_VERSION
     questions = False  # constraints are statements
 
-    def __init__(self, backend: dict, score: str = "decrim", max_items: int = 10, max_rounds: int = 2,
-                 checklist_max_tokens: int = 256, judge_max_tokens: int = 4, refine_max_tokens: int = 512,
-                 refine_temperature: float = 0.0, min_score: float | None = None, rejudge: bool = False,
+    def __init__(self, backend: dict, score: str = "decrim", max_items: Positive = 10, max_rounds: NonNegative = 2,
+                 checklist_max_tokens: Positive = 256, judge_max_tokens: Positive = 4, refine_max_tokens: Positive = 512,
+                 refine_temperature: float = 0.0, min_score: Fraction | None = None, rejudge: bool = False,
                  constraints_key: str = "constraints", seed: int = 0, cache: str | None = None):
         super().__init__(backend, cache)
         self.setup_judge(score, max_items, checklist_max_tokens, judge_max_tokens, min_score, rejudge, max_rounds,

@@ -50,6 +50,7 @@ from curate.errors import CurateError
 from curate.generators.backends.base import ChatRequest, Completion, Sampling
 from curate.generators.base import Judged, LLMTask
 from curate.generators.prompts_io import turns
+from curate.lib.params import Fraction, Positive
 from curate.stages.base import param
 from curate.stages.judge.checklist import instruction_text, last_response
 
@@ -161,8 +162,8 @@ class MetaRank(LLMTask):
     template_version = TEMPLATE_VERSION
     verifier: ClassVar[str] = VERIFIER
 
-    def __init__(self, backend: dict, references: str, k: int = 5, score: str = "meta_rank", min_score: float | None = None,
-                 max_tokens: int = 4, seed: int = 0, cache: str | None = None):
+    def __init__(self, backend: dict, references: str, k: Positive = 5, score: str = "meta_rank", min_score: Fraction | None = None,
+                 max_tokens: Positive = 4, seed: int = 0, cache: str | None = None):
         super().__init__(backend, cache)
         if k < 1:
             raise ValueError(f"k is how many references each row is compared with, at least 1; got {k}")
@@ -238,5 +239,5 @@ class MetaRank(LLMTask):
         score = aggregate(outcomes)
         reason = None
         if self.min_score is not None and score is not None and score < self.min_score:
-            reason = f"{self.score}: {score:.2f} below {self.min_score}"
+            reason = f"{self.score}<{self.min_score:g} ({score:.3g})"
         return Judged({self.score: score}, verdicts, reason)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from curate.generators.backends.base import ChatRequest, Completion, Sampling
 from curate.generators.base import LLMTask, row_meta
 from curate.generators.prompts_io import fill
+from curate.lib.params import Positive
 from curate.generators.respond import INHERIT_NOT
 from curate.storage import schema as S
 
@@ -113,7 +114,7 @@ class Revise(LLMTask):
 
     def __init__(self, backend: dict, revise_when: ReviseWhen | None = None,
                  target: Literal["both", "response", "instruction"] = "both", temperature: float = 0.0,
-                 max_tokens: int = 1024, seed: int = 0, drop_truncated: bool = True, cache: str | None = None):
+                 max_tokens: Positive = 1024, seed: int = 0, drop_truncated: bool = True, cache: str | None = None):
         super().__init__(backend, cache)
         if target not in PARTS:
             raise ValueError(f"target is one of {', '.join(PARTS)}, got {target!r}")

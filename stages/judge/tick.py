@@ -20,8 +20,9 @@ examples are dropped (a 270M base model copies them).
 
 from __future__ import annotations
 
-from curate.stages.judge.checklist import (ChecklistJudge, example_lines, instruction_text, last_response, list_lines,  # noqa: F401
-                                           parse_answer, prompt_id, prompt_turns)
+from curate.lib.params import Fraction, Positive
+from curate.stages.judge.checklist import (ChecklistJudge, copied_examples, example_lines, instruction_text,  # noqa: F401
+                                           last_response, list_lines, parse_answer, prompt_id, prompt_turns)
 
 TEMPLATE_VERSION = "tick/1"
 REFINE_VERSION = "stick/1"
@@ -34,12 +35,12 @@ def example_questions() -> frozenset[str]:
     return example_lines("tick_checklist.txt", question=True)
 
 
-def parse_checklist(text: str, max_items: int = MAX_ITEMS) -> list[str]:
+def parse_checklist(text: str, max_items: int = MAX_ITEMS, instruction: str = "") -> list[str]:
     """The questions of a checklist reply: after its last `Answer:` if it has one, each line that
     ends in a question mark and has at least three words, bullets and numbering removed,
-    repeats (case-insensitively) and copies of the prompt's example questions removed, at most
-    `max_items`. [] when none is found."""
-    return list_lines(text, True, max_items, example_questions())
+    repeats (case-insensitively) and copies of the prompt's example questions that share no
+    content word with `instruction` removed, at most `max_items`. [] when none is found."""
+    return list_lines(text, True, max_items, copied_examples("tick_checklist.txt", True, instruction))
 
 
 class Tick(ChecklistJudge):
@@ -63,9 +64,9 @@ class Tick(ChecklistJudge):
     checklist_prompt, judge_prompt, refine_prompt = "tick_checklist.txt", "tick_judge.txt", "stick_refine.txt"
     refiner, refine_version = "stick", REFINE_VERSION
 
-    def __init__(self, backend: dict, score: str = "tick", max_items: int = MAX_ITEMS, checklist_max_tokens: int = 256,
-                 judge_max_tokens: int = 4, min_score: float | None = None, rejudge: bool = False, refine: bool = False,
-                 refine_max_tokens: int = 512, refine_temperature: float = 0.0, seed: int = 0, cache: str | None = None):
+    def __init__(self, backend: dict, score: str = "tick", max_items: Positive = MAX_ITEMS, checklist_max_tokens: Positive = 256,
+                 judge_max_tokens: Positive = 4, min_score: Fraction | None = None, rejudge: bool = False, refine: bool = False,
+                 refine_max_tokens: Positive = 512, refine_temperature: float = 0.0, seed: int = 0, cache: str | None = None):
         super().__init__(backend, cache)
         self.setup_judge(score, max_items, checklist_max_tokens, judge_max_tokens, min_score, rejudge, 1 if refine else 0,
                          refine_max_tokens, refine_temperature, seed)

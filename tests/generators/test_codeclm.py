@@ -286,7 +286,7 @@ def test_min_gap_drops_with_the_gap_in_the_reason():
     judge = Scorer({("fine", "a weak answer"): "7 6", ("a weak answer", "fine"): "6 7"})
     out = apply_stage(filter_stage(Target(), judge, min_gap=2), "contrastive_filter", pairs("fine"), ContrastiveFilter.writes({}))
     (row,) = out.to_pylist()
-    assert row[S.STATUS] == S.DROPPED and row[S.REASON] == "contrastive: gap 1 below 2"
+    assert row[S.STATUS] == S.DROPPED and row[S.REASON] == "contrastive_gap<2 (1)"
     assert row[S.SCORE_PREFIX + "contrastive_gap"] == 1.0 and verdict(row)["passed"] is False
 
 

@@ -55,7 +55,7 @@ def test_tick_and_best_of_n_on_the_tiny_model(ray_local, tiny_model, tmp_path):
     kept = q(db, "SELECT messages[1].content, count(*) FROM samples WHERE run_id = ? AND kept GROUP BY 1", report.run_id)
     assert sorted(n for _, n in kept) == [1, 1, 1]  # one response per instruction
     reasons = [r[0] for r in q(db, "SELECT reason FROM drops WHERE run_id = ? AND stage = 'best_of_n'", report.run_id)]
-    assert len(reasons) == 3 and all(r.startswith("best_of_n: ") for r in reasons)
+    assert len(reasons) == 3 and all(r.startswith("not_best: ") for r in reasons)
 
 
 @pytest.fixture(scope="module")

@@ -126,7 +126,7 @@ def test_weights_and_an_unbalanced_set_keep_the_middle_at_one_half():
 def test_min_score_drops_with_the_score_named_in_the_reason(tmp_path):
     _, _, rows = judged(tmp_path, middle, k=4, min_score=0.75, score="mr")
     (row,) = rows.values()
-    assert row[S.STATUS] == S.DROPPED and row[S.REASON] == "mr: 0.50 below 0.75"
+    assert row[S.STATUS] == S.DROPPED and row[S.REASON] == "mr<0.75 (0.5)"
     assert row[S.SCORE_PREFIX + "mr"] == 0.5 and len(row[S.VERDICTS]) == 4  # the drop keeps its judgement
     _, _, kept = judged(tmp_path, middle, k=4, min_score=0.5)
     assert [r[S.STATUS] for r in kept.values()] == [S.KEPT]

@@ -155,7 +155,7 @@ def test_min_score_drops_with_the_score_in_the_reason_and_rows_without_a_respons
     out = apply_stage(stage, "tick", batch, Tick.writes({}))
     rows = {r["id"]: r for r in out.to_pylist()}
     judged, unjudged = batch["id"].to_pylist()
-    assert rows[judged][S.STATUS] == S.DROPPED and rows[judged][S.REASON] == "tick: 0.33 below 0.5"
+    assert rows[judged][S.STATUS] == S.DROPPED and rows[judged][S.REASON] == "tick<0.5 (0.333)"
     assert rows[judged][S.SCORE_PREFIX + "tick"] == pytest.approx(1 / 3)  # the drop keeps its score
     assert rows[unjudged][S.STATUS] == S.KEPT and rows[unjudged][S.SCORE_PREFIX + "tick"] is None
 
@@ -221,8 +221,8 @@ def keyed(rows):
 def test_best_of_n_keeps_the_best_per_prompt_and_says_why_the_others_went():
     drops = dict(BestOfN().decide(keyed([("a1", b"A", 0.5), ("a2", b"A", 1.0), ("a3", b"A", None), ("b1", b"B", 0.2),
                                          ("c1", b"C", 0.7), ("c2", b"C", 0.7)])))
-    assert drops == {"a1": "best_of_n: tick 0.5 < 1 of a2", "a3": "best_of_n: no tick score; kept a2",
-                     "c2": "best_of_n: tick 0.7, tied with c1 (smaller id kept)"}
+    assert drops == {"a1": "not_best: tick < 1 of a2 (0.5)", "a3": "not_best: no tick score; kept a2",
+                     "c2": "not_best: tick tied with c1, kept first: an original before a refinement, then the smaller id (0.7)"}
     assert set(dict(BestOfN(keep=2).decide(keyed([("a1", b"A", 0.5), ("a2", b"A", 1.0), ("a3", b"A", 0.1)])))) == {"a3"}
 
 
@@ -248,3 +248,34 @@ def test_refinement_beside_rows_passed_through():
     assert by_id[unjudged][S.SCORE_PREFIX + "tick"] is None and not by_id[unjudged][S.VERDICTS]
     assert by_id[judged][S.SCORE_PREFIX + "tick"] == pytest.approx(1 / 3)
     assert child["parent_ids"] == [judged] and child[S.SCORE_PREFIX + "tick"] == pytest.approx(2 / 3)
+
+
+def test_an_example_question_that_fits_the_instruction_stays():
+    copied = "Does the response show the steps of the calculation?\nIs the response a limerick of five lines?"
+    assert parse_checklist(copied, instruction="What is 17 * 23? Show your work.") == [
+        "Does the response show the steps of the calculation?"]
+
+
+@pytest.mark.parametrize("finish, refined, reason", [("length", "better better better", "truncated"),
+                                                     ("stop", "better\nFAILED QUESTIONS:\n- Is it?", None)])
+def test_a_cut_off_rewrite_is_dropped_and_repeated_prompt_labels_are_cut(finish, refined, reason):
+    batch = responses_batch([("Write a haiku about rain.", "half")])
+    stage = Tick(backend=MODEL, refine=True)
+    judge = Judge({"Write a haiku about rain.": CHECKLIST},
+                  {"half": {"Is the response a haiku?"}, "better": {"Is the response a haiku?", "Is the haiku about rain?"}},
+                  refined=refined)
+    original = judge.generate
+
+    def generate(requests):  # the rewrite ends as `finish` says
+        out = original(requests)
+        return [[Completion(c[0].text, finish if c[0].text == refined else "stop", 10, 2)] for c in out]
+
+    judge.generate = generate
+    stage.backend = judge
+    out = apply_stage(stage, "tick", batch, Tick.writes({}))
+    (child,) = [r for r in out.to_pylist() if r["origin"] == "refined"]
+    if reason:
+        assert child[S.STATUS] == S.DROPPED and child[S.REASON] == reason and json.loads(child["meta"])["raw"] == refined
+        assert child["messages"][0]["content"] == "Write a haiku about rain."  # the prompt it answers, then the raw rewrite
+    else:
+        assert child[S.STATUS] == S.KEPT and child["messages"][-1]["content"] == "better"

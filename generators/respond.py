@@ -61,6 +61,8 @@ class Respond(LLMTask):
         (outputs,) = completions
         usable = [(k, c) for k, c in enumerate(outputs) if c.text.strip()]
         if not usable:
+            if all(c.finish_reason == "prompt_too_long" for c in outputs):  # the engine refused it: say so
+                return Failure("prompt_too_long", f"{outputs[0].prompt_tokens} prompt tokens")
             return Failure("empty_response", [c.text for c in outputs])
         prompt = self.prompt(row["messages"])
         # Task-level facts of the parent (unit tests, a reference answer, constraints, skills)

@@ -206,7 +206,7 @@ class ChecklistJudge(LLMTask):
         raw = completions[0][0].text
         items, local = self.parse_items(raw, row), self.local_items(row)
         if not items and not local:
-            return Judged({self.score: None}, [self.checklist_verdict([], pid, raw)])
+            return Judged({self.score: None}, [self.checklist_verdict([], pid, raw, completions[0][0].finish_reason)])
         k, at = len(items), 1
         if len(completions) < at + k:
             return FollowUp([self.judge_request(messages, q) for q in items])
@@ -256,7 +256,8 @@ class ChecklistJudge(LLMTask):
         texts = [a[0].text for a in answers]
         passed = [parse_answer(t) for t in texts]
         verdicts = [self.checklist_verdict(items, pid, raw)]
-        verdicts += [self.item_verdict(k, q, t, p, pid) for k, (q, t, p) in enumerate(zip(items, texts, passed))]
+        verdicts += [self.item_verdict(k, q, t, p, pid, finish=a[0].finish_reason)
+                     for k, (q, t, p, a) in enumerate(zip(items, texts, passed, answers))]
         for j, (description, check) in enumerate(local):
             ok = check(response)
             passed.append(ok)
@@ -268,13 +269,20 @@ class ChecklistJudge(LLMTask):
             reason = f"{self.score}<{self.min_score:g} ({score:.3g})"  # a filter's form: kind `<score>`, value in drops
         return Judged({self.score: score}, verdicts, reason)
 
-    def checklist_verdict(self, items: list[str], pid: str, raw: str) -> dict:
+    def checklist_verdict(self, items: list[str], pid: str, raw: str, finish: str | None = None) -> dict:
+        """`finish`: the reply's finish reason, kept when it was not a plain stop (`length`, and
+        `prompt_too_long` when the prompt did not fit the engine's context)."""
         strength = "checklist" if items else "unparseable"
         detail = {"kind": strength, "prompt_id": pid, "questions": items, "raw": raw}
+        if finish not in (None, "stop"):
+            detail["finish_reason"] = finish
         return {"verifier": self.verifier, "passed": None, "strength": strength,
                 "detail": json.dumps(detail, ensure_ascii=False, sort_keys=True)}
 
-    def item_verdict(self, k: int, item: str, answer: str | None, passed: bool | None, pid: str, strength: str = "item") -> dict:
+    def item_verdict(self, k: int, item: str, answer: str | None, passed: bool | None, pid: str, strength: str = "item",
+                     finish: str | None = None) -> dict:
         detail = {"kind": "item", "item": k, "question": item, "raw": answer, "prompt_id": pid}
+        if finish not in (None, "stop"):
+            detail["finish_reason"] = finish
         return {"verifier": self.verifier, "passed": passed, "strength": strength if passed is not None else "unparseable",
                 "detail": json.dumps(detail, ensure_ascii=False, sort_keys=True)}

@@ -305,3 +305,18 @@ def test_old_import_paths_still_work():
     for name in ("LazyBackend", "RemoteEngine", "stage_backend", "on_subset"):
         assert getattr(respond, name) is getattr(base, name)
     assert ifeval.AddConstraints is AddConstraints and stage_class("add_constraints") is AddConstraints
+
+
+def test_respond_says_when_the_prompt_did_not_fit_the_context():
+    from curate.generators.respond import Respond
+
+    class TooLong(Backend):
+        model = "recorded"
+
+        def generate(self, requests):  # what VllmBackend answers for a prompt over max_model_len
+            return [[Completion("", "prompt_too_long", 4123, 0)] * r.sampling.n for r in requests]
+
+    stage = Respond(backend=MODEL, n=2)
+    stage.backend = TooLong()
+    out = apply_stage(stage, "respond", seed_batch(["A very long instruction."]))
+    assert out[S.REASON].to_pylist() == ['prompt_too_long: "4123 prompt tokens"']

@@ -141,7 +141,7 @@ def _funnel(steps: list[Step]) -> Section:
     body = table(["step", "kind", "rows in", "generated", "kept", "dropped", "quarantined", "expanded",
                   "% of its rows dropped", "% of input left"], rows, cls="rates", id="funnel-rates")
     body += note("Top to bottom in config order: each step reads what the step before it kept. A global stage "
-                 "(exact_dedup, near_dedup, semdedup) computes its keys in the stream and decides once its phase has "
+                 "(exact_dedup, near_dedup, semdedup, best_of_n) computes its keys in the stream and decides once its phase has "
                  "streamed every row; it is one line here, and the stages after it see only the survivors. "
                  "<code>store</code> drops rows whose id was already kept (one per phase). "
                  "<i>% of its rows dropped</i> counts dropped and quarantined rows; <i>% of input left</i> is kept over "

@@ -117,7 +117,7 @@ def _default_writers(item: str) -> list[str]:
 
 def order_warnings(stages: list) -> list[str]:
     """One warning per expensive stage (an LLM stage: a `backend` parameter; an actor or GPU
-    stage) placed before global stages (exact_dedup, near_dedup, semdedup) it does not feed:
+    stage) placed before global stages (exact_dedup, near_dedup, semdedup, best_of_n) it does not feed:
     global stages decide between phases (pipeline/phases.py), so the stages after one see only
     its survivors, and this one works on every row the dedup drops. A stage feeds a global stage
     when it makes what that stage needs (the vectors SemDeDup reads) or makes rows (generators:

@@ -1,6 +1,6 @@
 """Phases: the stage list cut at its barriers (global stages), and the funnel they make.
 
-A global stage (exact_dedup, near_dedup, semdedup) computes keys in the stream but can only
+A global stage (exact_dedup, near_dedup, semdedup, best_of_n) computes keys in the stream but can only
 decide once it has seen every row. So the runner cuts the stage list after each run of
 consecutive global stages: phase k streams its stages (the key halves of its global stages
 last), commits shard by shard, then runs its global stages' decisions (the barrier); phase k+1

@@ -61,7 +61,7 @@ def run(
             if export and cfg.export:
                 from curate.storage.export import export as do_export
 
-                out = do_export(cfg.db, run_id=report.run_id, **cfg.export.model_dump())
+                out = export_after_run(do_export, cfg, report.run_id)
                 typer.echo(f"exported {out.rows} rows ({cfg.export.format}) → {out.path}")
         except KeyboardInterrupt:  # the runner said how to resume; typer would exit 130 anyway
             failed = 130
@@ -154,6 +154,18 @@ def _curated_note(store) -> str | None:
 
 
 @app.command()
+def export_after_run(do_export, cfg, run_id: str):
+    """The config's export, after its run: a target it may not write is said in the config's
+    terms (`export.out`, `export.overwrite`), with the run's rows safe in the database."""
+    from curate.storage.export_target import ExportTargetError
+
+    try:
+        return do_export(cfg.db, run_id=run_id, **cfg.export.model_dump())
+    except ExportTargetError as e:
+        text = str(e).replace("--out ", "export.out ").replace("--overwrite", "export.overwrite: true")
+        raise ExportTargetError(f"{text} (the run finished: its rows are in {cfg.db}; `curate export` exports them)") from None
+
+
 def export(
     db: str = typer.Option(DEFAULT_DB, "--db", help=DB_HELP),
     format: str = typer.Option("hf", "--format", "-f", help="hf | parquet | jsonl"),

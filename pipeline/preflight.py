@@ -142,13 +142,14 @@ def check_file(path: str, key: str, what: str = "file") -> str:
     """One readable file (no glob)."""
     if not isinstance(path, str) or not path:
         raise PreflightError(key, f"expected a path, got {path!r}", f"give the {what}'s path")
-    _readable_file(os.path.expanduser(path), key, what)
+    _readable_file(os.path.expanduser(path), key, what, globs=False)
     return path
 
 
-def _readable_file(path: str, key: str, what: str) -> None:
+def _readable_file(path: str, key: str, what: str, globs: bool = True) -> None:
     if os.path.isdir(path):
-        raise PreflightError(key, f"{path} is a folder, not a {what}", f"give the {what}s inside it (a glob: {path.rstrip('/')}/*)")
+        fix = f"give the {what}s inside it (a glob: {path.rstrip('/')}/*)" if globs else f"give the path of one {what} inside it"
+        raise PreflightError(key, f"{path} is a folder, not a {what}", fix)
     if not os.path.exists(path):
         raise PreflightError(key, f"{what} not found: {path} (from {os.getcwd()})", "fix the path")
     if not os.path.isfile(path):  # a FIFO or a device would block or never end

@@ -181,9 +181,9 @@ class MetaRank(LLMTask):
     def preflight(cls, params: dict) -> None:
         """Before any Ray work: the references file is there, readable and well formed (one
         PreflightError naming `references`), then the backend."""
-        from curate.pipeline.preflight import PreflightError, check_files
+        from curate.pipeline.preflight import PreflightError, check_file
 
-        check_files(params.get("references"), f"{cls.name}.references", what="references file")
+        check_file(params.get("references"), f"{cls.name}.references", what="references file")
         try:
             load_references(params["references"])
         except ReferencesError as e:

@@ -407,6 +407,19 @@ def _quiet_ray_data() -> None:
 LOCAL_RAY_SYSTEM_CONFIG = {"worker_niceness": 0}
 
 
+def check_no_shadowing_package(cwd: str | None = None) -> None:
+    """Ray puts the driver's working directory on its workers' import path, so a folder named
+    `curate` there (an old copy of the repository) replaces the installed curate inside the
+    workers only, and the run fails deep in a Ray actor. Raises CurateError naming the folder."""
+    import curate
+
+    found = os.path.join(cwd or os.getcwd(), "curate")
+    if os.path.isdir(found) and os.path.realpath(found) != os.path.realpath(os.path.dirname(curate.__file__)):
+        raise CurateError(f"the working directory holds a folder named curate ({found}), which Ray's workers would import "
+                          f"instead of the installed curate ({os.path.dirname(curate.__file__)}): run from another folder"
+                          + (", or install this checkout (pip install -e .)" if os.path.isfile(os.path.join(cwd or os.getcwd(), "pyproject.toml")) else ""))
+
+
 @contextmanager
 def ray_session(config: RunConfig):
     """Use the Ray already initialised, or join `ray.address`/$RAY_ADDRESS (a cluster, `ray job
@@ -416,6 +429,7 @@ def ray_session(config: RunConfig):
     if ray.is_initialized():
         yield
         return
+    check_no_shadowing_package()
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     kwargs = dict(log_to_driver=True, logging_level=logging.WARNING)
     if address:

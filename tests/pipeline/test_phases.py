@@ -18,7 +18,7 @@ from curate.pipeline.dag import stage_plans
 from curate.pipeline.phases import split_phases
 from curate.pipeline.runner import run
 from curate.storage.export import export
-from conftest import curate_cmd, run_killing_at, write_jsonl
+from conftest import ROOT, curate_cmd, run_killing_at, write_jsonl
 from checks import assert_counts_add_up, q
 from test_resume import snapshot
 
@@ -333,3 +333,14 @@ def test_a_generated_row_equal_to_a_dropped_input_row_is_a_duplicate_not_a_reviv
     assert q(db, "SELECT origin, kept FROM samples WHERE id = ?", dropped_seed[0]) == [("seed", False)]
     assert q(db, "SELECT reason FROM drops WHERE stage = 'store'") == [(f"duplicate_of:{dropped_seed[0]}",)]
     assert [r[0] for r in q(db, "SELECT origin FROM curated")] == ["response"]
+
+
+def test_a_curate_folder_in_the_working_directory_is_refused_before_ray(tmp_path):
+    from curate.errors import CurateError
+    from curate.pipeline.runner import check_no_shadowing_package
+
+    check_no_shadowing_package(str(tmp_path))  # none there
+    (tmp_path / "curate").mkdir()
+    with pytest.raises(CurateError, match="folder named curate"):
+        check_no_shadowing_package(str(tmp_path))
+    check_no_shadowing_package(str(ROOT))  # the checkout the tests run from: the installed package itself

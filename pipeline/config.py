@@ -367,9 +367,10 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, **v
     except ValidationError as e:
         where = f"{path}: " if path else ""
         raise CurateError(f"config error: {where}{format_errors(e)}") from None
-    from curate.pipeline.dependencies import order_warnings
+    from curate.pipeline.dependencies import order_warnings, response_warnings
 
-    for warning in order_warnings(config.stages):  # advice, not an error: the run goes on
+    warnings = order_warnings(config.stages) + response_warnings(config.stages, config.ingest.require_response)
+    for warning in warnings:  # advice, not an error: the run goes on
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     return config
 

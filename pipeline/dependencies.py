@@ -151,6 +151,26 @@ def order_warnings(stages: list) -> list[str]:
     return warnings
 
 
+# Judges of responses: rows without an assistant turn pass through them unjudged.
+RESPONSE_JUDGES = {"tick", "decrim", "meta_rank", "contrastive_filter", "revise"}
+RESPONDERS = {"respond", "evol_instruct", "skillmix", "revise", "codeclm"}
+
+
+def response_warnings(stages: list, require_response: bool) -> list[str]:
+    """A judge of responses with nothing before it that writes them, on an input that may hold
+    rows without one (`ingest.require_response: false`): such rows pass through unjudged, which
+    looks like a judge that did nothing."""
+    if require_response:
+        return []
+    out = []
+    for i, sc in enumerate(stages):
+        if sc.key in RESPONSE_JUDGES and not any(s.key in RESPONDERS for s in stages[:i]):
+            out.append(f"{sc.name} judges responses, and no stage before it writes them while the input may have rows "
+                       "without one (ingest.require_response: false): such rows pass through unjudged; add a respond "
+                       "stage before it, or set ingest.require_response: true")
+    return out
+
+
 def _expensive(sc) -> bool:
     """An LLM stage, or an actor or GPU stage (its class's resources, as the config overrides them)."""
     if "backend" in sc.params:

@@ -58,3 +58,17 @@ def test_several_dedups_one_line_per_stage():
 def test_resources_in_the_config_decide_what_is_expensive():
     assert warnings_for({"embed": {"resources": {"actor": False}}}, {"near_dedup": {}}) == []
     assert len(warnings_for({"decontaminate": {"benchmarks": [], "resources": {"num_gpus": 1}}}, {"near_dedup": {}})) == 1
+
+
+def test_a_judge_of_responses_with_none_written_before_it_warns_when_rows_may_lack_them(capsys):
+    from curate.pipeline.dependencies import response_warnings
+
+    judge = {"tick": {"backend": VLLM}}
+    stages = load_config(None, stages=[judge]).stages
+    assert response_warnings(stages, require_response=True) == []  # every row has a response
+    (warning,) = response_warnings(stages, require_response=False)
+    assert warning.startswith("tick judges responses") and "add a respond stage before it" in warning
+    assert response_warnings(load_config(None, stages=[{"respond": {"backend": VLLM}}, judge]).stages, False) == []
+    capsys.readouterr()
+    load_config(None, stages=[judge], ingest={"require_response": False})
+    assert capsys.readouterr().err.startswith("warning: tick judges responses")

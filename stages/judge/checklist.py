@@ -10,6 +10,7 @@ their answers (1 + k), then per refinement round the rewrite (1) and its answers
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -72,6 +73,7 @@ def list_lines(text: str, question: bool, max_items: int, skip: frozenset[str] =
     return out
 
 
+@functools.lru_cache(maxsize=None)
 def example_lines(prompt: str, question: bool) -> frozenset[str]:
     """The list items of a prompt file's worked examples (assistant turns), lower case: a small
     judge copies them, and a copied example is not about the instruction at hand."""
@@ -97,6 +99,7 @@ def copied_examples(prompt: str, question: bool, instruction: str) -> frozenset[
     return frozenset(line for line in example_lines(prompt, question) if not content_words(line) & words)
 
 
+@functools.lru_cache(maxsize=None)
 def scaffold_labels(prompt: str) -> tuple[str, ...]:
     """The labels a prompt file puts at the start of its lines (`INSTRUCTION:`, `FAILED
     QUESTIONS:`): a rewrite that reaches one has started to repeat the prompt."""

@@ -153,7 +153,6 @@ def _curated_note(store) -> str | None:
     return f"curated = run {run_id} ({name or 'unnamed'}), {why}{others}"
 
 
-@app.command()
 def export_after_run(do_export, cfg, run_id: str):
     """The config's export, after its run: a target it may not write is said in the config's
     terms (`export.out`, `export.overwrite`), with the run's rows safe in the database."""
@@ -166,6 +165,7 @@ def export_after_run(do_export, cfg, run_id: str):
         raise ExportTargetError(f"{text} (the run finished: its rows are in {cfg.db}; `curate export` exports them)") from None
 
 
+@app.command()
 def export(
     db: str = typer.Option(DEFAULT_DB, "--db", help=DB_HELP),
     format: str = typer.Option("hf", "--format", "-f", help="hf | parquet | jsonl"),

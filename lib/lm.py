@@ -51,7 +51,8 @@ def scoring_dtype(device: str, dtype: str | None = None):
     """The dtype the model scorers (IFD, LESS) run in: `dtype` when given (a torch dtype name);
     `None`/`auto`: bf16 on a GPU and on a CPU with bf16 instructions (`cpu_has_bf16`: there the
     bf16 matmuls run about 4x the fp32 rate: 130-160 against 30-40 GFLOPS on 2 Zen 4 cores), fp32
-    on other CPUs. bf16 moves losses by about 1% (bench/scoring.py reports the difference)."""
+    on other CPUs (where torch emulates bf16: 10-12 against 60-64 GFLOPS for fp32 on 2 cores of an
+    AVX2-only EPYC). bf16 moves losses by about 1% (bench/scoring.py reports the difference)."""
     import torch
 
     if dtype and dtype != "auto":

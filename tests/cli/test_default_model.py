@@ -101,25 +101,27 @@ def alpaca_sample(rows: list[dict], n: int) -> list[list[dict]]:
     return [ingest.parse(json.dumps(r), "alpaca")["messages"] for r in random.Random(0).sample(pool, n)]
 
 
-@pytest.mark.usefixtures("one_torch_thread")  # 1 thread: 11 s per 20 rows here, 2 threads 17-37 s on cores other jobs share
+@pytest.mark.usefixtures("one_torch_thread")  # 1 thread: 11 s per 20 rows (Zen 4, bf16), 47 s (AVX2 EPYC, fp32)
 def test_ifd_is_lower_under_the_matching_instruction(default_model, alpaca_rows):
+    rows = 60  # 98 of 100 rows won on an AVX2 machine, where 100 rows took 8 minutes
     from curate.stages.score.ifd import IFDScorer
 
-    convs = alpaca_sample(alpaca_rows, 100)
+    convs = alpaca_sample(alpaca_rows, rows)
     order = list(range(len(convs)))
     random.Random(0).shuffle(order)
     other = {order[k]: order[(k + 1) % len(order)] for k in range(len(order))}  # a derangement: no row keeps its own
     shuffled = [[*convs[other[i]][:-1], convs[i][-1]] for i in range(len(convs))]
-    # bf16: on this CPU (AVX512-BF16) the scorer runs 2x faster than in fp32 (the LM head's matmul 4x)
-    scorer = IFDScorer("default", max_length=512, dtype="bfloat16")
+    # The stage's own dtype choice (lib/lm.py scoring_dtype): bf16 where the CPU has bf16
+    # instructions (2x faster there), fp32 where it has not (bf16 is emulated: 5x slower).
+    scorer = IFDScorer("default", max_length=512)
     matched, reasons = scorer.score(convs)
     crossed, crossed_reasons = scorer.score(shuffled)
-    assert reasons == [None] * 100 and crossed_reasons == [None] * 100
+    assert reasons == [None] * rows and crossed_reasons == [None] * rows
     wins = int(np.sum(matched["ifd"] < crossed["ifd"]))
-    print(f"\nIFD matched < shuffled on {wins}/100 rows; median IFD {np.median(matched['ifd']):.3f} matched, "
+    print(f"\nIFD matched < shuffled on {wins}/{rows} rows; median IFD {np.median(matched['ifd']):.3f} matched, "
           f"{np.median(crossed['ifd']):.3f} shuffled")
-    assert wins >= 90, wins
-    assert np.allclose(matched["loss_answer"], crossed["loss_answer"], rtol=0.02)  # L(A) does not see the instruction (bf16, other batches)
+    assert wins >= 0.9 * rows, wins
+    assert np.allclose(matched["loss_answer"], crossed["loss_answer"], rtol=0.02)  # L(A) does not see the instruction (bf16 or fp32, other batches)
 
 
 # ---------------------------------------------------------------------------- the main job

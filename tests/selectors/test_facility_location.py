@@ -283,6 +283,7 @@ def test_k_center_covers_better_than_random_at_the_mean_and_at_the_top(pools, po
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~12,400 texts to embed: about a minute on Zen 4, over ten on a busy AVX2 machine
 def test_within_two_percent_of_the_exact_greedy_on_the_full_pools(alpaca_rows, tmp_path):
     """All 3,111 Alpaca rows, and all of them with their planted variants (~9,300 rows): minutes
     to embed unless bench/selection.py has cached the vectors."""

@@ -28,7 +28,7 @@ pytest.importorskip("gguf", reason="the models extra is not installed (no gguf)"
 
 from conftest import ROOT, SELECTION_LINEAGE  # noqa: E402
 
-pytestmark = [pytest.mark.model, pytest.mark.slow]
+pytestmark = [pytest.mark.model, pytest.mark.slow, pytest.mark.timeout(1200)]  # Gemma 3 270M on CPU: a module fixture took 401 s on an AVX2-only machine
 
 
 

@@ -24,7 +24,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed (EXTRAS without vllm/v
 from conftest import ROOT, SELECTION_LINEAGE, write_jsonl  # noqa: E402
 from checks import assert_counts_add_up, q  # noqa: E402
 
-pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1200)]  # Gemma 3 270M on CPU: the judge config fixture took 257 s on an AVX2-only machine
 
 TINY_BACKEND = {"kind": "vllm", "enforce_eager": True, "dtype": "float32", "max_model_len": 512}
 

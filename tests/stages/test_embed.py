@@ -112,3 +112,48 @@ def test_a_cpu_actor_encodes_with_every_core_not_the_one_ray_reserves(ray_local)
     omp, threads = ray.get(threads_in_actor.remote(None))
     assert omp == "1" and threads == len(os.sched_getaffinity(0))
     assert ray.get(threads_in_actor.remote(1))[1] == 1
+
+
+def test_cpu_batches_encoders_match_one_intra_op_encode(alpaca_rows):
+    """On a CPU the stage shares mini-batches out among one single-threaded encoder per thread
+    (MiniBatchEncoders): the vectors are those of one `encode` on torch's threads, in input order,
+    and the caller's torch thread count is what it was."""
+    import torch
+
+    from curate.stages.embed import MiniBatchEncoders
+
+    texts = [r["instruction"] + (" " + r["input"] if r.get("input") else "") for r in alpaca_rows[:150]]
+    threads_before = torch.get_num_threads()
+    intra_op = Embed(cache=False, cpu_parallel="intra_op", threads=2, encode_batch_size=8)
+    batches = Embed(cache=False, cpu_parallel="batches", threads=2, encode_batch_size=8)
+    expected = intra_op.encode(texts)
+    got = batches.encode(texts)
+    assert isinstance(batches._encoders, MiniBatchEncoders) and intra_op._encoders is None
+    assert torch.get_num_threads() == threads_before
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # many small calls, two encoders at once: no tokenizer shared between threads
+    again = np.concatenate([batches.encode(texts[i:i + 7]) for i in range(0, len(texts), 7)])
+    np.testing.assert_allclose(again, expected, atol=1e-5)
+
+
+def test_batches_encoders_share_weights_and_own_their_tokenizers(embedder):
+    from curate.stages.embed import MiniBatchEncoders
+
+    encoders = MiniBatchEncoders(embedder.model, 3)
+    models = [encoders.free.get() for _ in range(3)]
+    weights = {next(m.parameters()).data_ptr() for m in models}
+    tokenizers = {id(m.tokenizer) for m in models}
+    assert len(weights) == 1 and len(tokenizers) == 3
+    with pytest.raises(ValueError, match="cpu_parallel must be"):
+        Embed(cpu_parallel="threads")
+
+
+def test_bad_values_fail_before_ray_with_the_key_named():
+    """A value the actor would reject fails in the driver's preflight, not as an ActorDiedError."""
+    from curate.pipeline.preflight import PreflightError
+
+    with pytest.raises(PreflightError, match=r"^embed\.cpu_parallel: cpu_parallel must be 'batches' or 'intra_op'"):
+        Embed.preflight({"cpu_parallel": "threads"})
+    with pytest.raises(PreflightError, match=r"^embed\.template: template may use"):
+        Embed.preflight({"template": "{question}"})
+    Embed.preflight({"cpu_parallel": "intra_op", "template": "{instruction}"})

@@ -236,7 +236,8 @@ def _one_torch_thread() -> None:
 
 
 def cpu_threads(threads: int | None) -> int:
-    """Torch threads for a CPU encode: `threads`, or every core this process may run on.
+    """Threads for a CPU encode (as many single-threaded encoders, or torch's intra-op threads
+    with `cpu_parallel: intra_op`): `threads`, or every core this process may run on.
 
     Ray sets OMP_NUM_THREADS to an actor's `num_cpus` (1 here), so torch in the embed actor ran
     one thread where a bare `encode` runs one per core: half the speed on a 2-core machine

@@ -62,7 +62,6 @@ class BareEncode:
 
     def __init__(self, pool: Path, threads: int):
         import pyarrow as pa
-        import torch
 
         from curate.stages.embed import Embed, texts_to_embed
         from curate.stages.ingest import Ingest
@@ -72,8 +71,9 @@ class BareEncode:
         samples = [parse(line, "pool") for line in pool.read_text().splitlines()]
         self.texts = texts_to_embed(pa.table(sample_arrays(samples)), "instruction", None)
         self.texts.sort(key=len, reverse=True)
-        torch.set_num_threads(threads)
-        self.stage = Embed(cache=False, threads=threads)  # for the stage's own way, `MiniBatchEncoders`
+        # Loading sets torch's thread count to `threads` (stages/embed.py load_model); the stage
+        # itself times the stage's own way, `MiniBatchEncoders`.
+        self.stage = Embed(cache=False, threads=threads)
         self.model = self.stage.model
         self.model.encode(self.texts[:64], batch_size=32)  # warm up
         self.stage.encode(self.texts[:64])

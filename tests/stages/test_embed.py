@@ -148,12 +148,16 @@ def test_batches_encoders_share_weights_and_own_their_tokenizers(embedder):
         Embed(cpu_parallel="threads")
 
 
-def test_bad_values_fail_before_ray_with_the_key_named():
-    """A value the actor would reject fails in the driver's preflight, not as an ActorDiedError."""
-    from curate.pipeline.preflight import PreflightError
+def test_bad_values_fail_before_ray_with_the_key_named(tmp_path):
+    """A value the actor would reject fails in the driver's config check, not as an ActorDiedError."""
+    from curate.errors import CurateError
+    from curate.pipeline.config import load_config
 
-    with pytest.raises(PreflightError, match=r"^embed\.cpu_parallel: cpu_parallel must be 'batches' or 'intra_op'"):
-        Embed.preflight({"cpu_parallel": "threads"})
-    with pytest.raises(PreflightError, match=r"^embed\.template: template may use"):
-        Embed.preflight({"template": "{question}"})
-    Embed.preflight({"cpu_parallel": "intra_op", "template": "{instruction}"})
+    def config(params):
+        return load_config(None, input=["rows.jsonl"], db=str(tmp_path / "x.duckdb"), stages=[{"embed": params}])
+
+    with pytest.raises(CurateError, match=r"stages\.0\.embed: cpu_parallel: Input should be 'batches' or 'intra_op'"):
+        config({"cpu_parallel": "threads"})
+    with pytest.raises(CurateError, match=r"stages\.0\.embed: template: template may use"):
+        config({"template": "{question}"})
+    config({"cpu_parallel": "intra_op", "template": "{instruction}"})

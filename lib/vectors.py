@@ -75,7 +75,7 @@ class VectorSource:
             if not n:
                 raise CurateError(f"no scores named '{score}' for the rows of this run ({column})")
 
-    def _select(self, order: str = "") -> str:
+    def _select(self, order: str = "", with_rowid: bool = False) -> str:
         joins, columns = "", ""
         for i, (column, name) in enumerate(self.score_names.items()):
             joins += (f" LEFT JOIN (SELECT id, any_value(value) AS value FROM scores WHERE run_id = $run "
@@ -83,48 +83,66 @@ class VectorSource:
             columns += f', s{i}.value AS "{column}"'
         # A semi join: DuckDB builds its hash table on the pool's ids and streams the vectors past
         # it (a plain join may build on the vectors, holding them all).
+        if with_rowid:
+            columns += ", v.rowid AS _rowid"
         return (f"SELECT v.id, v.vec{columns} FROM vectors v{joins} "
                 f"WHERE v.run_id = $run AND v.name = $name AND v.id IN (SELECT id FROM {self.pool}) {order}")
 
-    def batches(self, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-        """Every row once, in no particular order: (id, vec, scores...)."""
-        yield from self._stream(self._select(), batch_rows)
+    def batches(self, batch_rows: int = BATCH_ROWS, with_rowid: bool = False) -> Iterator[pa.RecordBatch]:
+        """Every row once, in no particular order: (id, vec, scores..., and _rowid with_rowid: the
+        row's rowid in `vectors`, for fetch_rowids later)."""
+        yield from self._stream(self._select(with_rowid=with_rowid), batch_rows)
 
     def sample(self, rows: int, seed: int, batch_rows: int = BATCH_ROWS) -> np.ndarray:
         """A deterministic sample of `rows` vectors (all of them if the pool is smaller), in id
         order, drawn by a hash of (seed, id) inside DuckDB: the pool's order of arrival does not
-        matter. Ids are drawn first and the vectors fetched for them, so no sort ever carries a
-        vector; each lands in its row of the one (rows, d) array returned."""
+        matter. The ids are drawn first (a scan of the id column only, no sort ever carries a
+        vector), then their vectors fetched by rowid: DuckDB reads only the row groups that hold
+        them instead of every vector (0.5 s against 2.5 s for 16,384 of 1M 384-d vectors)."""
         params = {"run": self.run_id, "name": self.name, "seed": str(seed)}
-        drawn = (f"SELECT id FROM {self.pool} WHERE id IN (SELECT id FROM vectors WHERE run_id = $run AND name = $name) "
-                 f"ORDER BY md5($seed || id), id LIMIT {int(min(rows, self.rows))}")
-        ids = self.con.sql(f"SELECT id FROM ({drawn}) ORDER BY id", params=params).to_arrow_table().column("id").combine_chunks()
-        query = f"SELECT v.id, v.vec FROM vectors v WHERE v.run_id = $run AND v.name = $name AND v.id IN ({drawn})"
-        out = None
-        for batch in self._stream(query, batch_rows, params):
-            vecs = as_matrix(batch.column("vec"))
-            if out is None:
-                out = np.empty((len(ids), vecs.shape[1]), np.float32)
-            out[pc.index_in(batch.column("id"), value_set=ids).to_numpy()] = vecs
+        drawn = self.con.sql(
+            f"SELECT * FROM (SELECT v.rowid AS r, v.id FROM vectors v WHERE v.run_id = $run AND v.name = $name "
+            f"AND v.id IN (SELECT id FROM {self.pool}) ORDER BY md5($seed || v.id), v.id "
+            f"LIMIT {int(min(rows, self.rows))}) ORDER BY id", params=params).to_arrow_table()
+        return self.fetch_rowids(drawn.column("r").to_numpy(), batch_rows)
+
+    def rowids(self, ids: pa.Array) -> np.ndarray:
+        """The `vectors` table's rowid of each of `ids` (distinct ids that have vectors), in the
+        order given: a scan of the id column, never of the vectors. Rowids stay valid while
+        nothing is deleted from the table (within one selection)."""
+        ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+        self.con.register("_rowid_ids", pa.table({"id": ids}))
+        try:
+            found = self.con.sql("SELECT v.id, v.rowid AS r FROM vectors v WHERE v.run_id = $run AND v.name = $name "
+                                 "AND v.id IN (SELECT id FROM _rowid_ids)",
+                                 params={"run": self.run_id, "name": self.name}).to_arrow_table()
+        finally:
+            self.con.unregister("_rowid_ids")
+        out = np.full(len(ids), -1, np.int64)
+        out[pc.index_in(found.column("id"), value_set=ids).to_numpy()] = found.column("r").to_numpy()
+        if (out < 0).any():
+            raise CurateError(f"{int((out < 0).sum())} of the requested rows have no vectors named '{self.name}'")
         return out
 
     def fetch(self, ids: pa.Array, batch_rows: int = BATCH_ROWS) -> np.ndarray:
         """The vectors of `ids` (distinct ids of the pool's rows), as one (len(ids), d) array in the
-        order given: one streaming pass, each vector placed in its row as it arrives."""
-        ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-        self.con.register("_fetch_ids", pa.table({"id": ids}))
+        order given. Raises CurateError when one of them has no vector."""
+        return self.fetch_rowids(self.rowids(ids), batch_rows)
+
+    def fetch_rowids(self, rowids: np.ndarray, batch_rows: int = BATCH_ROWS) -> np.ndarray:
+        """The vectors at `rowids` of the `vectors` table (distinct; from rowids() or a batch read
+        with_rowid), as one (len(rowids), d) float32 array in the order given. DuckDB pushes the
+        rowid list into its scan, so only the row groups holding them are read."""
+        rowids = np.asarray(rowids, np.int64)
         out = None
-        try:
-            query = ("SELECT v.id, v.vec FROM vectors v WHERE v.run_id = $run AND v.name = $name "
-                     "AND v.id IN (SELECT id FROM _fetch_ids)")
-            for batch in self._stream(query, batch_rows):
+        if len(rowids):
+            query = "SELECT rowid AS r, vec FROM vectors WHERE rowid = ANY($rows)"
+            for batch in self._stream(query, batch_rows, {"rows": rowids}):
                 vecs = as_matrix(batch.column("vec"))
                 if out is None:
-                    out = np.zeros((len(ids), vecs.shape[1]), np.float32)
-                out[pc.index_in(batch.column("id"), value_set=ids).to_numpy()] = vecs
-        finally:
-            self.con.unregister("_fetch_ids")
-        return out if out is not None else np.zeros((len(ids), 0), np.float32)
+                    out = np.zeros((len(rowids), vecs.shape[1]), np.float32)
+                out[pc.index_in(batch.column("r"), value_set=pa.array(rowids)).to_numpy()] = vecs
+        return out if out is not None else np.zeros((len(rowids), 0), np.float32)
 
     def ordered(self, order_sql: str, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         """Rows in an order (SQL over v.id and the score columns), streamed: stop reading early."""

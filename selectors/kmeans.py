@@ -127,9 +127,9 @@ class KMeansDiversity(Selector):
                 picked = self.choose(cluster, distance, columns.get("weight"), columns.get("signal"), len(centroids),
                                      budget_rows, cells=cells)
         else:
-            ids, cluster, distance, columns = assign_pool(source, Assigner(centroids))
+            ids, cluster, distance, columns, rowids = assign_pool(source, Assigner(centroids))
             picked = self.choose(cluster, distance, columns.get("weight"), columns.get("signal"), len(centroids), budget_rows,
-                                 vectors=lambda rows: source.fetch(ids.take(pa.array(rows))), centroids=centroids)
+                                 vectors=lambda rows: source.fetch_rowids(rowids[rows]), centroids=centroids)
         weight = columns.get("weight")
         scores = [None] * len(picked) if weight is None else weight[picked].tolist()
         return list(zip(ids.take(pa.array(picked)).to_pylist(), scores, cluster[picked].tolist()))
@@ -255,16 +255,19 @@ def admit(order: np.ndarray, cluster: np.ndarray, quota: np.ndarray, vectors, ma
 
 
 def assign_pool(source: VectorSource, assign: Assigner, batch_rows: int = BATCH_ROWS):
-    """Stream the pool once: ids, cluster of each row, its distance to the centroid, and its score columns (missing scores
-    filled with the lowest present one), all sorted by id so results do not depend on the
-    order rows arrived in."""
-    ids, clusters, distances, columns = [], [], [], {c: [] for c in source.score_names}
-    for batch in source.batches(batch_rows):
+    """Stream the pool once: ids, cluster of each row, its distance to the centroid, its score
+    columns (missing scores filled with the lowest present one) and its rowid in `vectors` (for
+    VectorSource.fetch_rowids), all sorted by id so results do not depend on the order rows
+    arrived in."""
+    ids, clusters, distances, rowids = [], [], [], []
+    columns = {c: [] for c in source.score_names}
+    for batch in source.batches(batch_rows, with_rowid=True):
         label, distance = assign(as_matrix(batch.column("vec")))
         # Copies: a column imported from DuckDB keeps its whole batch, vectors included, alive.
         ids.append(pa.concat_arrays([batch.column("id")]))
         clusters.append(label)
         distances.append(distance)
+        rowids.append(batch.column("_rowid").to_numpy().copy())
         for c in columns:
             columns[c].append(batch.column(c).to_numpy(zero_copy_only=False).copy())
     if not ids:
@@ -274,4 +277,4 @@ def assign_pool(source: VectorSource, assign: Assigner, batch_rows: int = BATCH_
     cluster = np.concatenate(clusters)[by_id]
     distance = np.concatenate(distances)[by_id]
     out = {c: fill_missing(np.concatenate(parts).astype(np.float64)[by_id], source.score_names[c]) for c, parts in columns.items()}
-    return id_array.take(pa.array(by_id)), cluster, distance, out
+    return id_array.take(pa.array(by_id)), cluster, distance, out, np.concatenate(rowids)[by_id]

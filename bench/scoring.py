@@ -4,7 +4,8 @@ changes within a run; alternating keeps the ratio fair).
 
 - ours: the stage's defaults (`IFDScorer`, `GradientFeatures`): `scoring_dtype` (bf16 on a GPU
   and on a CPU with bf16 instructions, else fp32), length-sorted batches, losses and logits only
-  where they are needed;
+  where they are needed; IFD on a CPU runs its batches on one single-threaded worker per thread
+  (`--cpu-parallel batches`, the stage's default) or on torch's threads (`intra_op`);
 - the reference (ALGORITHMS.md, stages/score/reference.py): fp32, batch size 1, three passes and
   a per-token log-softmax loop for IFD, one backward() per example for LESS.
 
@@ -98,14 +99,15 @@ def spearman(a, b) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def bench_ifd(model: str, convs, max_length: int, device: str, dtype: str | None, rounds: int) -> dict:
+def bench_ifd(model: str, convs, max_length: int, device: str, dtype: str | None, rounds: int, threads: int | None = None,
+              cpu_parallel: str = "batches") -> dict:
     import numpy as np
 
     from curate.stages.score.ifd import IFDScorer
     from curate.lib.lm import load_causal_lm
     from curate.stages.score.reference import ifd_one_at_a_time
 
-    scorer = IFDScorer(model, max_length=max_length, device=device, dtype=dtype)
+    scorer = IFDScorer(model, max_length=max_length, device=device, dtype=dtype, threads=threads, cpu_parallel=cpu_parallel)
     ref_model, tok, _ = load_causal_lm(model, device, "float32")
     scorer.score(convs[:4])  # warm-up: lazy initialisation, kernel selection
     ours_s, ref_s, ours, ref = interleaved(
@@ -117,6 +119,7 @@ def bench_ifd(model: str, convs, max_length: int, device: str, dtype: str | None
     loss_diff = max(float(np.max(np.abs(ours[k] - v))) for k, v in
                     (("loss_answer_given_prompt", aq), ("loss_answer", a), ("loss_prompt", q)))
     return {"ifd_rows_s": len(convs) / ours_s, "ifd_ref_rows_s": len(convs) / ref_s, "dtype": str(scorer.lm.dtype),
+            "ifd_cpu_parallel": None if scorer.device != "cpu" else cpu_parallel if scorer.workers or cpu_parallel == "intra_op" else "one thread",
             "ifd_max_abs_diff": float(np.max(np.abs(ours["ifd"] - ifd_ref))), "ifd_loss_max_abs_diff": loss_diff,
             "ifd_spearman": spearman(ours["ifd"], ifd_ref), "ifd_mean": float(np.mean(ifd_ref))}
 
@@ -177,6 +180,8 @@ def main(argv=None):
     ap.add_argument("--device", default=None)
     ap.add_argument("--rounds", type=int, default=4, help="ours and the reference alternate over this many slices")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads for both sides (0: torch's default, all cores)")
+    ap.add_argument("--cpu-parallel", default="batches", choices=["batches", "intra_op"],
+                    help="ours on a CPU: length batches on single-threaded workers (the stage's default) or torch's threads")
     args = ap.parse_args(argv)
     if args.quick:
         args.random_llama = args.random_llama or args.model is None
@@ -201,7 +206,8 @@ def main(argv=None):
             name = "default (Gemma 3 270M, curate/models.py)" if args.model == "default" else args.model
         tok = load_tokenizer(model)
         convs = alpaca_convs(tok, max(args.rows, args.less_rows), args.max_length, short)
-        ifd = bench_ifd(model, convs[: args.rows], args.max_length, device, args.dtype, args.rounds)
+        ifd = bench_ifd(model, convs[: args.rows], args.max_length, device, args.dtype, args.rounds, args.threads or None,
+                        args.cpu_parallel)
         print(f"IFD ({ifd['dtype']}): {ifd['ifd_rows_s']:.2f} rows/s batched, {ifd['ifd_ref_rows_s']:.2f} rows/s "
               f"fp32 one at a time ({ifd['ifd_rows_s'] / ifd['ifd_ref_rows_s']:.1f}x); max |ΔIFD| {ifd['ifd_max_abs_diff']:.2e} "
               f"(mean IFD {ifd['ifd_mean']:.3f}), max |Δloss| {ifd['ifd_loss_max_abs_diff']:.2e}, "

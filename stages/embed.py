@@ -22,13 +22,13 @@ import copy
 import itertools
 import os
 import queue
-from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Literal, get_args
+from typing import Annotated, get_args
 
 import numpy as np
 import pyarrow as pa
 from pydantic import AfterValidator
 
+from curate.lib.cpu_workers import BatchWorkers, CpuParallel, cpu_threads
 from curate.stages.base import Resources, Stage, StageContext, StageResult, param
 from curate.stages.text import TextPart, TextParts, conversation_text, first_user_turn, last_assistant_turn
 from curate.storage.model_cache import CachedRows, model_fingerprint
@@ -78,7 +78,6 @@ def check_template(template: str | None) -> str | None:
 # In the constructor's signature, so the config check (pipeline/config.py) rejects a bad value
 # before any Ray work, with its key named; the constructor checks too, for a stage built by hand.
 Template = Annotated[str | None, AfterValidator(check_template)]
-CpuParallel = Literal["batches", "intra_op"]
 
 
 class Embed(Stage):
@@ -191,11 +190,8 @@ class MiniBatchEncoders:
     mini-batches taken in turn from a shared list: data parallelism on a CPU in place of torch's
     intra-op threads.
 
-    Why: intra-op threads split every matrix product and meet at its end, so CPU time another
-    process takes from any core stalls them all. Under Ray (an idle local instance takes ~8-10%
-    of one core on its own) a 2-thread `encode` ran 12-20% slower than on a quiet machine, while
-    two 1-thread encoders lost nothing; on a quiet machine they are faster too, with no
-    synchronisation and better cache use per core (bench/README.md, embed). Weights and buffers are
+    Why: see lib/cpu_workers.py (a 2-thread `encode` under Ray ran 12-20% slower than on a quiet
+    machine, two 1-thread encoders lost nothing). Weights and buffers are
     shared between the copies, not duplicated; each has its own tokenizer, as a fast tokenizer
     used from two threads at once fails ("Already borrowed").
 
@@ -207,11 +203,9 @@ class MiniBatchEncoders:
         self.free: queue.SimpleQueue = queue.SimpleQueue()
         for clone in [model] + [copy.deepcopy(model, dict(shared)) for _ in range(workers - 1)]:
             self.free.put(clone)
-        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="embed", initializer=_one_torch_thread)
+        self.workers = BatchWorkers(workers, "embed")
 
     def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
-        import torch
-
         def one(chunk: list[str]) -> np.ndarray:
             model = self.free.get()
             try:
@@ -221,29 +215,7 @@ class MiniBatchEncoders:
                 self.free.put(model)
 
         chunks = [texts[i:i + batch_size] for i in range(0, len(texts), batch_size)]
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # the workers' first torch call takes the count in force then
-        try:
-            return np.concatenate(list(self.pool.map(one, chunks)))
-        finally:
-            torch.set_num_threads(threads)
-
-
-def _one_torch_thread() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def cpu_threads(threads: int | None) -> int:
-    """Threads for a CPU encode (as many single-threaded encoders, or torch's intra-op threads
-    with `cpu_parallel: intra_op`): `threads`, or every core this process may run on.
-
-    Ray sets OMP_NUM_THREADS to an actor's `num_cpus` (1 here), so torch in the embed actor ran
-    one thread where a bare `encode` runs one per core: half the speed on a 2-core machine
-    (bench/embed.py). The actor reserves one CPU so that it can be scheduled beside other
-    stages, but when it encodes it is mostly the only busy stage of its phase."""
-    return threads or len(os.sched_getaffinity(0))
+        return np.concatenate(self.workers.map(one, chunks))
 
 
 def load_model(path: str, device: str | None, fp16: bool, max_seq_length: int | None, threads: int | None):

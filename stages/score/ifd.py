@@ -36,6 +36,7 @@ import pyarrow as pa
 from curate.stages.base import StageContext, StageResult, param
 from curate.stages.score.base import ModelStage
 from curate.lib import lm as L
+from curate.lib.cpu_workers import BatchWorkers, CpuParallel, cpu_threads, intra_op_threads
 from curate.storage.model_cache import CachedRows, model_fingerprint
 from curate.storage.schema import canonical_messages
 
@@ -77,12 +78,13 @@ def plan_sequences(tok, convs: list[list[dict]], max_length: int, direct_prefix:
     return seqs, reasons
 
 
-def span_losses(model, seqs: list[Spans], pad: int, device: str, max_tokens: int, max_rows: int) -> list[dict[str, float]]:
-    """Mean token NLL of every span of every sequence, batched by length, padding ignored."""
+def span_losses(model, seqs: list[Spans], pad: int, device: str, max_tokens: int, max_rows: int,
+                workers: BatchWorkers | None = None) -> list[dict[str, float]]:
+    """Mean token NLL of every span of every sequence, batched by length, padding ignored. With
+    `workers` (a CPU), the batches run on them, one batch per single-threaded worker at a time."""
     import torch
 
-    out: list[dict[str, float]] = [{} for _ in seqs]
-    for idx in L.length_batches([len(s.ids) for s in seqs], max_tokens, max_rows):
+    def one(idx: list[int]) -> list[dict[str, float]]:
         batch = [seqs[i] for i in idx]
         ids = L.pad_right([s.ids for s in batch], pad, device)
         needed = torch.zeros((len(batch), ids.shape[1] - 1), dtype=torch.bool)
@@ -93,8 +95,15 @@ def span_losses(model, seqs: list[Spans], pad: int, device: str, max_tokens: int
             nll = L.token_nll(model, ids, needed.to(device))
             # cum[:, j] = loss of tokens 1..j, so a span [s, e) sums to cum[e-1] - cum[s-1].
             cum = torch.nn.functional.pad(nll.double().cumsum(1), (1, 0)).cpu().numpy()
-        for k, (i, s) in enumerate(zip(idx, batch)):
-            out[i] = {name: (cum[k, e - 1] - cum[k, b - 1]) / (e - b) for name, (b, e) in s.spans.items()}
+        return [{name: (cum[k, e - 1] - cum[k, b - 1]) / (e - b) for name, (b, e) in s.spans.items()}
+                for k, s in enumerate(batch)]
+
+    batches = list(L.length_batches([len(s.ids) for s in seqs], max_tokens, max_rows))
+    results = workers.map(one, batches) if workers is not None else [one(idx) for idx in batches]
+    out: list[dict[str, float]] = [{} for _ in seqs]
+    for idx, spans in zip(batches, results):
+        for i, m in zip(idx, spans):
+            out[i] = m
     return out
 
 
@@ -107,9 +116,18 @@ class IFDScorer:
     """The model and the scoring logic, outside any stage (the bench and tests use it too)."""
 
     def __init__(self, model: str, max_length: int = 512, variant: str = "loss_ratio", direct_prefix: str = "",
-                 max_batch_tokens: int | None = None, max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None):
+                 max_batch_tokens: int | None = None, max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None,
+                 threads: int | None = None, cpu_parallel: CpuParallel = "batches"):
+        """`threads` / `cpu_parallel`: on a CPU, `batches` runs length batches on `threads`
+        single-threaded workers sharing the model (lib/cpu_workers.py; default one per core);
+        `intra_op` runs them one at a time on `threads` torch threads (default one per core). Same
+        losses either way."""
         self.lm, self.tok, self.device = L.load_causal_lm(model, device, dtype, scoring=True)
         self.model = model
+        self.threads, self.cpu_parallel = threads, cpu_parallel
+        on_cpu = str(self.device).startswith("cpu")
+        workers = cpu_threads(threads)
+        self.workers = BatchWorkers(workers, "ifd") if on_cpu and cpu_parallel == "batches" and workers > 1 else None
         self.max_length, self.variant, self.direct_prefix = max_length, variant, direct_prefix
         self.max_batch_tokens = max_batch_tokens or L.default_batch_tokens(self.device, self.lm.dtype)
         self.max_batch_rows = max_batch_rows
@@ -117,7 +135,9 @@ class IFDScorer:
     def losses(self, convs: list[list[dict]]) -> tuple[np.ndarray, list[str | None]]:
         """(rows, 3) float64 losses in LOSS_NAMES order (NaN where skipped); and the skip reasons."""
         seqs, reasons = plan_sequences(self.tok, convs, self.max_length, self.direct_prefix)
-        spans = span_losses(self.lm, seqs, L.pad_id(self.tok), self.device, self.max_batch_tokens, self.max_batch_rows)
+        with intra_op_threads(cpu_threads(self.threads) if self.workers is None and str(self.device).startswith("cpu") else None):
+            spans = span_losses(self.lm, seqs, L.pad_id(self.tok), self.device, self.max_batch_tokens, self.max_batch_rows,
+                                self.workers)
         out = np.full((len(convs), len(LOSS_NAMES)), np.nan)
         column = {"answer_given_prompt": 0, "answer": 1, "prompt": 2}
         for s, m in zip(seqs, spans):
@@ -161,10 +181,12 @@ class IFDScore(ModelStage):
     def __init__(self, model: str, max_length: int = 512, variant: Literal["loss_ratio", "ppl_ratio"] = "loss_ratio",
                  direct_prefix: str = "", on_skip: Literal["drop", "keep"] = "drop", prefix: str = "",
                  max_batch_tokens: int | None = None, max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None,
-                 cache: bool | str = True):
-        """`cache`: true, the model-output cache beside the database (its path comes with the run's
-        context in `setup`; a stage built by hand without one has none); false, off; a path, that file."""
-        self.scorer = IFDScorer(model, max_length, variant, direct_prefix, max_batch_tokens, max_batch_rows, device, dtype)
+                 threads: int | None = None, cpu_parallel: CpuParallel = "batches", cache: bool | str = True):
+        """`threads` / `cpu_parallel`: how a CPU runs the model (IFDScorer). `cache`: true, the
+        model-output cache beside the database (its path comes with the run's context in `setup`;
+        a stage built by hand without one has none); false, off; a path, that file."""
+        self.scorer = IFDScorer(model, max_length, variant, direct_prefix, max_batch_tokens, max_batch_rows, device, dtype,
+                                threads, cpu_parallel)
         self.on_skip, self.prefix = on_skip, prefix
         self.cached = CachedRows(cache, "ifd", model)
 

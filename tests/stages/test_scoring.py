@@ -53,3 +53,23 @@ def test_skip_reasons(tiny_model):
     cols, reasons = scorer.score(convs)
     assert reasons == [None, "ifd_skip:prompt_fills_window", "ifd_skip:answer_truncated", "ifd_skip:empty_span"]
     assert cols["ifd"][0] > 0 and np.isnan(cols["ifd"][1:]).all()
+
+
+def test_cpu_batches_on_single_threaded_workers_equal_one_batch_at_a_time(tiny_model, alpaca_convs):
+    """cpu_parallel: batches (length batches shared out among 3 one-thread workers) gives the
+    losses of intra_op (one batch at a time), row for row, and leaves the caller's torch threads."""
+    import torch
+
+    from curate.lib.cpu_workers import BatchWorkers
+
+    common = dict(max_length=160, max_batch_tokens=256, max_batch_rows=4, dtype="float32")  # many small batches
+    batches = IFDScorer(tiny_model, threads=3, **common)
+    one_at_a_time = IFDScorer(tiny_model, threads=1, cpu_parallel="intra_op", **common)
+    assert isinstance(batches.workers, BatchWorkers) and one_at_a_time.workers is None
+    before = torch.get_num_threads()
+    got, reasons = batches.losses(alpaca_convs)
+    assert torch.get_num_threads() == before
+    expected, expected_reasons = one_at_a_time.losses(alpaca_convs)
+    assert reasons == expected_reasons and sum(r is None for r in reasons) > 6
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6, equal_nan=True)
+    assert not np.allclose(got[:, 0], got[0, 0], equal_nan=True)  # rows differ: a mix-up would show

@@ -150,6 +150,22 @@ class RunConfig(Strict):
         check_dependencies(self.stages, self.selectors)
         return self
 
+    @model_validator(mode="after")
+    def _selection_names(self):
+        """Each selector writes its own selection (two with one name would overwrite each
+        other), and the export names one of them."""
+        seen: dict[str, int] = {}
+        for i, sel in enumerate(self.selectors):
+            if sel.name in seen:
+                raise ValueError(f"selectors.{i} ({sel.key}) writes the selection '{sel.name}', as selectors.{seen[sel.name]} "
+                                 "does, and would overwrite it: give one of them a `name:`")
+            seen[sel.name] = i
+        if self.export and self.export.selection is not None and self.export.selection not in seen:
+            have = ", ".join(f"'{n}'" for n in seen) or "none: this config has no selectors"
+            raise ValueError(f"export.selection: no selector writes '{self.export.selection}' (selections: {have}); "
+                             "`curate export --selection` exports one an earlier run wrote")
+        return self
+
     def fingerprint(self, inputs: list[dict]) -> str:
         """What makes a run: its inputs, ingest settings, sharding and stages. The same
         fingerprint means the same rows, so a rerun resumes instead of starting over."""

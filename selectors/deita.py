@@ -15,6 +15,7 @@ import pyarrow as pa
 from curate.selectors.base import Selector, param
 from curate.lib.greedy import ADMITTED, GreedyCosine, normalised
 from curate.lib.vectors import VectorSource, as_matrix
+from curate.lib.params import Budget
 
 CHUNK_ROWS = 2048
 
@@ -27,7 +28,7 @@ class DeitaSelection(Selector):
         score = param(cls, params, "score")
         return {f"vectors:{param(cls, params, 'vectors')}"} | {f"scores:{s}" for s in ([score] if isinstance(score, str) else score)}
 
-    def __init__(self, budget: float | int = 0.1, score: str | list[str] = "deita", vectors: str = "embed",
+    def __init__(self, budget: Budget = 0.1, score: str | list[str] = "deita", vectors: str = "embed",
                  max_similarity: float = 0.9):
         if not -1 <= max_similarity <= 1:
             raise ValueError(f"max_similarity is a cosine similarity in [-1, 1], got {max_similarity}")

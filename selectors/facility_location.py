@@ -45,6 +45,7 @@ import pyarrow as pa
 from curate.selectors.base import Selector, param
 from curate.selectors.cells import CELL_ROWS, EXACT_ROWS, Cells
 from curate.lib.vectors import VectorSource
+from curate.lib.params import Budget
 
 
 class FacilityLocation(Selector):
@@ -63,7 +64,7 @@ class FacilityLocation(Selector):
         weight_by = param(cls, params, "weight_by")
         return {f"vectors:{param(cls, params, 'vectors')}"} | ({f"scores:{weight_by}"} if weight_by else set())
 
-    def __init__(self, budget: float | int = 0.1, vectors: str = "embed", neighbors: int = 32,
+    def __init__(self, budget: Budget = 0.1, vectors: str = "embed", neighbors: int = 32,
                  weight_by: str | None = None, quality_weight: float = 0.5, exact_rows: int = EXACT_ROWS,
                  cell_rows: int = CELL_ROWS, probe: int = 2, max_similarity: float | None = None, seed: int = 0,
                  scratch_dir: str | None = None):

@@ -15,6 +15,7 @@ import numpy as np
 
 from curate.selectors.base import Selector, param
 from curate.lib.clustering import Assigner, fit_centroids
+from curate.lib.params import Budget
 
 
 def proportional_quotas(sizes: np.ndarray, budget: int) -> np.ndarray:
@@ -34,7 +35,7 @@ class IFDSelector(Selector):
         scores = {f"scores:{param(cls, params, 'prefix')}{param(cls, params, 'score')}"}
         return scores | ({f"vectors:{param(cls, params, 'vectors')}"} if param(cls, params, "clusters") else set())
 
-    def __init__(self, budget: float | int = 0.1, score: str = "ifd", max_ifd: float | None = 1.0, prefix: str = "",
+    def __init__(self, budget: Budget = 0.1, score: str = "ifd", max_ifd: float | None = 1.0, prefix: str = "",
                  clusters: int | None = None, vectors: str = "rds", seed: int = 0):
         self.budget = budget
         self.score, self.max_ifd, self.prefix = prefix + score, max_ifd, prefix

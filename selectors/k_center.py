@@ -61,6 +61,7 @@ from curate.selectors.base import Selector, param
 from curate.selectors.cells import CELL_ROWS, EXACT_ROWS, Cells
 from curate.selectors.facility_location import knn_graph, lazy_greedy, reverse_graph
 from curate.lib.vectors import VectorSource
+from curate.lib.params import Budget
 
 GRAM_ROWS = 4096  # cells up to this size get their similarity matrix at once (64 MiB)
 
@@ -80,7 +81,7 @@ class KCenter(Selector):
     def reads(cls, params: dict) -> set[str]:
         return {f"vectors:{param(cls, params, 'vectors')}"}
 
-    def __init__(self, budget: float | int = 0.1, vectors: str = "embed", cover_fraction: float = 0.5,
+    def __init__(self, budget: Budget = 0.1, vectors: str = "embed", cover_fraction: float = 0.5,
                  radius: float | None = None, neighbors: int = 32, exact_rows: int = EXACT_ROWS,
                  cell_rows: int = CELL_ROWS, probe: int = 2, seed: int = 0, scratch_dir: str | None = None):
         if not 0.0 <= cover_fraction <= 1.0:

@@ -60,6 +60,7 @@ from curate.selectors.cells import CELL_ROWS, EXACT_ROWS, Cells
 from curate.selectors.facility_location import greedy_cover, rank_weights
 from curate.lib.greedy import ADMITTED, NOT_CONSIDERED, GreedyCosine, normalised
 from curate.lib.vectors import BATCH_ROWS, VectorSource, as_matrix
+from curate.lib.params import Budget, Cosine, Fraction, Positive, PositiveFloat
 
 ALLOCATION: Allocation = "proportional"  # chosen by measurement: see the module docstring
 MAX_SIMILARITY = 0.9
@@ -88,11 +89,11 @@ class KMeansDiversity(Selector):
         return {f"vectors:{param(cls, params, 'vectors')}"} | {
             f"scores:{param(cls, params, k)}" for k in ("weight_by", "refine_by") if param(cls, params, k)}
 
-    def __init__(self, budget: float | int = 0.1, k: int = 64, vectors: str = "embed",
+    def __init__(self, budget: Budget = 0.1, k: Positive = 64, vectors: str = "embed",
                  allocation: Allocation = ALLOCATION, within: Literal["facility", "central", "sample"] | None = None,
-                 max_similarity: float | None = MAX_SIMILARITY, weight_by: str | None = None, temperature: float = 1.0,
-                 quality_weight: float = 0.5, redistribute: bool = False, rounds: int = 1, refine_by: str | None = None,
-                 fit_sample: int | None = None, niter: int = 20, neighbors: int = 32, probe: int = 2,
+                 max_similarity: Cosine | None = MAX_SIMILARITY, weight_by: str | None = None, temperature: PositiveFloat = 1.0,
+                 quality_weight: Fraction = 0.5, redistribute: bool = False, rounds: Positive = 1, refine_by: str | None = None,
+                 fit_sample: Positive | None = None, niter: Positive = 20, neighbors: Positive = 32, probe: Positive = 2,
                  exact_rows: int = EXACT_ROWS, cell_rows: int = CELL_ROWS, seed: int = 0, scratch_dir: str | None = None):
         if k < 1 or rounds < 1 or niter < 1 or probe < 1 or neighbors < 1:
             raise ValueError("k, rounds, niter, neighbors and probe must be at least 1")

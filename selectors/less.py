@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate.selectors.base import Selector
+from curate.lib.params import Budget
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS less_checkpoints (
@@ -41,7 +42,7 @@ CREATE TABLE IF NOT EXISTS less_features (
 class LessSelector(Selector):
     name = "less"
 
-    def __init__(self, model: str, targets: str, budget: float | int = 0.05, warmup_fraction: float = 0.05,
+    def __init__(self, model: str, targets: str, budget: Budget = 0.05, warmup_fraction: float = 0.05,
                  epochs: int = 4, lr: float = 2e-5, batch_size: int = 128, warmup_ratio: float = 0.03,
                  lora_r: int = 128, lora_alpha: float = 512, lora_dropout: float = 0.1,
                  lora_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"), max_length: int = 2048,

@@ -8,12 +8,13 @@ pool leaving the database.
 from __future__ import annotations
 
 from curate.selectors.base import Selector
+from curate.lib.params import Budget
 
 
 class RandomSelection(Selector):
     name = "random"
 
-    def __init__(self, budget: float | int = 0.1, seed: int = 0):
+    def __init__(self, budget: Budget = 0.1, seed: int = 0):
         self.budget = budget
         self.seed = seed
 

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate.selectors.base import Selector
+from curate.lib.params import Budget
 
 POOL_BATCH = 8192
 
@@ -98,7 +99,7 @@ class RDSSelector(Selector):
     name = "rds"
     ALIASES = {"vector": "vectors"}  # old parameter name → new (pipeline/config.py)
 
-    def __init__(self, model: str, targets: str, budget: float | int = 0.1, vectors: str = "rds", max_length: int = 2048,
+    def __init__(self, model: str, targets: str, budget: Budget = 0.1, vectors: str = "rds", max_length: int = 2048,
                  max_batch_tokens: int | None = None, max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None):
         self.budget = budget
         self.model, self.targets, self.vectors, self.max_length = model, targets, vectors, max_length

@@ -20,6 +20,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
+from curate.lib.params import OpenFraction, Positive
 from curate.stages.base import GlobalStage, Resources, StageResult
 from curate.stages.text import (conversation_keys, conversation_words, first_user_turn, key_text, token_hashes, tokens,
                                 word_spaced)
@@ -191,7 +192,7 @@ class NearDedup(GlobalStage):
     batch_size = 2048
     order = "position"
 
-    def __init__(self, threshold: float = 0.8, num_perm: int = 128, shingle: int = 5, seed: int = 0,
+    def __init__(self, threshold: OpenFraction = 0.8, num_perm: Positive = 128, shingle: Positive = 5, seed: int = 0,
                  text: Literal["instruction", "conversation"] = "conversation", bands: int | None = None,
                  recall_weight: float = 0.99, verify_margin: float = 0.05, max_bucket: int = 64):
         if not 0 < threshold <= 1:

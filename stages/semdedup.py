@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 from curate.lib.clustering import Assigner, fit_centroids, fit_sample_rows
 from curate.lib.greedy import ADMITTED, GreedyCosine, normalised
+from curate.lib.params import Cosine, Positive
 from curate.lib.vectors import VectorSource, as_matrix
 from curate.stages.base import GlobalStage, Resources, StageResult, param
 
@@ -48,7 +49,7 @@ class SemDeDup(GlobalStage):
     def reads(cls, params: dict) -> set[str]:
         return {f"vectors:{param(cls, params, 'vectors')}"}
 
-    def __init__(self, threshold: float = 0.95, vectors: str = "embed", k: int | None = None,
+    def __init__(self, threshold: Cosine = 0.95, vectors: str = "embed", k: Positive | None = None,
                  rows_per_cluster: int = 1000, niter: int = 20, seed: int = 0):
         if not -1 <= threshold <= 1:
             raise ValueError(f"threshold is a cosine similarity in [-1, 1], got {threshold}")

@@ -508,7 +508,42 @@ def check(response: str, constraint: dict) -> bool:
     kind = CONSTRAINTS.get(constraint.get("id"))
     if kind is None:
         raise KeyError(f"unknown constraint type {constraint.get('id')!r} (known: {', '.join(sorted(CONSTRAINTS))})")
-    return bool(kind.check(response, **constraint.get("kwargs", {})))
+    kwargs = constraint.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise TypeError(f"{kind.id}: kwargs must be an object, got {type(kwargs).__name__}")
+    check_kwarg_types(kind, kwargs)
+    return bool(kind.check(response, **kwargs))
+
+
+@functools.lru_cache(maxsize=None)
+def kwarg_types(type_id: str) -> dict[str, type]:
+    """{kwarg: its type (list of strings, int or str)}, read off what the type's own sampler
+    draws: one source of truth for what each checker takes."""
+    kinds: dict[str, type] = {}
+    rng = random.Random(0)
+    for _ in range(32):
+        for name, value in CONSTRAINTS[type_id].sample(rng).items():
+            kinds[name] = type(value)
+    return kinds
+
+
+def check_kwarg_types(kind: ConstraintType, kwargs: dict) -> None:
+    """Raises TypeError when a kwarg has the wrong type: a string where a list of words belongs
+    would otherwise be read letter by letter ("balance" as b, a, l, ...) and decide the verdict."""
+    for name, value in kwargs.items():
+        expected = kwarg_types(kind.id).get(name)
+        if expected is list:
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+            want = "a list of strings"
+        elif expected is int:
+            ok = isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and value.is_integer()
+            want = "a whole number"
+        elif expected is str:
+            ok, want = isinstance(value, str), "a string"
+        else:
+            continue  # not one the sampler draws: the checker itself rejects an unexpected kwarg
+        if not ok:
+            raise TypeError(f"{kind.id}: {name} must be {want}, got {type(value).__name__} {value!r}"[:200])
 
 
 def _conflict(a: str, b: str) -> bool:

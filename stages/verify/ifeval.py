@@ -4,12 +4,27 @@ responses that satisfy every constraint their row records."""
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 
 from curate.generators.add_constraints import AddConstraints  # noqa: F401  (it moved; the old import keeps working)
 from curate.stages.base import Resources, Stage, StageResult
 from curate.stages.verify import rows as R
 from curate.stages.verify.constraints import CONSTRAINTS, check
+
+
+def as_constraint_list(value) -> list | None:
+    """meta's constraints as a list: a list as is, one constraint object as a list of one, JSON
+    text of either parsed (as ingest parses a `meta` given as text); None for anything else."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    if isinstance(value, dict):
+        return [value]
+    return value if isinstance(value, list) else None
 
 
 class VerifyConstraints(R.VerifierStage):
@@ -39,6 +54,13 @@ class VerifyConstraints(R.VerifierStage):
                 verdicts.append(R.RowVerdict(self.verifier, False, "none", {"kind": "no_constraints"},
                                              f"{self.verifier}:no_constraints") if self.require
                                 else R.RowVerdict(self.verifier, None))
+                satisfied.append(None)
+                continue
+            constraints = as_constraint_list(constraints)
+            if constraints is None:  # neither a list nor JSON text of one: it cannot be read letter by letter
+                verdicts.append(R.RowVerdict(self.verifier, False, "checker", {"kind": "invalid_constraint", "checked": 0,
+                                                                                "failed": [], "invalid": ["not_a_list"]},
+                                             f"{self.verifier}:invalid_constraint:not_a_list"))
                 satisfied.append(None)
                 continue
             failed, unknown, invalid = [], [], []

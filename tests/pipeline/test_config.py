@@ -107,3 +107,40 @@ def test_a_selector_before_the_scores_it_needs_is_rejected_before_anything_runs(
     ok = load_config(None, stages=[{"embed": {}}, {"semdedup": {}}],
                      selectors=[{"kmeans_diversity": {"budget": 10, "k": 4}}])
     assert [s.key for s in ok.stages] == ["embed", "semdedup"]
+
+
+@pytest.mark.parametrize("config, message", [
+    # values each constructor rejects, now caught by the config check (curate plan), not mid-run
+    ({"stages": [{"near_dedup": {"threshold": 1.5}}]}, r"stages\.0\.near_dedup: threshold: .*less than or equal to 1"),
+    ({"stages": [{"near_dedup": {"threshold": 0}}]}, r"stages\.0\.near_dedup: threshold: .*greater than 0"),
+    ({"stages": [{"embed": {}}, {"semdedup": {"threshold": 5}}]}, r"stages\.1\.semdedup: threshold"),
+    ({"stages": [{"embed": {}}], "selectors": [{"kmeans_diversity": {"k": 0}}]}, r"selectors\.0\.kmeans_diversity: k"),
+    ({"stages": [{"embed": {}}], "selectors": [{"kmeans_diversity": {"temperature": 0}}]}, r"temperature"),
+    ({"selectors": [{"random": {"budget": 0}}]}, r"budget: a row budget is at least 1, got 0"),
+    ({"selectors": [{"random": {"budget": -3}}]}, r"budget: a row budget is at least 1"),
+    ({"selectors": [{"random": {"budget": 1.5}}]}, r"budget: a fractional budget lies in \(0, 1\]"),
+    # values that ran and silently wrecked the result
+    ({"stages": [{"filters": {"languages": ["english"]}}]}, r"languages\.0: 'english' is not a language code"),
+    ({"stages": [{"filters": {"max_non_alnum_ratio": -1}}]}, r"max_non_alnum_ratio"),
+    ({"stages": [{"filters": {"repeated_ngram": 0, "max_repeated_ngram_ratio": 0.5}}]}, r"repeated_ngram"),
+    ({"stages": [{"filters": {"min_response_words": -5}}]}, r"min_response_words"),
+    ({"stages": [{"filters": {"min_language_confidence": 5}}]}, r"min_language_confidence"),
+    # a selection overwritten by another of the same name; an export of one no selector writes
+    ({"selectors": [{"random": {"budget": 2}}, {"random": {"budget": 3}}]},
+     r"selectors\.1 \(random\) writes the selection 'random', as selectors\.0 does"),
+    ({"selectors": [{"random": {"budget": 2}}], "export": {"out": "o", "selection": "nosuch"}},
+     r"export\.selection: no selector writes 'nosuch' \(selections: 'random'\)"),
+])
+def test_out_of_range_values_fail_the_config_check(config, message):
+    with pytest.raises(CurateError, match=message):
+        load_config(None, input=["x.jsonl"], **config)
+
+
+def test_in_range_values_and_distinct_selection_names_pass():
+    config = load_config(None, input=["x.jsonl"], stages=[{"filters": {"languages": ["en", "de"], "max_non_alnum_ratio": 0.5}},
+                                                          {"near_dedup": {"threshold": 1}}],
+                         selectors=[{"random": {"budget": 5}}, {"random": {"budget": 0.5, "name": "half"}},
+                                    {"random": {"budget": 1.0, "name": "all"}}],
+                         export={"out": "o", "selection": "half"})
+    assert [s.params["budget"] for s in config.selectors] == [5, 0.5, 1.0]
+    assert isinstance(config.selectors[0].params["budget"], int) and isinstance(config.selectors[2].params["budget"], float)

@@ -161,3 +161,14 @@ def test_bad_values_fail_before_ray_with_the_key_named(tmp_path):
     with pytest.raises(CurateError, match=r"stages\.0\.embed: template: template may use"):
         config({"template": "{question}"})
     config({"cpu_parallel": "intra_op", "template": "{instruction}"})
+
+
+def test_model_default_is_the_builtin_model():
+    """`model: default` names the built-in model, as it does for the LM stages: it passed `curate
+    plan` and then failed in the actor, looking for a hub model called "default"."""
+    from curate.stages.embed import default_model_path
+
+    assert Embed(model="default").model_path == Embed().model_path == default_model_path()
+    Embed.preflight({"model": "default"})  # raised PreflightError: no model "default" in the cache
+    model = Embed(model="default", cache=False)
+    assert model.encode(["hello"]).shape == (1, 384)

@@ -112,3 +112,42 @@ def test_verify_constraints_keeps_responses_that_satisfy_all():
     detail = json.loads(result.verdicts.dropped.to_pylist()[0][0]["detail"])
     assert detail == {"kind": "unsatisfied", "checked": 2, "failed": ["no_comma"]}
     assert result.scores["constraints_satisfied"].dropped.to_pylist() == [0.5]
+
+
+@pytest.mark.parametrize("constraint", [
+    {"id": "keywords_include", "kwargs": {"keywords": "balance"}},          # a string where a list of words belongs
+    {"id": "keywords_forbidden", "kwargs": {"forbidden_words": "balance"}},
+    {"id": "keywords_include", "kwargs": {"keywords": [1, 2]}},              # a list, but not of words
+    {"id": "length_words", "kwargs": {"relation": "at least", "num_words": "5"}},
+    {"id": "keyword_frequency", "kwargs": {"keyword": ["a"], "relation": "at least", "frequency": 1}},
+    {"id": "no_comma", "kwargs": "none"},
+])
+def test_kwargs_of_the_wrong_type_are_invalid_not_read_letter_by_letter(constraint):
+    """A string keyword list used to be iterated as letters: 'balance' was "included" in any text
+    with an a and forbidden words never matched. Every type's kwargs are held to the types its
+    own sampler draws."""
+    with pytest.raises(TypeError, match=constraint["id"]):
+        check("a cable lane, I love balance", constraint)
+    rows = [([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a cable lane, I love balance"}],
+             {"constraints": [constraint]})]
+    result = VerifyConstraints()(table(rows))
+    assert result.kept.num_rows == 0 and result.reasons == [f"constraints:invalid_constraint:{constraint['id']}"]
+
+
+def test_whole_number_floats_are_numbers():  # JSON writers often give 5.0 for 5
+    assert check("one two three four five six", {"id": "length_words", "kwargs": {"relation": "at least", "num_words": 5.0}})
+
+
+@pytest.mark.parametrize("value, reason", [
+    ("lowercase", "constraints:invalid_constraint:not_a_list"),
+    (7, "constraints:invalid_constraint:not_a_list"),
+    ('[{"id": "no_comma", "kwargs": {}}]', None),            # JSON text of a list: read as the list
+    ('{"id": "no_comma", "kwargs": {}}', None),              # one constraint object, as text
+    ({"id": "no_comma", "kwargs": {}}, None),                # one constraint object
+    ('[{"id": "no_comma", "kwargs": {}}, {"id": "title", "kwargs": {}}]', "constraints:title"),
+])
+def test_constraints_that_are_not_a_list(value, reason):
+    rows = [([{"role": "user", "content": "q"}, {"role": "assistant", "content": "no commas here"}], {"constraints": value})]
+    result = VerifyConstraints()(table(rows))
+    assert result.reasons == ([] if reason is None else [reason])
+    assert result.kept.num_rows == (1 if reason is None else 0)

@@ -372,10 +372,15 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, **v
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise CurateError(f"--set takes key=value, got {item!r}")
-        _set_override(data, key.strip(), parse_yaml(raw) if raw else "")
+        try:
+            value = parse_yaml(raw) if raw else ""
+        except yaml.YAMLError as e:
+            problem = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CurateError(f"--set {item}: the value is not valid YAML ({problem}); quote it to pass text") from None
+        _set_override(data, key.strip(), value)
     data.update({k: v for k, v in values.items() if v is not None})
-    if data.get("vars"):
-        data = {k: (v if k == "vars" else _substitute(v, data["vars"])) for k, v in data.items()}
+    # Always, so that a ${name} with no vars block is named as such, not read as a file name.
+    data = {k: (v if k == "vars" else _substitute(v, data.get("vars") or {})) for k, v in data.items()}
     if path and data.get("db") is None:
         data["db"] = default_db(path, data.get("name"))
     try:
@@ -405,7 +410,8 @@ def _substitute(value, variables: dict):
 
         def one(m):
             if m.group(1) not in variables:
-                raise CurateError(f"config error: ${{{m.group(1)}}} is not among vars ({', '.join(sorted(variables))})")
+                have = ", ".join(sorted(variables)) or "the config has no vars: block"
+                raise CurateError(f"config error: ${{{m.group(1)}}} is not among vars ({have})")
             return str(variables[m.group(1)])
 
         return re.sub(r"\$\{(\w+)\}", one, value)

@@ -144,3 +144,20 @@ def test_in_range_values_and_distinct_selection_names_pass():
                          export={"out": "o", "selection": "half"})
     assert [s.params["budget"] for s in config.selectors] == [5, 0.5, 1.0]
     assert isinstance(config.selectors[0].params["budget"], int) and isinstance(config.selectors[2].params["budget"], float)
+
+
+def test_a_variable_with_no_vars_block_is_named(tmp_path):
+    """`input: ${data}` with no vars block read as a file called "${data}"; with a vars block the
+    same slip is named. Now it is named either way."""
+    path = tmp_path / "c.yaml"
+    path.write_text("input: ${data}\nstages: [exact_dedup]\n")
+    with pytest.raises(CurateError, match=r"\$\{data\} is not among vars \(the config has no vars: block\)"):
+        load_config(str(path))
+
+
+def test_bad_yaml_in_a_set_names_the_set(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("input: x.jsonl\nstages: [filters]\n")
+    with pytest.raises(CurateError, match=r"--set filters\.min_response_words=\[1: the value is not valid YAML"):
+        load_config(str(path), ["filters.min_response_words=[1"])
+    assert load_config(str(path), ["filters.min_response_words=3"]).stages[0].params["min_response_words"] == 3

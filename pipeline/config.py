@@ -324,8 +324,9 @@ def _takes_list_not_string(ann) -> bool:
     try:
         adapter.validate_python(["x"])
         return True
-    except ValidationError:
-        return False
+    except ValidationError as e:
+        # A list whose items have a value check ("x" is no language code) is still a list of strings.
+        return any(err["type"] == "value_error" for err in e.errors())
 
 
 def _one_or_list(value):

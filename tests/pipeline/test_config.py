@@ -121,6 +121,7 @@ def test_a_selector_before_the_scores_it_needs_is_rejected_before_anything_runs(
     ({"selectors": [{"random": {"budget": 1.5}}]}, r"budget: a fractional budget lies in \(0, 1\]"),
     # values that ran and silently wrecked the result
     ({"stages": [{"filters": {"languages": ["english"]}}]}, r"languages\.0: 'english' is not a language code"),
+    ({"stages": [{"filters": {"languages": "english"}}]}, r"languages\.0: 'english' is not a language code"),  # one string
     ({"stages": [{"filters": {"max_non_alnum_ratio": -1}}]}, r"max_non_alnum_ratio"),
     ({"stages": [{"filters": {"repeated_ngram": 0, "max_repeated_ngram_ratio": 0.5}}]}, r"repeated_ngram"),
     ({"stages": [{"filters": {"min_response_words": -5}}]}, r"min_response_words"),

@@ -36,6 +36,7 @@ names; a row both score keeps the later stage's values.
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from typing import Annotated, Literal
 
@@ -60,7 +61,9 @@ def langid_languages() -> frozenset[str]:
 
 
 def _language_code(code: str) -> str:
-    if code not in langid_languages():
+    # The shape first: loading py3langid's model takes a second, and the config check probes
+    # parameter types with a dummy value.
+    if not re.fullmatch(r"[a-z]{2,3}", code) or code not in langid_languages():
         raise ValueError(f"{code!r} is not a language code py3langid knows: ISO 639-1, such as en, de, zh")
     return code
 

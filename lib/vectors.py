@@ -81,10 +81,10 @@ class VectorSource:
             joins += (f" LEFT JOIN (SELECT id, any_value(value) AS value FROM scores WHERE run_id = $run "
                       f"AND name = '{_quote(name)}' GROUP BY id) s{i} ON s{i}.id = v.id")
             columns += f', s{i}.value AS "{column}"'
-        # A semi join: DuckDB builds its hash table on the pool's ids and streams the vectors past
-        # it (a plain join may build on the vectors, holding them all).
         if with_rowid:
             columns += ", v.rowid AS _rowid"
+        # A semi join: DuckDB builds its hash table on the pool's ids and streams the vectors past
+        # it (a plain join may build on the vectors, holding them all).
         return (f"SELECT v.id, v.vec{columns} FROM vectors v{joins} "
                 f"WHERE v.run_id = $run AND v.name = $name AND v.id IN (SELECT id FROM {self.pool}) {order}")
 

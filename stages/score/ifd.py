@@ -124,7 +124,7 @@ class IFDScorer:
         losses either way."""
         self.lm, self.tok, self.device = L.load_causal_lm(model, device, dtype, scoring=True)
         self.model = model
-        self.threads, self.cpu_parallel = threads, cpu_parallel
+        self.threads = threads
         on_cpu = str(self.device).startswith("cpu")
         workers = cpu_threads(threads)
         self.workers = BatchWorkers(workers, "ifd") if on_cpu and cpu_parallel == "batches" and workers > 1 else None

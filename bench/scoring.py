@@ -119,7 +119,7 @@ def bench_ifd(model: str, convs, max_length: int, device: str, dtype: str | None
     loss_diff = max(float(np.max(np.abs(ours[k] - v))) for k, v in
                     (("loss_answer_given_prompt", aq), ("loss_answer", a), ("loss_prompt", q)))
     return {"ifd_rows_s": len(convs) / ours_s, "ifd_ref_rows_s": len(convs) / ref_s, "dtype": str(scorer.lm.dtype),
-            "ifd_cpu_parallel": None if scorer.device != "cpu" else cpu_parallel if scorer.workers or cpu_parallel == "intra_op" else "one thread",
+            "ifd_cpu_parallel": None if scorer.device != "cpu" else cpu_parallel if scorer.runner.workers or cpu_parallel == "intra_op" else "one thread",
             "ifd_max_abs_diff": float(np.max(np.abs(ours["ifd"] - ifd_ref))), "ifd_loss_max_abs_diff": loss_diff,
             "ifd_spearman": spearman(ours["ifd"], ifd_ref), "ifd_mean": float(np.mean(ifd_ref))}
 

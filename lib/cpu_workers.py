@@ -8,8 +8,8 @@ machine, while two 1-thread encoders lost nothing (bench/README.md, embed). And 
 OMP_NUM_THREADS to an actor's `num_cpus`, so a model stage's actor otherwise runs torch on one
 thread however many cores the machine has.
 
-Used by the embed stage (stages/embed.py `MiniBatchEncoders`) and the IFD scorer
-(stages/score/ifd.py).
+Used by the embed stage (stages/embed.py `MiniBatchEncoders`) and, through `BatchRunner`, the
+causal-LM scorers: IFD (stages/score/ifd.py), DEITA (stages/score/deita.py) and RDS+ (lib/rds.py).
 """
 
 from __future__ import annotations
@@ -81,3 +81,25 @@ def intra_op_threads(threads: int | None):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+class BatchRunner:
+    """How a model runs its length batches on `device`: on a CPU with `cpu_parallel: batches`,
+    on `threads` single-threaded BatchWorkers sharing the model (one per core by default);
+    with `intra_op`, one batch at a time on `threads` torch threads; on a GPU, one at a time as
+    torch is set. `map(fn, batches)` returns fn's results in input order, and the numbers are the
+    same in every mode (a batch's rows never depend on which worker runs it)."""
+
+    def __init__(self, device, threads: int | None = None, cpu_parallel: CpuParallel = "batches", name: str = "model"):
+        if cpu_parallel not in ("batches", "intra_op"):
+            raise ValueError(f"cpu_parallel must be 'batches' or 'intra_op', got {cpu_parallel!r}")
+        on_cpu = str(device).startswith("cpu")
+        n = cpu_threads(threads)
+        self.workers = BatchWorkers(n, name) if on_cpu and cpu_parallel == "batches" and n > 1 else None
+        self.intra_op = n if on_cpu and self.workers is None else None
+
+    def map(self, fn: Callable[[T], R], batches: Iterable[T]) -> list[R]:
+        if self.workers is not None:
+            return self.workers.map(fn, batches)
+        with intra_op_threads(self.intra_op):
+            return [fn(b) for b in batches]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from curate.lib import lm as L
+from curate.lib.cpu_workers import BatchRunner, CpuParallel
 from curate.storage.model_cache import model_fingerprint
 
 
@@ -39,8 +40,12 @@ def weighted_mean_pool(hidden, lengths):
 
 class RDSEncoder:
     def __init__(self, model: str, max_length: int = 2048, max_batch_tokens: int | None = None, max_batch_rows: int = 64,
-                 device: str | None = None, dtype: str | None = None):
+                 device: str | None = None, dtype: str | None = None, threads: int | None = None,
+                 cpu_parallel: CpuParallel = "batches"):
+        """`threads` / `cpu_parallel`: how a CPU runs the model's length batches (lib/cpu_workers.py
+        BatchRunner; same vectors either way)."""
         self.lm, self.tok, self.device = L.load_causal_lm(model, device, dtype)
+        self.runner = BatchRunner(self.device, threads, cpu_parallel, "rds")
         self.model_name = model
         self.max_length, self.max_batch_rows = max_length, max_batch_rows
         self.max_batch_tokens = max_batch_tokens or L.default_batch_tokens(self.device)
@@ -52,12 +57,17 @@ class RDSEncoder:
         seqs = conversation_ids(self.tok, convs, self.max_length)
         out = np.zeros((len(seqs), self.lm.config.hidden_size), np.float32)
         decoder = self.lm.base_model  # the transformer without the lm_head
-        for idx in L.length_batches([len(s) for s in seqs], self.max_batch_tokens, self.max_batch_rows):
+
+        def one(idx: list[int]) -> np.ndarray:
             ids = L.pad_right([seqs[i] for i in idx], L.pad_id(self.tok), self.device)
             lengths = torch.tensor([len(seqs[i]) for i in idx], device=self.device)
             with torch.inference_mode():
                 hidden = decoder(input_ids=ids).last_hidden_state
-                out[idx] = weighted_mean_pool(hidden, lengths).cpu().numpy()
+                return weighted_mean_pool(hidden, lengths).cpu().numpy()
+
+        batches = list(L.length_batches([len(s) for s in seqs], self.max_batch_tokens, self.max_batch_rows))
+        for idx, vecs in zip(batches, self.runner.map(one, batches)):
+            out[idx] = vecs
         return out
 
     def cache_identity(self) -> tuple[str, dict]:

@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from curate.generators.prompts_io import template
 from curate.lib import lm as L
+from curate.lib.cpu_workers import BatchRunner, CpuParallel
 from curate.stages.base import StageContext, StageResult, param
 from curate.stages.score.base import ModelStage
 from curate.storage.model_cache import CachedRows, model_fingerprint
@@ -77,9 +78,13 @@ class DeitaScorer:
     """The model and the scoring logic, outside any stage (tests use it too)."""
 
     def __init__(self, model: str = "default", max_length: int = 2048, max_batch_tokens: int | None = None,
-                 max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None):
+                 max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None,
+                 threads: int | None = None, cpu_parallel: CpuParallel = "batches"):
+        """`threads` / `cpu_parallel`: how a CPU runs the model's length batches (lib/cpu_workers.py
+        BatchRunner; same scores either way)."""
         self.lm, self.tok, self.device = L.load_causal_lm(model, device, dtype, scoring=True)
         self.model, self.max_length = model, max_length
+        self.runner = BatchRunner(self.device, threads, cpu_parallel, "deita")
         self.max_batch_tokens = max_batch_tokens or L.default_batch_tokens(self.device, self.lm.dtype)
         self.max_batch_rows = max_batch_rows
         self.digits = digit_ids(self.tok)
@@ -125,18 +130,22 @@ class DeitaScorer:
         softcap = getattr(self.lm.config, "final_logit_softcapping", None)
         digits = torch.tensor(self.digits, device=self.device)
         weights = torch.arange(1, len(DIGITS) + 1, dtype=torch.float64)
-        with torch.inference_mode():
-            for group in L.length_batches([len(p) for p in prompts], self.max_batch_tokens, self.max_batch_rows):
-                seqs = [prompts[i] for i in group]
-                ids = L.pad_right(seqs, pad, self.device)
-                mask = (torch.arange(ids.shape[1])[None, :] < torch.tensor([len(s) for s in seqs])[:, None]).to(self.device)
+        def one(group: list[int]) -> np.ndarray:
+            seqs = [prompts[i] for i in group]
+            ids = L.pad_right(seqs, pad, self.device)
+            mask = (torch.arange(ids.shape[1])[None, :] < torch.tensor([len(s) for s in seqs])[:, None]).to(self.device)
+            with torch.inference_mode():
                 hidden = self.lm.base_model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
                 last = hidden[torch.arange(len(seqs)), torch.tensor([len(s) - 1 for s in seqs])]
                 logits = head(last).float()
                 if softcap:
                     logits = torch.tanh(logits / softcap) * softcap
                 p = torch.softmax(logits[:, digits].double(), dim=-1).cpu()
-                out[group] = (p * weights).sum(dim=-1).numpy()
+            return (p * weights).sum(dim=-1).numpy()
+
+        groups = list(L.length_batches([len(p) for p in prompts], self.max_batch_tokens, self.max_batch_rows))
+        for group, values in zip(groups, self.runner.map(one, groups)):
+            out[group] = values
         return out
 
     def score(self, convs: list[list[dict]]) -> np.ndarray:
@@ -182,11 +191,13 @@ class DeitaScores(ModelStage):
 
     def __init__(self, model: str = "default", max_length: int = 2048, prefix: str = "",
                  max_batch_tokens: int | None = None, max_batch_rows: int = 64, device: str | None = None,
-                 dtype: str | None = None, cache: bool | str = True):
-        """`cache`: true, the model-output cache beside the database (its path comes with the run's
-        context in `setup`; a stage built by hand without one has none); false, off; a path, that file."""
+                 dtype: str | None = None, threads: int | None = None, cpu_parallel: CpuParallel = "batches",
+                 cache: bool | str = True):
+        """`threads` / `cpu_parallel`: how a CPU runs the model (DeitaScorer). `cache`: true, the
+        model-output cache beside the database (its path comes with the run's context in `setup`; a
+        stage built by hand without one has none); false, off; a path, that file."""
         self.model, self.max_length, self.prefix = model, max_length, prefix
-        self.batching = (max_batch_tokens, max_batch_rows, device, dtype)
+        self.batching = (max_batch_tokens, max_batch_rows, device, dtype, threads, cpu_parallel)
         self.cached = CachedRows(cache, "deita", model)
         self._scorer: DeitaScorer | None = None
 

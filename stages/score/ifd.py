@@ -36,7 +36,7 @@ import pyarrow as pa
 from curate.stages.base import StageContext, StageResult, param
 from curate.stages.score.base import ModelStage
 from curate.lib import lm as L
-from curate.lib.cpu_workers import BatchWorkers, CpuParallel, cpu_threads, intra_op_threads
+from curate.lib.cpu_workers import BatchRunner, CpuParallel
 from curate.storage.model_cache import CachedRows, model_fingerprint
 from curate.storage.schema import canonical_messages
 
@@ -79,9 +79,9 @@ def plan_sequences(tok, convs: list[list[dict]], max_length: int, direct_prefix:
 
 
 def span_losses(model, seqs: list[Spans], pad: int, device: str, max_tokens: int, max_rows: int,
-                workers: BatchWorkers | None = None) -> list[dict[str, float]]:
-    """Mean token NLL of every span of every sequence, batched by length, padding ignored. With
-    `workers` (a CPU), the batches run on them, one batch per single-threaded worker at a time."""
+                runner: BatchRunner | None = None) -> list[dict[str, float]]:
+    """Mean token NLL of every span of every sequence, batched by length, padding ignored; the
+    batches run through `runner` (lib/cpu_workers.py), else one at a time."""
     import torch
 
     def one(idx: list[int]) -> list[dict[str, float]]:
@@ -99,7 +99,7 @@ def span_losses(model, seqs: list[Spans], pad: int, device: str, max_tokens: int
                 for k, s in enumerate(batch)]
 
     batches = list(L.length_batches([len(s.ids) for s in seqs], max_tokens, max_rows))
-    results = workers.map(one, batches) if workers is not None else [one(idx) for idx in batches]
+    results = runner.map(one, batches) if runner is not None else [one(idx) for idx in batches]
     out: list[dict[str, float]] = [{} for _ in seqs]
     for idx, spans in zip(batches, results):
         for i, m in zip(idx, spans):
@@ -124,10 +124,7 @@ class IFDScorer:
         losses either way."""
         self.lm, self.tok, self.device = L.load_causal_lm(model, device, dtype, scoring=True)
         self.model = model
-        self.threads = threads
-        on_cpu = str(self.device).startswith("cpu")
-        workers = cpu_threads(threads)
-        self.workers = BatchWorkers(workers, "ifd") if on_cpu and cpu_parallel == "batches" and workers > 1 else None
+        self.runner = BatchRunner(self.device, threads, cpu_parallel, "ifd")
         self.max_length, self.variant, self.direct_prefix = max_length, variant, direct_prefix
         self.max_batch_tokens = max_batch_tokens or L.default_batch_tokens(self.device, self.lm.dtype)
         self.max_batch_rows = max_batch_rows
@@ -135,9 +132,8 @@ class IFDScorer:
     def losses(self, convs: list[list[dict]]) -> tuple[np.ndarray, list[str | None]]:
         """(rows, 3) float64 losses in LOSS_NAMES order (NaN where skipped); and the skip reasons."""
         seqs, reasons = plan_sequences(self.tok, convs, self.max_length, self.direct_prefix)
-        with intra_op_threads(cpu_threads(self.threads) if self.workers is None and str(self.device).startswith("cpu") else None):
-            spans = span_losses(self.lm, seqs, L.pad_id(self.tok), self.device, self.max_batch_tokens, self.max_batch_rows,
-                                self.workers)
+        spans = span_losses(self.lm, seqs, L.pad_id(self.tok), self.device, self.max_batch_tokens, self.max_batch_rows,
+                            self.runner)
         out = np.full((len(convs), len(LOSS_NAMES)), np.nan)
         column = {"answer_given_prompt": 0, "answer": 1, "prompt": 2}
         for s, m in zip(seqs, spans):

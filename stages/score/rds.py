@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate.lib import lm as L
+from curate.lib.cpu_workers import CpuParallel
 from curate.lib.rds import RDSEncoder, conversation_ids, weighted_mean_pool  # noqa: F401 - re-exported
 from curate.stages.base import StageContext, StageResult, param
 from curate.stages.score.base import ModelStage
@@ -28,10 +29,11 @@ class RDSEmbed(ModelStage):
         return {f"vectors:{param(cls, params, 'vectors')}"}
 
     def __init__(self, model: str, max_length: int = 2048, vectors: str = "rds", max_batch_tokens: int | None = None,
-                 max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None, cache: bool | str = True):
-        """`cache`: true, the model-output cache beside the database (its path comes with the run's
+                 max_batch_rows: int = 64, device: str | None = None, dtype: str | None = None,
+                 threads: int | None = None, cpu_parallel: CpuParallel = "batches", cache: bool | str = True):
+        """`threads` / `cpu_parallel`: how a CPU runs the model (lib/rds.py RDSEncoder). `cache`: true, the model-output cache beside the database (its path comes with the run's
         context in `setup`; a stage built by hand without one has none); false, off; a path, that file."""
-        self.encoder = RDSEncoder(model, max_length, max_batch_tokens, max_batch_rows, device, dtype)
+        self.encoder = RDSEncoder(model, max_length, max_batch_tokens, max_batch_rows, device, dtype, threads, cpu_parallel)
         self.vectors = vectors
         self.cached = CachedRows(cache, "rds", model)
 

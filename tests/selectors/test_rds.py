@@ -29,6 +29,21 @@ def test_batched_rds_vectors_equal_one_at_a_time(tmp_path):
     np.testing.assert_allclose(batched[2], ref.detach().numpy(), atol=1e-5)
 
 
+def test_cpu_batches_on_single_threaded_workers_equal_one_batch_at_a_time(tmp_path):
+    """cpu_parallel: batches (3 one-thread workers) gives intra_op's vectors row for row."""
+    from curate.lib.cpu_workers import BatchWorkers
+
+    model = str(build_tiny_llama(tmp_path / "tiny"))
+    convs = [[{"role": "user", "content": "word " * n}, {"role": "assistant", "content": f"answer {n}"}] for n in range(1, 30, 3)]
+    common = dict(max_length=64, max_batch_tokens=128, max_batch_rows=2)  # several small batches
+    batches = RDSEncoder(model, threads=3, **common)
+    one_at_a_time = RDSEncoder(model, threads=1, cpu_parallel="intra_op", **common)
+    assert isinstance(batches.runner.workers, BatchWorkers) and one_at_a_time.runner.workers is None
+    got = batches.encode(convs)
+    np.testing.assert_allclose(got, one_at_a_time.encode(convs), rtol=0, atol=1e-6)
+    assert (np.abs(got - got[0]).max(axis=1)[1:] > 1e-3).all()  # rows differ: a mix-up between batches would show
+
+
 def test_round_robin_over_queries_is_not_a_global_max():
     # Query 0 likes rows 0, 1, 2 most; query 1 likes row 3 a little. Round-robin gives query 1 a
     # turn; a global max over (query, row) pairs would take rows 0, 1 first.

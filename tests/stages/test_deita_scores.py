@@ -64,6 +64,24 @@ def test_batched_scores_equal_one_prompt_at_a_time(tiny_model):
     assert len(turn_pairs(CONVS[3])) == 2 and got[3, 2] > 6  # two turns: the sum exceeds one turn's maximum of 6 × 1
 
 
+def test_cpu_batches_on_single_threaded_workers_equal_one_batch_at_a_time(tiny_model):
+    """cpu_parallel: batches (length batches shared out among 3 one-thread workers) gives the
+    scores of intra_op row for row, and leaves the caller's torch thread count as it was."""
+    import torch
+
+    from curate.lib.cpu_workers import BatchWorkers
+
+    common = dict(max_length=480, max_batch_tokens=512, max_batch_rows=2, dtype="float32")  # several small batches
+    batches = DeitaScorer(tiny_model, threads=3, **common)
+    one_at_a_time = DeitaScorer(tiny_model, threads=1, cpu_parallel="intra_op", **common)
+    assert isinstance(batches.runner.workers, BatchWorkers) and one_at_a_time.runner.workers is None
+    before = torch.get_num_threads()
+    got = batches.score(CONVS)
+    assert torch.get_num_threads() == before
+    np.testing.assert_allclose(got, one_at_a_time.score(CONVS), rtol=0, atol=1e-9, equal_nan=True)
+    assert len(set(np.round(got[:, 0], 9))) == len(CONVS)  # rows differ: a mix-up between batches would show
+
+
 def test_a_long_prompt_is_cut_inside_the_text_not_at_the_question(tiny_model):
     scorer = DeitaScorer(tiny_model, max_length=200, dtype="float32")
     suffix = scorer.tok("  \n##Complexity: ", add_special_tokens=False)["input_ids"]

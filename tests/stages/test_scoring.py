@@ -65,7 +65,7 @@ def test_cpu_batches_on_single_threaded_workers_equal_one_batch_at_a_time(tiny_m
     common = dict(max_length=160, max_batch_tokens=256, max_batch_rows=4, dtype="float32")  # many small batches
     batches = IFDScorer(tiny_model, threads=3, **common)
     one_at_a_time = IFDScorer(tiny_model, threads=1, cpu_parallel="intra_op", **common)
-    assert isinstance(batches.workers, BatchWorkers) and one_at_a_time.workers is None
+    assert isinstance(batches.runner.workers, BatchWorkers) and one_at_a_time.runner.workers is None
     before = torch.get_num_threads()
     got, reasons = batches.losses(alpaca_convs)
     assert torch.get_num_threads() == before

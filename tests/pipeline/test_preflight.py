@@ -8,6 +8,7 @@ and `curate run` itself for some; the rest through the runner's `run_preflight`.
 import http.server
 import json
 import os
+import resource
 import socket
 import subprocess
 import threading
@@ -28,18 +29,30 @@ LIMIT_S = 2.0
 TIMES: dict[str, float] = {}  # time-to-error per check, printed at the end (pytest -s)
 
 
+def wall_limit() -> float:
+    """LIMIT_S on a quiet machine; stretched by the run queue's excess over the cores when other
+    jobs share them (a CI run beside other tests: 2.8 s at load 4 on 2 cores). The CPU time each
+    check spends is held to LIMIT_S regardless."""
+    return LIMIT_S * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+
+
+def cpu_seconds(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
 def expect_error(fn, match: str, name: str) -> str:
     """Call fn, which must raise a PreflightError matching `match` within LIMIT_S; its text."""
     import re
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with pytest.raises(PreflightError) as info:
         fn()
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     TIMES[name] = elapsed
     text = str(info.value)
     assert re.search(match, text), text
-    assert "\n" not in text and elapsed < LIMIT_S, (elapsed, text)
+    assert "\n" not in text and cpu < LIMIT_S and elapsed < wall_limit(), (elapsed, cpu, text)
     return text
 
 
@@ -114,26 +127,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def curate_run(tmp_path, config_text: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
-    """`curate run` on a config, as a user runs it; (process, seconds to its exit)."""
+def curate_run(tmp_path, config_text: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, float, float]:
+    """`curate run` on a config, as a user runs it; (process, seconds to its exit, its CPU seconds)."""
     config = tmp_path / "config.yaml"
     config.write_text(config_text)
     env = {**{k: v for k, v in os.environ.items() if k not in ("CURATE_DEBUG", "RAY_ADDRESS")}, **(env or {})}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds(resource.RUSAGE_CHILDREN)
     proc = subprocess.run([*curate_cmd(), "run", str(config), "--db", str(tmp_path / "cli.duckdb"), "--progress", "off",
                            "--no-export"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    return proc, time.perf_counter() - start
+    return proc, time.perf_counter() - start, cpu_seconds(resource.RUSAGE_CHILDREN) - cpu
 
 
 def cli_error(tmp_path, config_text: str, match: str, name: str, env: dict | None = None) -> str:
     import re
 
-    proc, elapsed = curate_run(tmp_path, config_text, env)
+    proc, elapsed, cpu = curate_run(tmp_path, config_text, env)
     TIMES[name] = elapsed
     last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
     assert proc.returncode != 0 and last.startswith("error: ") and re.search(match, last), proc.stderr[-3000:]
     assert "Ray" not in proc.stderr and not (tmp_path / "cli.duckdb").exists()  # stopped before Ray and the store
-    assert elapsed < LIMIT_S, (elapsed, last)
+    assert cpu < LIMIT_S and elapsed < wall_limit(), (elapsed, cpu, last)
     return last
 
 
@@ -419,4 +432,4 @@ def test_zz_times_to_error():
         print(f"\npreflight: {len(TIMES)} failures timed, slowest {worst:.3f} s ({name})")
         for k, v in sorted(TIMES.items(), key=lambda kv: -kv[1]):
             print(f"  {v:.3f} s  {k}")
-        assert worst < LIMIT_S
+        assert worst < wall_limit()

@@ -16,6 +16,9 @@ Null and NaN (pandas' missing value; Python's json reads the bare `NaN`) are the
 a text field, JSON null in `meta`. Every other field of the row goes into `meta`; a `meta` object
 (or a JSON string of one, as an export to Parquet stores it) is merged into it, and an `id` that
 is the row's content hash (curate's own export) is dropped, so an export reads back as it was.
+A row's `source` column (an export's) does not name the sample's source: the file it was read
+from does (lineage, drops and quarantine point at it); a different value read is kept in
+`meta.origin_source` (the first one, when the row already has one).
 """
 
 from __future__ import annotations
@@ -118,11 +121,14 @@ class Ingest(Stage):
         parents = row.get("parent_ids") or []
         if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
             raise RowError("parent_ids must be a list of strings")
+        read_source = row.get("source")
+        if isinstance(read_source, str) and read_source and read_source != source and "origin_source" not in meta:
+            meta["origin_source"] = read_source  # an export's source: the file read wins, this one is kept
         return {
             "id": sid,
             "messages": messages,
             "origin": _str_or(row.get("origin"), self.origin),
-            "source": _str_or(row.get("source"), source),
+            "source": source,
             "parent_ids": parents,
             "meta": _META_JSON.encode(meta) if meta else "{}",
         }

@@ -346,6 +346,9 @@ def test_export_shapes_read_back_with_the_same_messages_and_meta(tmp_path):
     for name in ("messages.jsonl", "messages.parquet", "hf_export", "alpaca.jsonl", "alpaca.parquet", "sharegpt.jsonl"):
         back, quarantined = ingest(tmp_path / name)
         assert not quarantined, name
+        assert [s["source"] for s in back] == [Path(name).stem] * len(want), name  # the file read, not the export's
+        if name.startswith(("messages", "hf")):  # the export's own `source` column, kept in meta
+            assert [s["meta"].pop("origin_source") for s in back] == [s["source"] for s in original], name
         assert [(s["id"], s["messages"], s["meta"]) for s in back] == want, name  # no meta.meta, no meta.id
 
 
@@ -357,6 +360,20 @@ def test_a_meta_that_is_not_an_object_and_a_foreign_id_are_kept(tmp_path):
     assert kept[0]["meta"] == {"id": "alpaca-0001", "meta": "hand-checked"}
     assert kept[1]["meta"] == {"meta": "[1, 2]", "lang": "en"}
     assert kept[2]["meta"] == {"lang": "en"}  # a top-level field wins over the same key in meta
+
+
+# ---------------------------------------------------------------------------- 11. an export's source
+
+
+def test_the_file_read_is_the_source_and_an_exports_own_source_goes_to_meta(tmp_path):
+    rows = [{"messages": [user("Hi?"), assistant("Hello.")], "origin": "response", "source": "alpaca_seeds", "parent_ids": []},
+            {"messages": [user("Bye?"), assistant("Bye.")], "source": "again", "meta": {"origin_source": "first_set"}},
+            {"instruction": "Yo?", "output": "Yo.", "source": "export_b"}]
+    kept, _ = ingest(write_jsonl(tmp_path / "export_b.jsonl", rows), shard_size=10)
+    assert [s["source"] for s in kept] == ["export_b"] * 3
+    assert kept[0]["origin"] == "response" and kept[0]["meta"] == {"origin_source": "alpaca_seeds"}
+    assert kept[1]["meta"] == {"origin_source": "first_set"}  # the first source it had
+    assert kept[2]["meta"] == {}  # the same name: nothing to keep
 
 
 # ---------------------------------------------------------------------------- the real pipeline
@@ -416,7 +433,12 @@ def test_the_pipeline_reads_its_own_exports_back(ray_local, tmp_path):
         again = run(load_config(None, input=[str(tmp_path / out)], db=str(db)), progress="off")
         assert (again.kept, again.quarantined) == (7, 0), fmt
         assert_counts_add_up(db, again.run_id)
-        assert curated(db) == want, fmt
+        # the export's `source` column gives way to the file read, and is kept in meta
+        assert {s for s, in q(db, "SELECT DISTINCT source FROM curated")} == {Path(out).stem}, fmt
+        first_sources = dict(q(first, "SELECT id, source FROM curated"))
+        back = curated(db)
+        assert {i: meta.pop("origin_source") for i, (_, meta) in back.items()} == first_sources, fmt
+        assert back == want, fmt
 
 
 def test_an_empty_csv_cell_is_missing_like_nan_in_parquet(tmp_path):

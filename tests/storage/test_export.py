@@ -90,9 +90,11 @@ def test_export_then_run_gives_back_the_same_messages_and_meta(base, tmp_path, c
     assert set(after) == set(before)  # ids are content hashes: the same messages
     for i, row in before.items():
         assert after[i]["messages"] == row["messages"]
+        assert after[i]["source"] == out.stem  # the file read is the source (lineage, drops)
+        if shape == "messages":  # the export's own source is kept in meta
+            assert after[i]["meta"].pop("origin_source") == row["source"]
+            assert after[i]["origin"] == row["origin"]
         assert after[i]["meta"] == row["meta"], f"meta of {i} changed on the way back"
-        if shape == "messages":
-            assert (after[i]["source"], after[i]["origin"]) == (row["source"], row["origin"])
     by_category = {r["meta"].get("category"): r["meta"] for r in after.values()}
     assert by_category["coding"]["tests"] == ["assert add(2, 3) == 5", "assert add(-1, 1) == 0"]
     assert by_category["math"]["answer"] in ("144", "63")
@@ -308,3 +310,26 @@ def test_a_run_config_exports_in_the_shape_it_names(ray_local, tmp_path, capsys)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows and all("conversations" in r and "messages" not in r for r in rows)
     assert {t["from"] for r in rows for t in r["conversations"]} >= {"human", "gpt"}
+
+
+# ---------------------------------------------------------------------------- an export's source
+
+
+def test_two_exports_of_one_run_read_together_keep_their_own_sources(ray_local, tmp_path):
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"instruction": f"Name a colour, {n}.", "output": c}) + "\n"
+                             for n, c in (("please", "Red."), ("now", "Blue."))))
+    first = tmp_path / "first.duckdb"
+    run(load_config(None, input=[str(seeds)], db=str(first)), progress="off")
+    for name in ("a.jsonl", "b.jsonl"):
+        export(str(first), str(tmp_path / name), "jsonl")
+    db = tmp_path / "both.duckdb"
+    report = run(load_config(None, input=[str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")], db=str(db)), progress="off")
+    assert (report.kept, report.dropped) == (2, 2)
+    rows = curated(db)
+    assert {r["source"] for r in rows.values()} == {"a"}
+    assert all(r["meta"] == {"origin_source": "seeds"} for r in rows.values())
+    con = duckdb.connect(str(db), read_only=True)
+    drops = con.execute("SELECT stage, source, \"row\" FROM drops ORDER BY \"row\"").fetchall()
+    con.close()
+    assert drops == [("store", "b", 0), ("store", "b", 1)]  # the repeats, in the file they were read from

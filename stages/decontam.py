@@ -26,7 +26,7 @@ from pydantic import Field
 
 from curate.errors import CurateError
 from curate.stages.base import Resources, Stage, StageResult
-from curate.stages.text import TextPart, conversation_text, ngram_hashes, turn_positions, word_hashes
+from curate.stages.text import TextPart, conversation_text, ngram_hashes, text_messages, turn_positions, word_hashes
 
 # `text` as a list: the turns checked, each on its own ([instruction, response]: those two)
 TurnParts = Annotated[list[Literal["instruction", "response"]], Field(min_length=1)]
@@ -117,7 +117,7 @@ class Decontaminate(Stage):
     def turns(self, batch: pa.Table) -> np.ndarray:
         """Indices into the flattened turns of `batch["messages"]` that `text` selects,
         ascending (so each row's turns come in conversation order)."""
-        m = batch["messages"]
+        m = text_messages(batch)
         total = int(pc.sum(pc.fill_null(pc.list_value_length(m), 0)).as_py() or 0)
         if self.text == "turns":
             return np.arange(total)
@@ -146,11 +146,11 @@ class Decontaminate(Stage):
         `text` is `conversation`."""
         out: list[str | None] = [None] * batch.num_rows
         if self.text == "conversation":
-            for row, h in enumerate(self.hits(conversation_text(batch["messages"]))):
+            for row, h in enumerate(self.hits(conversation_text(text_messages(batch)))):
                 if h >= 0:
                     out[row] = f"{self.names[h]} (conversation)"
             return out
-        m = batch["messages"]
+        m = text_messages(batch)
         m = m.combine_chunks() if isinstance(m, pa.ChunkedArray) else m
         flat = pc.list_flatten(m)
         selected = self.turns(batch)

@@ -22,14 +22,14 @@ import pyarrow as pa
 
 from curate.lib.params import OpenFraction, Positive
 from curate.stages.base import GlobalStage, Resources, StageResult
-from curate.stages.text import (conversation_keys, conversation_words, first_user_turn, key_text, token_hashes, tokens,
+from curate.stages.text import (conversation_keys, conversation_words, first_user_turn, key_text, text_messages, token_hashes, tokens,
                                 word_spaced)
 
 
 def dedup_text(batch: pa.Table, on: str) -> pa.Array:
     """Per row, the already normalised text dedup compares (`key_text` of the first user turn for
     `on="instruction"`, `conversation_keys` for `"conversation"`); "" for a blank one."""
-    return key_text(first_user_turn(batch["messages"])) if on == "instruction" else conversation_keys(batch["messages"])
+    return key_text(first_user_turn(text_messages(batch))) if on == "instruction" else conversation_keys(text_messages(batch))
 
 
 class ExactDedup(GlobalStage):
@@ -167,8 +167,8 @@ def near_dedup_words(batch: pa.Table, on: str) -> tuple[np.ndarray, np.ndarray]:
     by the short path (`word_spaced`, `conversation_words`): the same words, without building
     the normalised text."""
     if on == "instruction":
-        return token_hashes(word_spaced(first_user_turn(batch["messages"])))
-    return token_hashes(conversation_words(batch["messages"]))
+        return token_hashes(word_spaced(first_user_turn(text_messages(batch))))
+    return token_hashes(conversation_words(text_messages(batch)))
 
 
 class NearDedup(GlobalStage):

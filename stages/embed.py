@@ -30,7 +30,7 @@ from pydantic import AfterValidator
 
 from curate.lib.cpu_workers import BatchWorkers, CpuParallel, cpu_threads
 from curate.stages.base import Resources, Stage, StageContext, StageResult, param
-from curate.stages.text import TextPart, TextParts, conversation_text, first_user_turn, last_assistant_turn
+from curate.stages.text import TextPart, TextParts, conversation_text, first_user_turn, last_assistant_turn, text_messages
 from curate.storage.model_cache import CachedRows, model_fingerprint
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -59,7 +59,7 @@ def default_model_path() -> str:
 def texts_to_embed(batch: pa.Table, text: str | list[str], template: str | None) -> list[str]:
     """Per row, what is embedded: `text` (`instruction`, `response`, `conversation`, or a list of
     them joined by a blank line), or `template` filled in."""
-    messages = batch["messages"]
+    messages = text_messages(batch)
     if template is None and text == "instruction":
         return first_user_turn(messages).to_pylist()
     if template is None and text == "conversation":

@@ -49,7 +49,7 @@ from pydantic import AfterValidator
 from curate.lib.params import Fraction, NonNegative, Positive
 from curate.stages.base import Resources, Stage, StageResult, param
 from curate.stages.prose import foreign_share, prose, prose_letters, scripts_of
-from curate.stages.text import first_user_turn, last_assistant_turn, ngram_hashes, token_counts, word_hashes
+from curate.stages.text import first_user_turn, last_assistant_turn, ngram_hashes, text_messages, token_counts, word_hashes
 
 
 @lru_cache(maxsize=1)
@@ -168,8 +168,8 @@ class Filters(Stage):
     def __call__(self, batch: pa.Table) -> StageResult:
         n = batch.num_rows
         reasons: list[str | None] = self.empty_turns(batch)
-        instructions = first_user_turn(batch["messages"])  # computed once, shared by the checks
-        responses = last_assistant_turn(batch["messages"])
+        instructions = first_user_turn(text_messages(batch))  # computed once, shared by the checks
+        responses = last_assistant_turn(text_messages(batch))
         stats = self.statistics(instructions, responses)
         for name, lo, hi in self.bounds:
             if name not in stats or (lo is None and hi is None):
@@ -217,7 +217,8 @@ class Filters(Stage):
 
     @staticmethod
     def empty_turns(batch: pa.Table) -> list[str | None]:
-        messages = batch["messages"].combine_chunks()
+        messages = text_messages(batch)
+        messages = messages.combine_chunks() if isinstance(messages, pa.ChunkedArray) else messages
         flat = pc.list_flatten(messages)
         empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(flat.field("content"))), 0)
         parents = pc.list_parent_indices(messages).to_numpy()

@@ -3,8 +3,13 @@
 Accepted row shapes (first match wins):
 - OpenAI `messages`: [{role, content}, ...]; `content` a string or a list of parts, whose text
   parts (`{"type": "text", "text": ...}`) are joined by newlines; any other part (image, audio,
-  file) quarantines the row, naming the part type
-- ShareGPT `conversations`: [{from, value}, ...]
+  file) quarantines the row, naming the part type. Tool use is kept: an assistant turn's
+  `tool_calls` (a list of objects; its `content` may then be empty, null or absent) or legacy
+  `function_call`, a tool turn's `tool_call_id` and `name` (role `function`, the legacy name, is
+  read as `tool`); see schema.TOOL_FIELDS. A `tool_calls` that is not a list of objects
+  quarantines the row.
+- ShareGPT `conversations`: [{from, value}, ...]; `function_call` (a tool call written as text)
+  is an assistant turn, `observation` / `function` / `tool` a tool turn
 - Alpaca `instruction` / `input` / `output` (or `response` / `completion`)
 - `prompt` / `response` (or `completion` / `output`)
 On every shape, a top-level `system` string becomes the first (system) turn, unless the
@@ -16,6 +21,9 @@ Null and NaN (pandas' missing value; Python's json reads the bare `NaN`) are the
 a text field, JSON null in `meta`. Every other field of the row goes into `meta`; a `meta` object
 (or a JSON string of one, as an export to Parquet stores it) is merged into it, and an `id` that
 is the row's content hash (curate's own export) is dropped, so an export reads back as it was.
+A row's `source` column (an export's) does not name the sample's source: the file it was read
+from does (lineage, drops and quarantine point at it); a different value read is kept in
+`meta.origin_source` (the first one, when the row already has one).
 """
 
 from __future__ import annotations
@@ -32,7 +40,9 @@ SHAREGPT_ROLES = {
     "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bard": "assistant",
     "bing": "assistant", "model": "assistant",
     "system": "system", "tool": "tool", "function": "tool", "observation": "tool",
+    "function_call": "assistant",  # LLaMA-Factory's ShareGPT: the assistant's call, as JSON text
 }
+OPENAI_ROLES = {"function": "tool"}  # the legacy role of a function's result
 # Fields that describe the sample itself rather than going into `meta`.
 RESERVED = {"origin", "source", "parent_ids", "meta"}
 # The names a row's fields are recognised by; `fields` maps them to other column names.
@@ -118,11 +128,14 @@ class Ingest(Stage):
         parents = row.get("parent_ids") or []
         if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
             raise RowError("parent_ids must be a list of strings")
+        read_source = row.get("source")
+        if isinstance(read_source, str) and read_source and read_source != source and "origin_source" not in meta:
+            meta["origin_source"] = read_source  # an export's source: the file read wins, this one is kept
         return {
             "id": sid,
             "messages": messages,
             "origin": _str_or(row.get("origin"), self.origin),
-            "source": _str_or(row.get("source"), source),
+            "source": source,
             "parent_ids": parents,
             "meta": _META_JSON.encode(meta) if meta else "{}",
         }
@@ -172,7 +185,7 @@ def to_messages(row: dict) -> tuple[list[dict], set[str]]:
     """A row (see the module doc) → (messages, the fields it read). Raises RowError."""
     if "messages" in row:
         turns = _expect_list(row, "messages")
-        messages, used = [_turn(t, k, "role", "content", None) for k, t in enumerate(turns)], {"messages"}
+        messages, used = [_turn(t, k, "role", "content", OPENAI_ROLES) for k, t in enumerate(turns)], {"messages"}
     elif "conversations" in row:
         turns = _expect_list(row, "conversations")
         messages, used = [_turn(t, k, "from", "value", SHAREGPT_ROLES) for k, t in enumerate(turns)], {"conversations"}
@@ -241,7 +254,7 @@ def validate_messages(messages: list[dict], require_response: bool) -> None:
     if not messages:
         raise RowError("the conversation has no turns")
     for k, m in enumerate(messages):
-        if not m["content"].strip():
+        if not m["content"].strip() and not (m["role"] == "assistant" and (m.get("tool_calls") or m.get("function_call"))):
             raise RowError(f"turn {k} ({m['role']}) has empty text")
     roles = [m["role"] for m in messages]
     if "user" not in roles:
@@ -253,16 +266,26 @@ def validate_messages(messages: list[dict], require_response: bool) -> None:
 def _turn(t, k: int, role_key: str, content_key: str, role_map: dict | None) -> dict:
     if not isinstance(t, dict):
         raise RowError(f"turn {k} must be an object, got {type(t).__name__}")
-    if role_key not in t or content_key not in t:
+    try:
+        tools = S.parse_tool_fields(t)
+    except ValueError as e:
+        raise RowError(f"turn {k} {e}") from None
+    calls = "tool_calls" in tools or "function_call" in tools
+    if role_key not in t or (content_key not in t and not calls):
         raise RowError(f"turn {k} lacks '{role_key}' or '{content_key}'")
     role = t[role_key]
     if not isinstance(role, str):
         raise RowError(f"turn {k} '{role_key}' must be a string, got {type(role).__name__}")
-    content = _content_text(t[content_key], k, content_key)
-    role = role_map.get(role.lower()) if role_map else role.lower()
+    raw_content = t.get(content_key)
+    content = "" if raw_content is None and calls else _content_text(raw_content, k, content_key)
+    role = role.lower()
+    if role_map and role_key == "from":
+        role = role_map.get(role)
+    elif role_map:
+        role = role_map.get(role, role)
     if role not in S.VALID_ROLES:
         raise RowError(f"turn {k} has unknown role {t[role_key]!r}")
-    return {"role": role, "content": content.strip()}
+    return {"role": role, "content": content.strip(), **tools}
 
 
 def _content_text(content, k: int, key: str) -> str:

@@ -38,6 +38,30 @@ TextPart = Literal["instruction", "response", "conversation"]
 TextParts = Annotated[list[TextPart], Field(min_length=1)]
 
 
+def text_messages(batch: pa.Table) -> pa.ChunkedArray | pa.Array:
+    """`batch["messages"]` as text stages read it: a turn with tool calls (the `tool_fields`
+    column) has their text (`name(arguments)`, one a line) after its content, so an assistant
+    turn that only calls a tool is not blank, and two calls that differ only in their arguments
+    differ. Rows without tool fields (every row, mostly) are the column as it is."""
+    messages = batch["messages"]
+    if "tool_fields" not in batch.column_names or batch["tool_fields"].null_count == batch.num_rows:
+        return messages
+    from curate.storage import schema as S
+
+    convs = []
+    for conv, fields in zip(messages.to_pylist(), batch["tool_fields"].to_pylist()):
+        if conv is None or not fields:
+            convs.append(conv)
+            continue
+        turns = []
+        for m in S.with_tool_fields(conv, fields):
+            calls = S.tool_text(m)
+            text = "\n".join(t for t in (m["content"], calls) if t) if calls else m["content"]
+            turns.append({"role": m["role"], "content": text})
+        convs.append(turns)
+    return pa.array(convs, pa.list_(S.MESSAGE))
+
+
 def first_user_turn(messages: pa.ChunkedArray | pa.Array) -> pa.Array:
     """The instruction: each conversation's first user turn ("" where there is none)."""
     return _turn_of(messages, "user", last=False)

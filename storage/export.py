@@ -23,7 +23,7 @@ from curate.errors import CurateError
 from curate.storage import schema as S
 from curate.storage.export_target import Staging
 from curate.storage.shapes import Shape, Unfit
-from curate.storage.store import Store, drops_relation
+from curate.storage.store import Store, drops_relation, has_tool_fields
 
 FORMATS = ("hf", "parquet", "jsonl")
 BATCH_ROWS = 10_000
@@ -63,9 +63,9 @@ def export(db: str, out: str, format: str = "hf", run_id: str | None = None, sel
         if given:
             raise CurateError(f"--drops writes the rejected rows as they are: it takes no {', '.join(given)}")
         return export_drops(db, out, format, run_id, overwrite=overwrite)
-    shaper = Shape(shape or ("template" if template else "messages"), template)
     with Store(db, read_only=True) as store:
         run_id = _resolve_run(store, db, run_id)
+        shaper = Shape(shape or ("template" if template else "messages"), template, tools=_has_tool_turns(store, run_id))
         query, params = _rows_query(store, run_id, selection)
         reader = store.con.cursor().sql(query, params=params).to_arrow_reader(BATCH_ROWS)
         skips = _Skips()
@@ -102,6 +102,7 @@ DROP_SCHEMA = pa.schema([
     ("parent_ids", pa.list_(pa.string())),
     ("meta", pa.string()),
     ("raw", pa.string()),  # a quarantined row's raw text
+    ("tool_fields", pa.string()),  # the turns' tool fields (samples.tool_fields); JSONL puts them back into the turns
 ])
 
 
@@ -111,7 +112,8 @@ def export_drops(db: str, out: str, format: str = "hf", run_id: str | None = Non
     each (DROP_SCHEMA): every drop (status `dropped`) with its stage, reason, kind and value and
     the sample's messages, origin, source, parent_ids and meta, then every quarantined input row
     (status `quarantined`: stage, reason = the error, source, row, raw text), ordered by status,
-    stage, source and row. `meta` is an object in JSONL, a JSON string in Parquet and HF.
+    stage, source and row. `meta` is an object in JSONL, a JSON string in Parquet and HF; the
+    turns' tool fields are in the turns in JSONL, the `tool_fields` JSON column in Parquet and HF.
     Written beside `out` and renamed into place, as `export`. Raises CurateError for an unknown
     format or run, ExportTargetError for a target curate may not replace."""
     if format not in FORMATS:
@@ -120,11 +122,12 @@ def export_drops(db: str, out: str, format: str = "hf", run_id: str | None = Non
         run_id = _resolve_run(store, db, run_id)
         query = f"""
             SELECT 'dropped' AS status, d.stage, d.reason, d.kind, d.value, d.id, d.source, d."row",
-                   s.messages, s.origin, s.parent_ids, s.meta, NULL AS raw
+                   s.messages, s.origin, s.parent_ids, s.meta, NULL AS raw,
+                   {"s.tool_fields" if has_tool_fields(store.con) else "NULL"} AS tool_fields
             FROM {drops_relation(store.con)} d LEFT JOIN samples s ON s.run_id = d.run_id AND s.id = d.id
             WHERE d.run_id = $run
             UNION ALL
-            SELECT 'quarantined', q.stage, q.error, NULL, NULL, NULL, q.source, q."row", NULL, NULL, NULL, NULL, q.raw
+            SELECT 'quarantined', q.stage, q.error, NULL, NULL, NULL, q.source, q."row", NULL, NULL, NULL, NULL, q.raw, NULL
             FROM quarantine q WHERE q.run_id = $run
             ORDER BY status, stage, source, "row", id"""
         reader = store.con.cursor().sql(query, params={"run": run_id}).to_arrow_reader(BATCH_ROWS)
@@ -149,6 +152,9 @@ def _drop_dicts(batches) -> Iterator[dict]:
         for row in batch.to_pylist():
             if row["meta"] is not None:
                 row["meta"] = json.loads(row["meta"]) if row["meta"] else {}
+            tool_fields = row.pop("tool_fields")
+            if row["messages"] is not None:
+                row["messages"] = S.with_tool_fields(row["messages"], tool_fields)
             yield row
 
 
@@ -201,11 +207,18 @@ class _Skips:
                 "out (counted in the output and the dataset card)")
 
 
+def _has_tool_turns(store: Store, run_id: str) -> bool:
+    """Whether a kept row of the run has tool fields (then the messages shape's Arrow turns carry them)."""
+    return has_tool_fields(store.con) and store.con.execute(
+        "SELECT 1 FROM curated_all WHERE run_id = ? AND tool_fields IS NOT NULL LIMIT 1", [run_id]).fetchone() is not None
+
+
 def _shaped_rows(reader: pa.RecordBatchReader, shape: Shape, skips: _Skips, parse_meta: bool) -> Iterator[dict]:
     for batch in reader:
         for sample in batch.to_pylist():
             if parse_meta:
                 sample["meta"] = json.loads(sample["meta"]) if sample["meta"] else {}
+            sample["messages"] = S.with_tool_fields(sample["messages"], sample.pop("tool_fields"))
             try:
                 yield shape.row(sample)
             except Unfit as e:
@@ -213,12 +226,15 @@ def _shaped_rows(reader: pa.RecordBatchReader, shape: Shape, skips: _Skips, pars
 
 
 def _shaped_batches(reader: pa.RecordBatchReader, shape: Shape, skips: _Skips) -> Iterator[pa.RecordBatch]:
-    if shape.name == "messages":  # DuckDB's batches are the rows already
+    if shape.name == "messages" and not shape.tools:  # DuckDB's batches are the rows already
         for batch in reader:
-            yield batch.cast(shape.schema)
+            yield batch.select(shape.schema.names).cast(shape.schema)
         return
     rows: list[dict] = []
     for row in _shaped_rows(reader, shape, skips, parse_meta=shape.name == "template"):
+        if shape.tools:  # one Arrow type per field: the call objects as JSON text
+            row["messages"] = [{**m, **{k: json.dumps(m[k], ensure_ascii=False) for k in ("tool_calls", "function_call") if k in m}}
+                               for m in row["messages"]]
         rows.append(row)
         if len(rows) == BATCH_ROWS:
             yield pa.RecordBatch.from_pylist(rows, schema=shape.schema)
@@ -228,7 +244,8 @@ def _shaped_batches(reader: pa.RecordBatchReader, shape: Shape, skips: _Skips) -
 
 
 def _rows_query(store: Store, run_id: str, selection: str | None) -> tuple[str, list]:
-    cols = ", ".join(f'c."{c}"' for c in S.SAMPLE_COLUMNS)
+    tools = has_tool_fields(store.con)  # a database made before tool fields (read-only: not migrated) has none
+    cols = ", ".join(f'c."{c}"' if c != "tool_fields" or tools else "NULL AS tool_fields" for c in S.SAMPLE_COLUMNS)
     if selection is None:
         return f"SELECT {cols} FROM curated_all c WHERE c.run_id = ? ORDER BY c.id", [run_id]
     has_table = store.con.execute(

@@ -18,6 +18,9 @@ SAMPLE_SCHEMA = pa.schema(
         ("source", pa.string()),  # data set or generator (with version)
         ("parent_ids", pa.list_(pa.string())),  # lineage
         ("meta", pa.string()),  # JSON object: skills, tests, task type, ...
+        # JSON list, one item per turn of `messages`: null, or the turn's tool fields (TOOL_FIELDS)
+        # as an object; NULL when no turn has any (see tool_fields_json).
+        ("tool_fields", pa.string()),
     ]
 )
 SAMPLE_COLUMNS = SAMPLE_SCHEMA.names
@@ -49,13 +52,82 @@ PARENT = "_parent"  # generator output only: index of the parent row in the stag
 KEPT, DROPPED, QUARANTINED, EXPANDED = "kept", "dropped", "quarantined", "expanded"
 
 VALID_ROLES = ("system", "user", "assistant", "tool")
+# OpenAI chat fields of a turn besides role and content that a sample keeps: an assistant's
+# `tool_calls` (a list of objects) or legacy `function_call` (an object), a tool turn's
+# `tool_call_id` and `name`. In Python a turn dict carries them as keys (absent when null); in
+# Arrow and DuckDB they ride in the `tool_fields` column, beside `messages`.
+TOOL_FIELDS = ("tool_calls", "tool_call_id", "name", "function_call")
 
 
-_CANONICAL = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_CANONICAL = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+_STORED = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # keys in the order read
 
 
 def canonical_messages(messages: list[dict]) -> str:
-    return _CANONICAL.encode([[m["role"], m["content"]] for m in messages])
+    """[[role, content], ...]; a turn with tool fields adds them: [role, content, {fields}]."""
+    return _CANONICAL.encode([[m["role"], m["content"], f] if (f := turn_tool_fields(m)) else [m["role"], m["content"]]
+                              for m in messages])
+
+
+def turn_tool_fields(turn: dict) -> dict:
+    """The tool fields (TOOL_FIELDS) a turn dict carries, nulls left out."""
+    return {k: turn[k] for k in TOOL_FIELDS if turn.get(k) is not None}
+
+
+def parse_tool_fields(turn: dict) -> dict:
+    """A read turn's tool fields, checked: `tool_calls` a list of objects, `function_call` an
+    object (either may be JSON text of one, as a Parquet or HF export stores them), `tool_call_id`
+    and `name` strings; null (and an empty `tool_calls` list) is absent. ValueError says what is wrong."""
+    out = {}
+    for key in TOOL_FIELDS:
+        value = turn.get(key)
+        if isinstance(value, str) and key in ("tool_calls", "function_call"):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass  # a plain string: named as one below
+        if value is None or (key == "tool_calls" and value == []):
+            continue
+        if key == "tool_calls" and not (isinstance(value, list) and all(isinstance(c, dict) for c in value)):
+            raise ValueError(f"'tool_calls' must be a list of tool-call objects, got {_shown(value)}")
+        if key == "function_call" and not isinstance(value, dict):
+            raise ValueError(f"'function_call' must be an object, got {_shown(value)}")
+        if key in ("tool_call_id", "name") and not isinstance(value, str):
+            raise ValueError(f"'{key}' must be a string, got {type(value).__name__}")
+        out[key] = value
+    return out
+
+
+def _shown(value) -> str:
+    return f"{type(value).__name__} {json.dumps(value, default=str)[:60]}"
+
+
+def tool_fields_json(messages: list[dict]) -> str | None:
+    """The `tool_fields` column's value for a conversation: NULL when no turn has tool fields."""
+    fields = [turn_tool_fields(m) or None for m in messages]
+    return _STORED.encode(fields) if any(fields) else None
+
+
+def with_tool_fields(messages: list[dict], tool_fields: str | None) -> list[dict]:
+    """Turns {role, content} read from Arrow or DuckDB with their tool fields put back."""
+    if not tool_fields:
+        return messages
+    return [{**m, **(f or {})} for m, f in zip(messages, json.loads(tool_fields))]
+
+
+def tool_text(turn: dict) -> str:
+    """The text of a turn's tool calls, as text stages read it: `name(arguments)`, one a line."""
+    calls = [c.get("function", c) if isinstance(c, dict) else c for c in turn.get("tool_calls") or ()]
+    if turn.get("function_call") is not None:
+        calls.append(turn["function_call"])
+    lines = []
+    for c in calls:
+        if isinstance(c, dict) and isinstance(c.get("name"), str):
+            args = c.get("arguments", "")
+            lines.append(f"{c['name']}({args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)})")
+        else:
+            lines.append(json.dumps(c, ensure_ascii=False, default=str))
+    return "\n".join(lines)
 
 
 def sample_id(messages: list[dict]) -> str:
@@ -79,7 +151,10 @@ def sample_arrays(samples: list[dict]) -> dict[str, pa.Array]:
     """Columns of SAMPLE_SCHEMA from sample dicts."""
     out = {}
     for f in SAMPLE_SCHEMA:
-        values = [s[f.name] for s in samples]
+        if f.name == "tool_fields":  # from the turns' own tool fields, else as given (a row read back)
+            values = [tool_fields_json(s["messages"]) or s.get("tool_fields") for s in samples]
+        else:
+            values = [s[f.name] for s in samples]
         out[f.name] = messages_array(values) if f.name == "messages" else pa.array(values, type=f.type)
     return out
 

@@ -3,7 +3,10 @@
 Every shape gets a sample `{"id", "messages", "origin", "source", "parent_ids", "meta": dict}`:
 
 - `messages` (curate's own): `{"id", "messages": [{"role", "content"}], "origin", "source",
-  "parent_ids", "meta"}`.
+  "parent_ids", "meta"}`; a turn with tool fields (schema.TOOL_FIELDS: `tool_calls`,
+  `tool_call_id`, `name`, `function_call`) has them as it was read. In Parquet and HF, when any
+  exported row has them, every turn has the four fields, null where absent, `tool_calls` and
+  `function_call` as JSON text (Arrow needs one type per column); otherwise turns are {role, content}.
 - `alpaca`: `{"id", "instruction", "input": "", "output", "system", "history", "meta"}`: the last
   user turn and its answer, `system` the leading system turn, `history` the earlier exchanges as
   `[[user, assistant], ...]` (each left out, or null in Parquet/HF, when there is none).
@@ -34,8 +37,12 @@ SHAREGPT_FROM = {"user": "human", "assistant": "gpt", "system": "system", "tool"
 _SHAREGPT_ROLE = {v: k for k, v in SHAREGPT_FROM.items()}
 _ID = re.compile(r"[0-9a-f]{32}")
 
+_EXPORTED = [f for f in S.SAMPLE_SCHEMA if f.name != "tool_fields"]  # the tool fields go back into the turns
+TOOL_MESSAGE = pa.struct([*S.MESSAGE, ("tool_calls", pa.string()), ("tool_call_id", pa.string()), ("name", pa.string()),
+                          ("function_call", pa.string())])
 SCHEMAS = {
-    "messages": S.SAMPLE_SCHEMA,
+    "messages": pa.schema(_EXPORTED),
+    "messages+tools": pa.schema([pa.field("messages", pa.list_(TOOL_MESSAGE)) if f.name == "messages" else f for f in _EXPORTED]),
     "alpaca": pa.schema([("id", pa.string()), ("instruction", pa.string()), ("input", pa.string()),
                          ("output", pa.string()), ("system", pa.string()),
                          ("history", pa.list_(pa.list_(pa.string()))), ("meta", pa.string())]),
@@ -47,6 +54,9 @@ SCHEMAS = {
 COLUMNS = {
     "messages": "`id` (content hash of the messages), `messages` (list of {role, content}), `origin`, `source`, "
                 "`parent_ids` (lineage), `meta` (JSON)",
+    "messages+tools": "`id` (content hash of the messages), `messages` (list of {role, content, tool_calls (JSON), "
+                      "tool_call_id, name, function_call (JSON)}, the tool fields null where a turn has none), "
+                      "`origin`, `source`, `parent_ids` (lineage), `meta` (JSON)",
     "alpaca": "`id`, `instruction` (the last user turn), `input` (empty), `output` (its answer), `system` "
               "(system prompt or null), `history` ([[user, assistant], ...] before it), `meta` (JSON)",
     "sharegpt": "`id`, `conversations` (list of {from: human|gpt|system|observation, value}), `system` "
@@ -63,19 +73,22 @@ class Shape:
     """Turns samples into rows of one shape. `row(sample)` → dict with `meta` as a dict (the
     writers make it a JSON string where a column must be one); raises Unfit or CurateError."""
 
-    def __init__(self, name: str = "messages", template: str | None = None):
+    def __init__(self, name: str = "messages", template: str | None = None, tools: bool = False):
+        """`tools`: some exported row has tool fields (the `messages` shape's Parquet and HF schema)."""
         if name not in SHAPES:
             raise CurateError(f"unknown export shape {name!r}: use {', '.join(SHAPES[:-1])} or --template FILE")
         if (name == "template") != (template is not None):
             raise CurateError("a template export needs --template FILE" if template is None else
                               f"--template renders its own rows: leave out --shape {name}")
         self.name = name
-        self.schema = SCHEMAS[name]
-        self.columns = COLUMNS[name]
+        self.tools = tools and name == "messages"
+        self.schema = SCHEMAS["messages+tools" if self.tools else name]
+        self.columns = COLUMNS["messages+tools" if self.tools else name]
         self._template = _load_template(template) if template else None
         self.template_path = template
 
     def row(self, sample: dict) -> dict:
+        """`sample`: the sample columns, messages with their tool fields put back (no `tool_fields`)."""
         if self.name == "messages":
             return sample
         if self.name == "alpaca":
@@ -103,6 +116,8 @@ def to_alpaca(messages: list[dict]) -> dict:
     turns = list(messages)
     system = turns.pop(0)["content"] if turns and turns[0]["role"] == "system" else None
     for k, t in enumerate(turns):
+        if t.get("tool_calls") or t.get("function_call"):
+            raise Unfit("an assistant turn with tool calls (Alpaca has no field for them: export as messages)")
         if t["role"] not in ("user", "assistant"):
             what = "a system turn after the first turn" if t["role"] == "system" else f"a {t['role']} turn"
             raise Unfit(f"{what} (Alpaca holds an optional system prompt, then user/assistant exchanges)")
@@ -130,6 +145,8 @@ def to_sharegpt(messages: list[dict]) -> dict:
     for t in turns:
         if t["role"] not in SHAREGPT_FROM:
             raise Unfit(f"a {t['role']} turn (ShareGPT has human, gpt, system and observation)")
+        if t.get("tool_calls") or t.get("function_call"):
+            raise Unfit("an assistant turn with tool calls (ShareGPT has no field for them: export as messages)")
         conv.append({"from": SHAREGPT_FROM[t["role"]], "value": t["content"]})
     return {"conversations": conv, **row}
 
@@ -151,7 +168,7 @@ def is_export_row(row) -> bool:
 def _messages_of(row: dict) -> list[dict] | None:
     system = [{"role": "system", "content": row["system"]}] if row.get("system") is not None else []
     if "messages" in row:
-        return [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+        return [{"role": m["role"], "content": m["content"], **S.parse_tool_fields(m)} for m in row["messages"]]
     if "conversations" in row:
         return system + [{"role": _SHAREGPT_ROLE[t["from"]], "content": t["value"]} for t in row["conversations"]]
     if "instruction" in row:

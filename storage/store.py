@@ -40,6 +40,9 @@ CREATE TABLE IF NOT EXISTS samples (
     PRIMARY KEY (run_id, id)
 );
 ALTER TABLE samples ADD COLUMN IF NOT EXISTS "row" BIGINT;  -- position in its source file (a generated row: its first parent's)
+-- Per turn, the OpenAI tool fields (tool_calls, tool_call_id, name, function_call) as a JSON list
+-- (null items for turns without); NULL when no turn has any. Added to databases made before.
+ALTER TABLE samples ADD COLUMN IF NOT EXISTS tool_fields VARCHAR;
 CREATE TABLE IF NOT EXISTS drops (
     run_id VARCHAR, stage VARCHAR, id VARCHAR, reason VARCHAR,
     shard VARCHAR, source VARCHAR, "row" BIGINT
@@ -348,6 +351,8 @@ class Store:
         """
         import pyarrow.compute as pc
 
+        if "tool_fields" not in table.column_names:  # a batch built without it (by hand, or by an older stage)
+            table = table.append_column("tool_fields", pa.nulls(table.num_rows, pa.string()))
         with self.transaction() as con:
             if con.execute("SELECT 1 FROM shards WHERE run_id = ? AND phase = ? AND shard = ?",
                            [run_id, phase, shard]).fetchone():
@@ -636,6 +641,12 @@ def drops_relation(con: duckdb.DuckDBPyConnection) -> str:
         return "drops"
     return (f"(SELECT *, {DROP_KIND.format(r='reason')} AS kind, {DROP_VALUE.format(r='reason')} AS value "
             "FROM drops)")
+
+
+def has_tool_fields(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether `samples` has the `tool_fields` column (a database made before it, opened read-only, has not)."""
+    return bool(con.execute("SELECT 1 FROM information_schema.columns WHERE table_name = 'samples' "
+                            "AND column_name = 'tool_fields'").fetchone())
 
 
 def _migrate_drops(con: duckdb.DuckDBPyConnection) -> None:

@@ -20,7 +20,7 @@ from curate.pipeline.config import load_config
 from curate.pipeline.dag import read_shard_table, stage_plans
 from curate.stages.ingest import Ingest
 from curate.stages.readers import input_fingerprint, plan_shards, resolve_inputs
-from curate.storage.schema import sample_id
+from curate.storage.schema import sample_id, with_tool_fields
 from checks import q
 from conftest import write_jsonl
 
@@ -346,6 +346,9 @@ def test_export_shapes_read_back_with_the_same_messages_and_meta(tmp_path):
     for name in ("messages.jsonl", "messages.parquet", "hf_export", "alpaca.jsonl", "alpaca.parquet", "sharegpt.jsonl"):
         back, quarantined = ingest(tmp_path / name)
         assert not quarantined, name
+        assert [s["source"] for s in back] == [Path(name).stem] * len(want), name  # the file read, not the export's
+        if name.startswith(("messages", "hf")):  # the export's own `source` column, kept in meta
+            assert [s["meta"].pop("origin_source") for s in back] == [s["source"] for s in original], name
         assert [(s["id"], s["messages"], s["meta"]) for s in back] == want, name  # no meta.meta, no meta.id
 
 
@@ -357,6 +360,104 @@ def test_a_meta_that_is_not_an_object_and_a_foreign_id_are_kept(tmp_path):
     assert kept[0]["meta"] == {"id": "alpaca-0001", "meta": "hand-checked"}
     assert kept[1]["meta"] == {"meta": "[1, 2]", "lang": "en"}
     assert kept[2]["meta"] == {"lang": "en"}  # a top-level field wins over the same key in meta
+
+
+# ---------------------------------------------------------------------------- 10. tool calls
+
+WEATHER = {"messages": [
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "18C sunny"},
+    {"role": "assistant", "content": "It is 18C and sunny in Paris."}]}
+
+
+def with_tools(sample):
+    """A kept row's turns with their tool fields (the `tool_fields` column) put back."""
+    return with_tool_fields(sample["messages"], sample["tool_fields"])
+
+
+def test_openai_tool_calls_are_kept_and_a_tool_call_turn_may_have_no_text(tmp_path):
+    null_content = json.loads(json.dumps(WEATHER))
+    null_content["messages"][1]["content"] = None  # what the OpenAI API returns
+    null_content["messages"][2]["content"] = "19C cloudy"
+    kept, quarantined = ingest(write_jsonl(tmp_path / "tools.jsonl", [WEATHER, null_content]), shard_size=10)
+    assert not quarantined
+    assert with_tools(kept[0]) == WEATHER["messages"]  # nothing dropped, in the order read
+    assert kept[0]["meta"] == {}
+    assert with_tools(kept[1])[1] == {**WEATHER["messages"][1], "content": ""}
+    # the tool fields are part of the content hash: other arguments, another sample
+    other = json.loads(json.dumps(WEATHER))
+    other["messages"][1]["tool_calls"][0]["function"]["arguments"] = "{\"city\":\"Rome\"}"
+    again, _ = ingest(write_jsonl(tmp_path / "rome.jsonl", [other]))
+    assert again[0]["id"] != kept[0]["id"]
+    assert kept[0]["id"] == sample_id(WEATHER["messages"])
+
+
+def test_legacy_function_calls_sharegpt_function_call_and_malformed_tool_calls(tmp_path):
+    legacy = {"messages": [
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": None, "function_call": {"name": "add", "arguments": "{\"a\": 2, \"b\": 2}"}},
+        {"role": "function", "name": "add", "content": "4"},
+        {"role": "assistant", "content": "2 + 2 = 4."}]}
+    glaive = {"conversations": [
+        {"from": "human", "value": "Convert 5 km to miles."},
+        {"from": "function_call", "value": "{\"name\": \"convert\", \"arguments\": {\"km\": 5}}"},
+        {"from": "observation", "value": "3.11"},
+        {"from": "gpt", "value": "5 km is about 3.11 miles."}]}
+    bad = [
+        {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "", "tool_calls": "get_weather"}]},
+        {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "", "tool_calls": [["get_weather"]]}]},
+        {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "", "tool_calls": []}]},
+        {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": ""}]},
+        {"messages": [{"role": "user", "content": "Hi?"}, {"role": "tool", "content": "x", "tool_call_id": 7},
+                      {"role": "assistant", "content": "Hello."}]},
+    ]
+    kept, quarantined = ingest(write_jsonl(tmp_path / "more.jsonl", [legacy, glaive, *bad]), shard_size=10)
+    assert [m["role"] for m in with_tools(kept[0])] == ["user", "assistant", "tool", "assistant"]
+    assert with_tools(kept[0])[1] == {"role": "assistant", "content": "", "function_call": legacy["messages"][1]["function_call"]}
+    assert with_tools(kept[0])[2] == {"role": "tool", "content": "4", "name": "add"}
+    assert kept[1]["messages"][1] == {"role": "assistant", "content": "{\"name\": \"convert\", \"arguments\": {\"km\": 5}}"}
+    assert kept[1]["tool_fields"] is None and [m["role"] for m in kept[1]["messages"]] == ["user", "assistant", "tool", "assistant"]
+    assert quarantined == {
+        ("more", 2): "turn 1 'tool_calls' must be a list of tool-call objects, got str \"get_weather\"",
+        ("more", 3): "turn 1 'tool_calls' must be a list of tool-call objects, got list [[\"get_weather\"]]",
+        ("more", 4): "turn 1 (assistant) has empty text",  # an empty list calls nothing
+        ("more", 5): "turn 1 (assistant) has empty text",  # as before: no text, no call
+        ("more", 6): "turn 1 'tool_call_id' must be a string, got int",
+    }
+
+
+def test_text_stages_read_a_tool_call_turn_as_its_calls(tmp_path):
+    from curate.stages.dedup import dedup_text
+    from curate.stages.filters import Filters
+    from curate.stages.text import last_assistant_turn, text_messages
+
+    ends_in_call = {"messages": WEATHER["messages"][:2]}
+    other_city = json.loads(json.dumps(ends_in_call))
+    other_city["messages"][1]["tool_calls"][0]["function"]["arguments"] = "{\"city\":\"Rome\"}"
+    table = Ingest(require_response=False)(read_shard_table(plan_shards(resolve_inputs(
+        [str(write_jsonl(tmp_path / "calls.jsonl", [WEATHER, ends_in_call, other_city]))]), 10)[0])).kept
+    assert last_assistant_turn(text_messages(table)).to_pylist() == [
+        "It is 18C and sunny in Paris.", 'get_weather({"city":"Paris"})', 'get_weather({"city":"Rome"})']
+    keys = dedup_text(table, "conversation").to_pylist()
+    assert len(set(keys)) == 3  # the calls' arguments tell the rows apart
+    result = Filters(min_response_words=1)(table)
+    assert result.kept.num_rows == 3  # no empty_turn: the call is the turn's text
+
+
+# ---------------------------------------------------------------------------- 11. an export's source
+
+
+def test_the_file_read_is_the_source_and_an_exports_own_source_goes_to_meta(tmp_path):
+    rows = [{"messages": [user("Hi?"), assistant("Hello.")], "origin": "response", "source": "alpaca_seeds", "parent_ids": []},
+            {"messages": [user("Bye?"), assistant("Bye.")], "source": "again", "meta": {"origin_source": "first_set"}},
+            {"instruction": "Yo?", "output": "Yo.", "source": "export_b"}]
+    kept, _ = ingest(write_jsonl(tmp_path / "export_b.jsonl", rows), shard_size=10)
+    assert [s["source"] for s in kept] == ["export_b"] * 3
+    assert kept[0]["origin"] == "response" and kept[0]["meta"] == {"origin_source": "alpaca_seeds"}
+    assert kept[1]["meta"] == {"origin_source": "first_set"}  # the first source it had
+    assert kept[2]["meta"] == {}  # the same name: nothing to keep
 
 
 # ---------------------------------------------------------------------------- the real pipeline
@@ -416,7 +517,12 @@ def test_the_pipeline_reads_its_own_exports_back(ray_local, tmp_path):
         again = run(load_config(None, input=[str(tmp_path / out)], db=str(db)), progress="off")
         assert (again.kept, again.quarantined) == (7, 0), fmt
         assert_counts_add_up(db, again.run_id)
-        assert curated(db) == want, fmt
+        # the export's `source` column gives way to the file read, and is kept in meta
+        assert {s for s, in q(db, "SELECT DISTINCT source FROM curated")} == {Path(out).stem}, fmt
+        first_sources = dict(q(first, "SELECT id, source FROM curated"))
+        back = curated(db)
+        assert {i: meta.pop("origin_source") for i, (_, meta) in back.items()} == first_sources, fmt
+        assert back == want, fmt
 
 
 def test_an_empty_csv_cell_is_missing_like_nan_in_parquet(tmp_path):

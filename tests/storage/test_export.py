@@ -90,9 +90,11 @@ def test_export_then_run_gives_back_the_same_messages_and_meta(base, tmp_path, c
     assert set(after) == set(before)  # ids are content hashes: the same messages
     for i, row in before.items():
         assert after[i]["messages"] == row["messages"]
+        assert after[i]["source"] == out.stem  # the file read is the source (lineage, drops)
+        if shape == "messages":  # the export's own source is kept in meta
+            assert after[i]["meta"].pop("origin_source") == row["source"]
+            assert after[i]["origin"] == row["origin"]
         assert after[i]["meta"] == row["meta"], f"meta of {i} changed on the way back"
-        if shape == "messages":
-            assert (after[i]["source"], after[i]["origin"]) == (row["source"], row["origin"])
     by_category = {r["meta"].get("category"): r["meta"] for r in after.values()}
     assert by_category["coding"]["tests"] == ["assert add(2, 3) == 5", "assert add(-1, 1) == 0"]
     assert by_category["math"]["answer"] in ("144", "63")
@@ -308,3 +310,87 @@ def test_a_run_config_exports_in_the_shape_it_names(ray_local, tmp_path, capsys)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows and all("conversations" in r and "messages" not in r for r in rows)
     assert {t["from"] for r in rows for t in r["conversations"]} >= {"human", "gpt"}
+
+
+# ---------------------------------------------------------------------------- an export's source
+
+
+def test_two_exports_of_one_run_read_together_keep_their_own_sources(ray_local, tmp_path):
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"instruction": f"Name a colour, {n}.", "output": c}) + "\n"
+                             for n, c in (("please", "Red."), ("now", "Blue."))))
+    first = tmp_path / "first.duckdb"
+    run(load_config(None, input=[str(seeds)], db=str(first)), progress="off")
+    for name in ("a.jsonl", "b.jsonl"):
+        export(str(first), str(tmp_path / name), "jsonl")
+    db = tmp_path / "both.duckdb"
+    report = run(load_config(None, input=[str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")], db=str(db)), progress="off")
+    assert (report.kept, report.dropped) == (2, 2)
+    rows = curated(db)
+    assert {r["source"] for r in rows.values()} == {"a"}
+    assert all(r["meta"] == {"origin_source": "seeds"} for r in rows.values())
+    con = duckdb.connect(str(db), read_only=True)
+    drops = con.execute("SELECT stage, source, \"row\" FROM drops ORDER BY \"row\"").fetchall()
+    con.close()
+    assert drops == [("store", "b", 0), ("store", "b", 1)]  # the repeats, in the file they were read from
+
+
+# ---------------------------------------------------------------------------- tool calls
+
+WEATHER = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "18C sunny"},
+    {"role": "assistant", "content": "It is 18C and sunny in Paris."},
+]
+LEGACY = [
+    {"role": "user", "content": "What is 2 + 2?"},
+    {"role": "assistant", "content": "", "function_call": {"name": "add", "arguments": "{\"a\": 2, \"b\": 2}"}},
+    {"role": "tool", "name": "add", "content": "4"},
+    {"role": "assistant", "content": "Two plus two is four."},
+]
+CALL_ONLY = [{"role": "user", "content": "And the weather in Oslo?"}, {"role": "assistant", "content": "", "tool_calls": [
+    {"id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}]}]
+
+
+def _arrow_turns(turns):
+    """Turns as a Parquet or HF export of tool rows holds them: every tool field, calls as JSON text."""
+    return [{"role": t["role"], "content": t["content"], "tool_calls": json.dumps(t["tool_calls"]) if "tool_calls" in t else None,
+             "tool_call_id": t.get("tool_call_id"), "name": t.get("name"),
+             "function_call": json.dumps(t["function_call"]) if "function_call" in t else None} for t in turns]
+
+
+def test_tool_calls_survive_the_stages_and_every_export(ray_local, tmp_path):
+    seeds = tmp_path / "tools.jsonl"
+    rows = [{"messages": WEATHER, "category": "weather"}, {"messages": LEGACY}, {"messages": CALL_ONLY}]
+    seeds.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"prompt": "Name the largest moon of Saturn and say what its atmosphere is made of."}) + "\n")
+    stages = [{"filters": {"min_response_words": 1, "min_instruction_words": 2}}, "exact_dedup", "near_dedup",
+              {"decontaminate": {"benchmarks": [str(bench)]}}]
+    db = tmp_path / "tools.duckdb"
+    report = run(load_config(None, input=[str(seeds)], db=str(db), stages=stages), progress="off")
+    assert (report.rows_in, report.kept, report.dropped, report.quarantined) == (3, 3, 0, 0)
+
+    export(str(db), str(tmp_path / "out.jsonl"), "jsonl")
+    exported = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert sorted((r["messages"] for r in exported), key=json.dumps) == sorted([WEATHER, LEGACY, CALL_ONLY], key=json.dumps)
+    assert {r["source"] for r in exported} == {"tools"}
+
+    export(str(db), str(tmp_path / "out_hf"), "hf")
+    ds = datasets.load_from_disk(str(tmp_path / "out_hf"))
+    assert sorted((r["messages"] for r in ds), key=json.dumps) == sorted(map(_arrow_turns, [WEATHER, LEGACY, CALL_ONLY]), key=json.dumps)
+    assert "tool_fields" not in ds.column_names
+
+    # each export reads back as the same samples, tool fields and all
+    want = curated(db)
+    for out in ("out.jsonl", "out_hf"):
+        again = tmp_path / f"again_{out}.duckdb"
+        back = run(load_config(None, input=[str(tmp_path / out)], db=str(again)), progress="off")
+        assert (back.kept, back.quarantined) == (3, 0), out
+        assert {i: r["messages"] for i, r in curated(again).items()} == {i: r["messages"] for i, r in want.items()}, out
+        con = duckdb.connect(str(again), read_only=True)
+        fields = dict(con.execute("SELECT id, tool_fields FROM curated").fetchall())
+        con.close()
+        assert all(f is not None for f in fields.values()) and len(fields) == 3, out

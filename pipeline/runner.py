@@ -45,6 +45,7 @@ class RunReport:
     # per phase: (shards this attempt streamed, shards an earlier attempt had committed);
     # `shards_skipped` is phase 0's second number
     phase_shards: list[tuple[int, int]] = ()
+    warnings: list[str] = ()  # about the input (a file of no rows), also printed on stderr
 
     @property
     def shards_processed(self) -> int:
@@ -75,6 +76,8 @@ class RunReport:
             text += f"\n(all of them: curate export --drops --db {self.db} --out rejected.jsonl -f jsonl)"
         for s in self.selections:
             text += f"\nselection {s['name']}: {s['rows']} of {s['pool']} rows"
+        for w in self.warnings:
+            text += f"\nwarning: {w}"
         return text
 
 
@@ -125,9 +128,10 @@ def run(config: RunConfig, progress: str = "auto") -> RunReport:
         store.end_run(run_id, "finished")
         totals = store.totals(run_id)
         reasons = store.quarantine_reasons(run_id) if totals["quarantined"] else []
+        warnings = _empty_inputs(store, run_id, inputs)
     _remove_handoff(config, run_id)
     report = RunReport(run_id, config.db, attempt, len(shards), skipped, **totals, selections=selections,
-                       quarantine_reasons=reasons, phase_shards=phase_shards)
+                       quarantine_reasons=reasons, phase_shards=phase_shards, warnings=warnings)
     return _check_counts(report)
 
 
@@ -186,6 +190,19 @@ def _reinstall_interrupt_handlers() -> None:
 def _mark_interrupted(store: Store, run_id: str, why: str) -> None:
     with suppress(Exception):  # in a signal handler: whatever fails here, the unwinding records it again
         store.mark_interrupted(run_id, why)
+
+
+def _empty_inputs(store: Store, run_id: str, inputs) -> list[str]:
+    """A warning for each input file of which no row was read (an empty file, blank lines only,
+    a header alone, an empty list), printed on stderr as well."""
+    read = dict(store.con.execute("SELECT path, sum(rows_in) FROM shards WHERE run_id = ? AND phase = 0 GROUP BY path",
+                                  [run_id]).fetchall())
+    out = []
+    for inp in inputs:
+        if not read.get(inp.path):
+            out.append(f"input {inp.path} is empty: 0 rows read")
+            print(f"warning: {out[-1]}", file=sys.stderr, flush=True)
+    return out
 
 
 def _record_stop(store: Store, run_id: str, e: BaseException) -> None:

@@ -44,10 +44,14 @@ def run(
 ):
     """Run a pipeline: ingest → stages → DuckDB. Reruns of the same config resume.
 
+    SIGTERM and Ctrl-C mark the run interrupted in the database before the process ends (exit
+    143 and 130); a rerun resumes it.
+
     The terminal shows curate's own lines; the libraries' output (Ray, vLLM, ...) goes to a run
     log beside the database, `<db>.logs/<name>-<time>.log`, whose path the summary prints."""
     from curate.logs import RunLog, log_path
     from curate.pipeline.config import load_config
+    from curate.pipeline.runner import Terminated
     from curate.pipeline.runner import run as run_pipeline
 
     cfg = load_config(config, set_, input=list(input) if input else None, db=db)
@@ -65,6 +69,8 @@ def run(
                 typer.echo(f"exported {out.rows} rows ({cfg.export.format}) → {out.path}")
         except KeyboardInterrupt:  # the runner said how to resume; typer would exit 130 anyway
             failed = 130
+        except Terminated:  # SIGTERM: the runner's handler marked the run interrupted and said how to resume
+            failed = 143
         except Exception as e:  # the error line, then where the libraries' output went (if any)
             if show_traceback(e):
                 raise
@@ -218,9 +224,13 @@ def runs(
     from curate.storage.tables import print_table
 
     with Store(_db(db), read_only=True) as store:
+        # a run left `running` by a process that is gone shows as such (the next `curate run` records it)
+        stale = [r for r, _, _ in store.stale_runs()]
         table = store.sql(
-            "SELECT run_id, name, status, attempts, rows_in, kept, dropped, quarantined, generated, expanded, "
-            "started_at, finished_at, error FROM run_totals"
+            "SELECT run_id, name, CASE WHEN list_contains($stale, run_id) THEN 'interrupted (stale)' ELSE status END "
+            "AS status, attempts, rows_in, kept, dropped, quarantined, generated, expanded, started_at, finished_at, "
+            "CASE WHEN list_contains($stale, run_id) THEN 'its process ended without recording it (killed or crashed)' "
+            "ELSE error END AS error FROM run_totals", {"stale": stale}
         )
     print_table(table, format, limit=1000)
 

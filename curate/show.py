@@ -27,7 +27,7 @@ class _Row:
     messages: list[dict]
     parent_ids: list[str] | None
     meta: str | None
-    drop: tuple | None  # (stage, reason, kind, value) of the drop this line lists, or None
+    drop: tuple | None  # (stage, reason, kind, value, source, row) of the drop this line lists, or None
     rank: int | None = None
     cluster: int | None = None
 
@@ -97,7 +97,7 @@ def _query(con, run_id, stage, kind, cluster, selection, origin) -> tuple[str, l
     joins, where, what = [], ["s.run_id = ?"], []
     by_drop = stage is not None or kind is not None
     if by_drop:
-        drop_cols = "(d.stage, d.reason, d.kind, d.value)"
+        drop_cols = '(d.stage, d.reason, d.kind, d.value, d.source, d."row")'
         joins.append(f"JOIN {drops} d ON d.run_id = s.run_id AND d.id = s.id")
         if stage is not None:
             _known(con, f"SELECT stage, count(*) FROM {drops} WHERE run_id = ? GROUP BY 1 ORDER BY 2 DESC", [run_id],
@@ -186,15 +186,18 @@ def _drops_of(con, run_id: str, ids: list[str]) -> dict[str, list[tuple]]:
     if not ids:
         return {}
     out: dict[str, list[tuple]] = {}
-    for id_, stage, reason, kind, value in con.execute(
-            f"SELECT id, stage, reason, kind, value FROM {drops_relation(con)} WHERE run_id = ? AND list_contains(?, id) "
-            'ORDER BY stage, "row"', [run_id, ids]).fetchall():
-        out.setdefault(id_, []).append((stage, reason, kind, value))
+    for id_, *drop in con.execute(
+            f'SELECT id, stage, reason, kind, value, source, "row" FROM {drops_relation(con)} WHERE run_id = ? '
+            'AND list_contains(?, id) ORDER BY stage, "row"', [run_id, ids]).fetchall():
+        out.setdefault(id_, []).append(tuple(drop))  # (stage, reason, kind, value, source, row)
     return out
 
 
 def _render(r: _Row, n: int, total: int, width: int, max_chars: int, drops: list[tuple]) -> str:
-    head = f"── {n}/{total} · {r.id} · {r.origin} · {r.source}" + (f" row {r.row}" if r.row is not None else "")
+    # A drop is numbered as its own occurrence (its source and row): a row stored once and read
+    # twice has one `samples` row, whose number is the first (kept) copy's.
+    source, row = (r.drop[4], r.drop[5]) if r.drop is not None else (r.source, r.row)
+    head = f"── {n}/{total} · {r.id} · {r.origin} · {source}" + (f" row {row}" if row is not None else "")
     lines = [head, INDENT + _status(r, drops)]
     if r.rank is not None:
         lines.append(INDENT + f"rank {r.rank}" + (f", cluster {r.cluster}" if r.cluster is not None else ""))
@@ -204,13 +207,17 @@ def _render(r: _Row, n: int, total: int, width: int, max_chars: int, drops: list
 
 def _status(r: _Row, drops: list[tuple]) -> str:
     if r.drop is not None:
-        stage, reason, kind, value = r.drop
+        stage, reason, kind, value, source, row = r.drop
         shown = f"dropped at {stage}: {reason}  [kind {kind}" + (f", value {value:g}" if value is not None else "") + "]"
-        return shown + (" (another copy of this row is kept)" if r.kept else "")
+        if not r.kept:
+            return shown
+        if r.row is not None and (source, row) != (r.source, r.row):
+            return shown + f" (a repeat of the kept row: {r.source} row {r.row})"
+        return shown + " (another copy of this row is kept)"
     if r.kept:
         return "kept"
     if drops:
-        return "; ".join(f"dropped at {st}: {reason}" for st, reason, _, _ in drops)
+        return "; ".join(f"dropped at {st}: {reason}" for st, reason, *_ in drops)
     return "expanded (a generator replaced it by new rows)"
 
 
@@ -254,7 +261,9 @@ def _one(con, run_id: str, prefix: str, width: int) -> str:
              INDENT + ("kept" if r.kept else _status(r, [d for d in drops if d[0] != "store"]))]
     repeats = [d for d in drops if d[0] == "store"]
     if repeats:
-        lines.append(INDENT + f"{len(repeats)} repeat{'s' if len(repeats) > 1 else ''} of it dropped at store")
+        where = ", ".join(f"{d[4]} row {d[5]}" for d in repeats if d[5] is not None)
+        lines.append(INDENT + f"{len(repeats)} repeat{'s' if len(repeats) > 1 else ''} of it dropped at store"
+                     + (f" ({where})" if where else ""))
     lines += _turns(r.messages, width, 0)
     if r.meta and r.meta not in ("{}", "null"):
         try:

@@ -7,6 +7,7 @@ import logging
 import os
 import queue
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -41,19 +42,42 @@ class RunReport:
     generated: int  # rows generators made
     selections: list[dict]  # the selections written by this attempt
     quarantine_reasons: list[tuple[str, str, int]] = ()  # the most frequent (stage, error, rows)
+    # per phase: (shards this attempt streamed, shards an earlier attempt had committed);
+    # `shards_skipped` is phase 0's second number
+    phase_shards: list[tuple[int, int]] = ()
+    warnings: list[str] = ()  # about the input (a file of no rows), also printed on stderr
+
+    @property
+    def shards_processed(self) -> int:
+        """Shards this attempt streamed, over all phases (a shard counts once per phase)."""
+        return sum(p for p, _ in self.phase_shards)
+
+    def shards_text(self) -> str:
+        """`60 of 60 shards processed`, with the shards earlier attempts had committed and, in a
+        run of several phases, per phase (`phase 0: 0 of 60 shards processed (60 committed
+        earlier); phase 1: 60 of 60`)."""
+        def one(processed: int, earlier: int, noun: str) -> str:
+            return f"{processed} of {self.shards}{noun} processed" + (f" ({earlier} committed earlier)" if earlier else "")
+
+        phases = list(self.phase_shards) or [(self.shards - self.shards_skipped, self.shards_skipped)]
+        if len(phases) == 1:
+            return one(*phases[0], " shards")
+        return "; ".join(f"phase {i}: " + one(p, e, " shards" if i == 0 else "") for i, (p, e) in enumerate(phases))
 
     def summary(self) -> str:
         gen = f" + {self.generated} generated" if self.generated else ""
         exp = f" + {self.expanded} expanded" if self.expanded else ""
         text = (f"run {self.run_id} (attempt {self.attempt}): {self.rows_in} rows in{gen} = {self.kept} kept + "
                 f"{self.dropped} dropped + {self.quarantined} quarantined{exp}; "
-                f"{self.shards - self.shards_skipped} of {self.shards} shards processed → {self.db}")
+                f"{self.shards_text()} → {self.db}")
         for stage, error, n in self.quarantine_reasons:
             text += f"\nquarantined by {stage}: {n} × {error}"
         if self.quarantine_reasons and self.quarantined > sum(n for *_, n in self.quarantine_reasons):
             text += f"\n(all of them: curate export --drops --db {self.db} --out rejected.jsonl -f jsonl)"
         for s in self.selections:
             text += f"\nselection {s['name']}: {s['rows']} of {s['pool']} rows"
+        for w in self.warnings:
+            text += f"\nwarning: {w}"
         return text
 
 
@@ -73,16 +97,17 @@ def run(config: RunConfig, progress: str = "auto") -> RunReport:
     with Store(config.db) as store:
         attempt = store.begin_run(run_id, config.name, config_to_dict(config), fingerprint)
         skipped = len(store.committed_shards(run_id, 0))
+        phase_shards: list[tuple[int, int]] = []
         stopped = False
         try:
-            with RayEnvironment(config, plans, store, run_id, attempt) as env:
+            with _interrupt_handlers(store, run_id), RayEnvironment(config, plans, store, run_id, attempt) as env:
                 try:
                     ahead = None
                     try:
                         for i, phase in enumerate(phases):
                             following = phases[i + 1] if i + 1 < len(phases) else None
                             ahead = _run_phase(config, phase, following, ahead, shards, store, run_id, env, progress,
-                                               multi=len(phases) > 1)
+                                               multi=len(phases) > 1, counts=phase_shards)
                     finally:
                         if ahead is not None:
                             ahead.abort()  # nothing if its phase consumed it
@@ -92,6 +117,9 @@ def run(config: RunConfig, progress: str = "auto") -> RunReport:
                 except BaseException as e:  # recorded before Ray is torn down: a dying Ray may end the process
                     stopped = True
                     _record_stop(store, run_id, e)
+                    signalled = _signal_exception(run_id, e)
+                    if signalled is not None:  # what the signal became on its way out (Ray Data's wrappers)
+                        raise signalled from e
                     raise
         except BaseException as e:
             if not stopped:
@@ -100,22 +128,106 @@ def run(config: RunConfig, progress: str = "auto") -> RunReport:
         store.end_run(run_id, "finished")
         totals = store.totals(run_id)
         reasons = store.quarantine_reasons(run_id) if totals["quarantined"] else []
+        warnings = _empty_inputs(store, run_id, inputs)
     _remove_handoff(config, run_id)
     report = RunReport(run_id, config.db, attempt, len(shards), skipped, **totals, selections=selections,
-                       quarantine_reasons=reasons)
+                       quarantine_reasons=reasons, phase_shards=phase_shards, warnings=warnings)
     return _check_counts(report)
 
 
+SIGNAL_WHY = {signal.SIGINT: "by the user (Ctrl-C / SIGINT)",
+              signal.SIGTERM: "by SIGTERM (kill, timeout or a scheduler)"}
+
+
+class Terminated(SystemExit):
+    """Raised in the main thread by curate's SIGTERM handler (exit status 143, as a shell reports it)."""
+
+    def __init__(self):
+        super().__init__(128 + signal.SIGTERM)
+
+
+# The handler `_interrupt_handlers` installed, put back after `ray.init`, which sets its own for SIGTERM.
+_HANDLER: list = []
+_SIGNALLED: dict[str, int] = {}  # run id → the signal that stopped it, set by the handler
+
+
+@contextmanager
+def _interrupt_handlers(store: Store, run_id: str):
+    """While the run goes on (in the main thread: signals go nowhere else), SIGTERM and SIGINT
+    first mark the run `interrupted` in the database, then unwind the run (SIGTERM as
+    `Terminated`, SIGINT as KeyboardInterrupt), so the status is written even when Ray, torn
+    down by the same signal, ends the process before the unwinding reaches `_record_stop`. The
+    previous handlers are back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        _SIGNALLED[run_id] = signum
+        _mark_interrupted(store, run_id, f"interrupted {SIGNAL_WHY[signum]}")
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Terminated()
+
+    _SIGNALLED.pop(run_id, None)
+    before = {sig: signal.signal(sig, handler) for sig in SIGNAL_WHY}
+    _HANDLER.append(handler)
+    try:
+        yield
+    finally:
+        _HANDLER.remove(handler)
+        for sig, h in before.items():
+            signal.signal(sig, h)
+
+
+def _reinstall_interrupt_handlers() -> None:
+    """After `ray.init`, which replaces the SIGTERM handler with its own `sys.exit(15)`."""
+    if _HANDLER and threading.current_thread() is threading.main_thread():
+        for sig in SIGNAL_WHY:
+            signal.signal(sig, _HANDLER[-1])
+
+
+def _mark_interrupted(store: Store, run_id: str, why: str) -> None:
+    with suppress(Exception):  # in a signal handler: whatever fails here, the unwinding records it again
+        store.mark_interrupted(run_id, why)
+
+
+def _empty_inputs(store: Store, run_id: str, inputs) -> list[str]:
+    """A warning for each input file of which no row was read (an empty file, blank lines only,
+    a header alone, an empty list), printed on stderr as well."""
+    read = dict(store.con.execute("SELECT path, sum(rows_in) FROM shards WHERE run_id = ? AND phase = 0 GROUP BY path",
+                                  [run_id]).fetchall())
+    out = []
+    for inp in inputs:
+        if not read.get(inp.path):
+            out.append(f"input {inp.path} is empty: 0 rows read")
+            print(f"warning: {out[-1]}", file=sys.stderr, flush=True)
+    return out
+
+
 def _record_stop(store: Store, run_id: str, e: BaseException) -> None:
-    """Ctrl-C and SIGTERM (Ray's handler exits with the signal number) mark the run interrupted
-    and say how to go on; anything else marks it failed, with the error."""
-    if isinstance(e, (KeyboardInterrupt, SystemExit)):
-        why = "by the user (Ctrl-C / SIGINT)" if isinstance(e, KeyboardInterrupt) else \
-            f"(exit {e.code}: SIGTERM from kill, timeout or a scheduler)"
+    """Ctrl-C and SIGTERM (curate's handler, or Ray's, which exits with the signal number) mark
+    the run interrupted and say how to go on; anything else marks it failed, with the error."""
+    signum = _SIGNALLED.get(run_id)
+    if signum is not None:  # whatever the exception became on its way out (a stream cut short, say)
+        store.end_run(run_id, "interrupted", f"interrupted {SIGNAL_WHY[signum]}")
+        print("interrupted: rerun the same command to resume", file=sys.stderr, flush=True)
+    elif isinstance(e, (KeyboardInterrupt, SystemExit)):
+        why = SIGNAL_WHY[signal.SIGINT] if isinstance(e, KeyboardInterrupt) else SIGNAL_WHY[signal.SIGTERM] \
+            if isinstance(e, Terminated) else f"(exit {e.code}: SIGTERM from kill, timeout or a scheduler)"
         store.end_run(run_id, "interrupted", f"interrupted {why}")
         print("interrupted: rerun the same command to resume", file=sys.stderr, flush=True)
     else:
         store.end_run(run_id, "failed", _error_text(e)[:4000])
+
+
+def _signal_exception(run_id: str, e: BaseException) -> BaseException | None:
+    """The exception to leave the run with when a signal stopped it but `e` is another (a stream
+    cut short): `Terminated` or KeyboardInterrupt, so the caller exits as for the signal."""
+    signum = _SIGNALLED.get(run_id)
+    if signum is None or isinstance(e, (KeyboardInterrupt, SystemExit)):
+        return None
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
 
 def _error_text(e: BaseException) -> str:
@@ -139,15 +251,20 @@ def _selectors_use_ray(config: RunConfig) -> bool:
 
 def _run_phase(config: RunConfig, phase: Phase, following: Phase | None, ahead: EarlyStream | None,
                shards: list[ShardSpec], store: Store, run_id: str, env: RayEnvironment, progress: str,
-               multi: bool) -> EarlyStream | None:
+               multi: bool, counts: list[tuple[int, int]] | None = None) -> EarlyStream | None:
     """Stream the phase's uncommitted shards, then decide its global stages (the barrier).
     Phase 0 reads the input; phase k > 0 the survivors of phase k - 1, handed over as Parquet.
     `ahead` is this phase's stream if it started during the barrier before; returns the next
-    phase's stream if that one starts during this phase's barrier."""
+    phase's stream if that one starts during this phase's barrier. Appends (shards streamed now,
+    shards committed earlier) to `counts`."""
     if phase.barrier and all(store.global_step_done(run_id, p.name) for p in phase.barrier):
+        if counts is not None:
+            counts.append((0, len(shards)))
         return None  # finished by an earlier attempt
     done = store.committed_shards(run_id, phase.index)
     todo = [s for s in shards if s.shard not in done]
+    if counts is not None:
+        counts.append((len(todo), len(done)))
     specs, paths = _phase_inputs(config, phase, shards, todo, run_id)
     if phase.index > 0 and todo:
         folder = handoff_dir(config.db, run_id, phase.index, config.work_dir)
@@ -326,6 +443,7 @@ class RayEnvironment:
 
         if not self.ray_started:
             self.stack.enter_context(ray_session(self.config))
+            _reinstall_interrupt_handlers()
             self.ray_started = True
         if engines and self.engines is None:
             from curate.generators.engines import start_engines, vllm_specs

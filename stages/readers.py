@@ -59,13 +59,26 @@ def resolve_inputs(inputs: list) -> list[InputFile]:
 
     A DatasetDict read without `splits` gives its `train` split only, and says on stderr which
     splits it skipped, so that a `test` split never mixes into training data unasked; one with no
-    `train` split needs `splits`. Raises CurateError for a missing input, an unknown format, an
+    `train` split needs `splits`. A file named twice (by two items, a glob and a path, or a
+    repeated item) is read once, with a warning on stderr. Raises CurateError for a missing input, an unknown format, an
     unknown split, or `splits` on an input that has none."""
     found: list[InputFile] = []
+    seen: dict[tuple, str] = {}  # (real path, splits) → the item that named it first
+
+    def add(inp: InputFile, item: str) -> None:
+        key = (os.path.realpath(inp.path), inp.splits)
+        if key in seen:  # read once: the same rows twice are not more data
+            named = f"as {item!r} and {seen[key]!r}" if item != seen[key] else f"as {item!r}"
+            print(f"warning: input {inp.path} is given more than once ({named}); reading it once",
+                  file=sys.stderr, flush=True)
+            return
+        seen[key] = item
+        found.append(inp)
+
     for entry in inputs:
         item, splits = _path_and_splits(entry)
         if item == DEMO:
-            found.append(InputFile(_bundled_demo(), "jsonl"))
+            add(InputFile(_bundled_demo(), "jsonl"), item)
             continue
         paths = sorted(glob.glob(os.path.expanduser(item))) if glob.has_magic(item) else [item]
         if not paths or not all(os.path.exists(p) for p in paths):
@@ -75,7 +88,7 @@ def resolve_inputs(inputs: list) -> list[InputFile]:
             chosen = _choose_splits(p, splits) if fmt == "hf" else None
             if splits is not None and fmt != "hf":
                 raise CurateError(f"input {p}: `splits` applies to a Hugging Face DatasetDict folder, not a {fmt} file")
-            found.append(InputFile(os.path.abspath(p), fmt, chosen))
+            add(InputFile(os.path.abspath(p), fmt, chosen), item)
     if not found:
         raise CurateError("no input given: pass --input PATH or set `input:` in the config")
     return found

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 
@@ -32,6 +33,8 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at TIMESTAMP
 );
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS error VARCHAR;  -- why the last attempt failed
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER;    -- the process of the last attempt
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;   -- and its machine (socket.gethostname())
 CREATE TABLE IF NOT EXISTS samples (
     run_id VARCHAR NOT NULL,
     {S.sample_columns_ddl()},
@@ -161,6 +164,19 @@ COVERAGE_COLUMNS = ("coverage_vectors", "coverage_rows", "coverage_mean", "cover
                     "random_coverage_mean", "random_coverage_p90", "random_draws")
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OverflowError:
+        return False
+    except PermissionError:
+        return True  # someone else's
+    return True
+
+
 def connect(path: str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open a DuckDB file, turning the single-writer lock conflict into a clear error."""
     if read_only and not os.path.exists(path):
@@ -214,26 +230,62 @@ class Store:
     # ------------------------------------------------------------------ runs
 
     def begin_run(self, run_id: str, name: str | None, config: dict, inputs: list[dict]) -> int:
-        """Register a run, or an attempt at finishing one; returns the attempt number."""
-        now = _now()
+        """Register a run, or an attempt at finishing one; returns the attempt number. Runs left
+        `running` by a process that is gone are marked interrupted first (`mark_stale_runs`)."""
+        self.mark_stale_runs()
+        now, pid, host = _now(), os.getpid(), socket.gethostname()
         row = self.con.execute("SELECT attempts FROM runs WHERE run_id = ?", [run_id]).fetchone()
         if row is None:
             self.con.execute(
-                "INSERT INTO runs (run_id, name, config, inputs, status, attempts, started_at, last_attempt_at) "
-                "VALUES (?, ?, ?, ?, 'running', 1, ?, ?)",
-                [run_id, name, json.dumps(config), json.dumps(inputs), now, now],
+                "INSERT INTO runs (run_id, name, config, inputs, status, attempts, started_at, last_attempt_at, pid, host) "
+                "VALUES (?, ?, ?, ?, 'running', 1, ?, ?, ?, ?)",
+                [run_id, name, json.dumps(config), json.dumps(inputs), now, now, pid, host],
             )
             return 1
         self.con.execute(
             "UPDATE runs SET attempts = attempts + 1, status = 'running', finished_at = NULL, error = NULL, "
-            "last_attempt_at = ?, config = ? WHERE run_id = ?",
-            [now, json.dumps(config), run_id],
+            "last_attempt_at = ?, config = ?, pid = ?, host = ? WHERE run_id = ?",
+            [now, json.dumps(config), pid, host, run_id],
         )
         return row[0] + 1
 
     def end_run(self, run_id: str, status: str, error: str | None = None) -> None:
         self.con.execute("UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE run_id = ?",
                          [status, _now(), error, run_id])
+
+    def mark_interrupted(self, run_id: str, why: str) -> None:
+        """`interrupted` with `why`, if the run is still `running`, on a connection of its own: a
+        signal handler calls this, maybe inside a shard's transaction, which may then roll back
+        without taking the status with it."""
+        con = self.con.cursor()
+        try:
+            con.execute("UPDATE runs SET status = 'interrupted', finished_at = ?, error = ? "
+                        "WHERE run_id = ? AND status = 'running'", [_now(), why, run_id])
+        finally:
+            con.close()
+
+    def stale_runs(self) -> list[tuple[str, int | None, str | None]]:
+        """(run_id, pid, host) of the runs marked `running` whose process is gone: its pid is not
+        alive on this machine, or no pid was recorded (a database older than the column). A run
+        recorded on another machine is left alone (its process cannot be checked from here)."""
+        try:
+            rows = self.con.execute("SELECT run_id, pid, host FROM runs WHERE status = 'running'").fetchall()
+        except duckdb.Error:  # opened read-only, older than the pid column: nothing to tell
+            return []
+        here = socket.gethostname()
+        return [(r, pid, host) for r, pid, host in rows
+                if pid is None or (host == here and pid != os.getpid() and not pid_alive(pid))]
+
+    def mark_stale_runs(self) -> list[str]:
+        """Mark `interrupted` the runs whose process ended without saying so (SIGKILL, a crash, the
+        machine stopped); returns their ids."""
+        stale = self.stale_runs()
+        for run_id, pid, host in stale:
+            who = f"process {pid} on {host}" if pid is not None else "its process"
+            self.con.execute("UPDATE runs SET status = 'interrupted', error = ? WHERE run_id = ? AND status = 'running'",
+                             [f"interrupted: {who} ended without recording it (killed, crashed or its machine "
+                              f"stopped); stale, found on a later start", run_id])
+        return [r for r, _, _ in stale]
 
     def record_engines(self, run_id: str, attempt: int, stats: list[dict], stream_end_at: float) -> None:
         def ts(seconds):

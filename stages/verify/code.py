@@ -6,7 +6,8 @@ the task carried them) or else from the response itself, after a `<tests>` tag (
 format). Each response runs once in the sandbox with all its tests; a failing one is dropped with
 the failure kind (`code_exec:syntax_error`, `assertion`, `wrong_output`, `timeout`, `memory`,
 `crash`, `exception:<Type>`, `early_exit`, `forged`, ...). Rows without tests pass through
-unverified unless `require_tests`. An in-process (assert mode) verdict lists the introspection
+unverified unless `require_tests`; a tests field of another type (`"tests": 5`, a dict, a bool, a
+list holding a non-string) is dropped as `code_exec:invalid_tests:<type>`. An in-process (assert mode) verdict lists the introspection
 tools the solution mentions (frames, gc, ctypes, raw fd writes, the runner's `__curate_` names),
 the ways such code could forge it. Scores: `code_pass_rate` (tests passed) per response and
 `code_task_pass_rate` (responses passing among the same parent's responses in the batch).
@@ -69,10 +70,23 @@ def split_response(text: str) -> tuple[str, str | None]:
 
 
 def meta_tests(meta: dict, key: str) -> str | None:
+    """The tests in `meta[key]` (a string, or a list of strings joined by lines); None when absent
+    or empty. Raises `InvalidTests` for any other value (a number, a bool, a dict, a list holding
+    one): the data is at fault, and a malformed field is not the same as no tests."""
     value = meta.get(key)
+    if value is None:
+        return None
     if isinstance(value, list):
-        value = "\n".join(str(v) for v in value)
-    return value if isinstance(value, str) and value.strip() else None
+        if not all(isinstance(v, str) for v in value):
+            raise InvalidTests("list")
+        value = "\n".join(value)
+    if not isinstance(value, str):
+        raise InvalidTests(type(value).__name__)
+    return value if value.strip() else None
+
+
+class InvalidTests(ValueError):
+    """`meta[tests_key]` is neither a string nor a list of strings; the message is its type."""
 
 
 class CodeExecution(R.VerifierStage):
@@ -107,7 +121,12 @@ class CodeExecution(R.VerifierStage):
         verdicts: list[R.RowVerdict | None] = [None] * batch.num_rows
         for i, (meta, text) in enumerate(zip(metas, texts)):
             solution, response_tests = split_response(text)
-            tests, source = meta_tests(meta, self.tests_key), "meta"
+            try:
+                tests, source = meta_tests(meta, self.tests_key), "meta"
+            except InvalidTests as e:
+                verdicts[i] = R.RowVerdict(self.verifier, False, "none", {"kind": "invalid_tests", "type": str(e)},
+                                           f"{self.verifier}:invalid_tests:{e}")
+                continue
             if tests is None:
                 tests, source = response_tests, "response"
             if tests is None:

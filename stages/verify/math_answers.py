@@ -23,6 +23,8 @@ either way), `steps` (normalisations taken: units, percent, number words), `extr
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import threading
 
@@ -142,6 +144,31 @@ def extract_answer(text: str) -> tuple[str | None, str]:
     return None, "none"
 
 
+def _scalar_text(value) -> str:
+    """A string as it is; a number as JSON writes it (`3`, `0.5`)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _json_text(value) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def invalid_reference(value) -> str | None:
+    """The type name of a reference answer that cannot be compared (`dict`, `bool`, a list holding
+    either, a number that is not finite), or None for a string, a finite number or a list of those."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float, list, tuple)):
+        return type(value).__name__
+    if isinstance(value, float) and not math.isfinite(value):
+        return "float"
+    if isinstance(value, (list, tuple)) and any(invalid_reference(v) is not None or isinstance(v, (list, tuple))
+                                                for v in value):
+        return "list"
+    return None
+
+
 class MathAnswer(R.VerifierStage):
     """Rows whose `meta[answer_key]` is set: the response's final answer must equal it.
 
@@ -149,7 +176,9 @@ class MathAnswer(R.VerifierStage):
     `float_rounding` (decimal places Math-Verify rounds floats to; 6), `timeout_s` (wall seconds
     per answer, in a child process; an overrun fails the row as `timeout`), `memory_mb` (the
     child's address-space limit). Drop reasons: `math_answer:wrong_answer`, `no_answer`,
-    `no_reference`, `timeout`, `error`.
+    `no_reference`, `timeout`, `error`, `too_long` (an answer or reference over
+    `math_equiv.MAX_CHARS` that is not the same string or numeral), `invalid_answer:<type>` (the
+    reference is not a string, a number or a list of those: `dict`, `bool`, ...).
     """
 
     name = "verify_math"
@@ -188,12 +217,20 @@ class MathAnswer(R.VerifierStage):
         verdicts = []
         for meta, text in zip(R.metas(batch), R.responses(batch)):
             reference = meta.get(self.answer_key)
-            if reference is None or str(reference).strip() == "":
+            if reference is None or (isinstance(reference, (str, list, tuple)) and not "".join(map(str, reference)).strip()):
                 verdicts.append(R.RowVerdict(self.verifier, False, "none", {"kind": "no_reference", "rule": "no_reference"},
                                              f"{self.verifier}:no_reference") if self.require_answer
                                 else R.RowVerdict(self.verifier, None))
                 continue
-            reference = ", ".join(map(str, reference)) if isinstance(reference, (list, tuple)) else str(reference)
+            bad = invalid_reference(reference)
+            if bad is not None:  # the data is at fault, not the response: never a Python repr compared
+                verdicts.append(R.RowVerdict(self.verifier, False, "none",
+                                             {"kind": "invalid_answer", "rule": "invalid_answer", "type": bad,
+                                              "reference": _json_text(reference)[:200]},
+                                             f"{self.verifier}:invalid_answer:{bad}"))
+                continue
+            reference = ", ".join(map(_scalar_text, reference)) if isinstance(reference, (list, tuple)) \
+                else _scalar_text(reference)
             answer, how = extract_answer(text)
             if answer is None:
                 verdicts.append(R.RowVerdict(self.verifier, False, "reference",
@@ -203,8 +240,8 @@ class MathAnswer(R.VerifierStage):
             checked = self.checker().check(answer, reference)
             if checked.equal:
                 kind = checked.rule
-            else:
-                kind = checked.rule if checked.rule in ("timeout", "error") else "wrong_answer"
+            else:  # too_long: neither equal as written nor readable in bounded time, so not judged wrong
+                kind = checked.rule if checked.rule in ("timeout", "error", "too_long") else "wrong_answer"
             detail = {"kind": kind, "rule": checked.rule, "steps": list(checked.steps), "answer": answer[:200],
                       "extracted_by": how, "reference": reference}
             if checked.error:

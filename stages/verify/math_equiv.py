@@ -24,6 +24,10 @@ curate adds the readings a bare parser gets wrong on answers as models and data 
   is an equation counts by its right side only when it is an assignment (`x = 5`) or true
   arithmetic (`17 \\cdot 24 = 408`); `2x + 1 = 3` does not answer `3`.
 - ``unparsed_answer`` / ``unparsed_reference``: Math-Verify could not read one side: not equal.
+- ``too_long``: a side is over `MAX_CHARS` (4,000) characters after clean-up and the two are
+  neither the same string (``exact``, any length) nor plain decimal numerals (compared by exact
+  value, ``numeric``): too long to parse in bounded time, so not decided (the stage drops it as
+  `math_answer:too_long`, not as a wrong answer).
 
 Before these, number words are read as numbers (`twelve`, `one hundred and five`, `three
 quarters`, `12 million`), plain-text names get their LaTeX form (`pi`, `sqrt(2)`, `x**2`,
@@ -558,7 +562,18 @@ def _percent_compare(a: str, a_pct: bool, r: str, r_pct: bool, float_rounding: i
 # ------------------------------------------------------------------------------------------------
 
 
-MAX_CHARS = 4000  # a final answer longer than this is not one (and regexes stay cheap)
+MAX_CHARS = 4000  # longer sides are compared only as strings or plain numerals (parsing stays cheap)
+LONG_NUMERAL = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")
+
+
+def compare_long_numerals(a: str, r: str) -> bool | None:
+    """Two plain decimal numerals (`-12.50`, any length) compared by exact value; None when either
+    side is anything else."""
+    if not (LONG_NUMERAL.fullmatch(a) and LONG_NUMERAL.fullmatch(r)):
+        return None
+    from decimal import Decimal
+
+    return Decimal(a) == Decimal(r)  # exact whatever the context's precision
 
 
 def compare(answer: str, reference: str, float_rounding: int = 6) -> Match:
@@ -569,15 +584,18 @@ def compare(answer: str, reference: str, float_rounding: int = 6) -> Match:
     reference, how = reference_answer(str(reference))
     if how != "raw":
         steps.append(f"reference_{how}")
-    if len(str(answer)) > MAX_CHARS or len(reference) > MAX_CHARS:
-        return Match(False, "too_long", tuple(steps))
-    a, r = clean(str(answer)), clean(reference)
+    a, r = clean(str(answer)), clean(reference)  # linear in the length: safe on any size
     if not a:
         return Match(False, "empty_answer", tuple(steps))
     if not r:
         return Match(False, "empty_reference", tuple(steps))
     if a == r:
         return Match(True, "exact", tuple(steps))
+    if len(a) > MAX_CHARS or len(r) > MAX_CHARS:
+        decided = compare_long_numerals(a, r)
+        if decided is not None:
+            return Match(decided, "numeric", tuple(steps))
+        return Match(False, "too_long", tuple(steps))  # not verifiable in bounded time: neither equal nor wrong
 
     decided = compare_bases(a, r)
     if decided is not None:

@@ -226,3 +226,24 @@ def test_export_drops_reads_an_old_database(run_db, tmp_path):
     sh(tmp_path, "export", "--db", str(old), "--drops", "-f", "jsonl", "--out", str(tmp_path / "d.jsonl"))
     rows = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
     assert {r["id"]: (r["kind"], r["value"]) for r in rows if r["status"] == "dropped"} == expected
+
+
+def test_a_repeat_dropped_at_store_shows_its_own_row_and_names_the_kept_one(tmp_path):
+    """A row read twice is stored once (its id is its content's hash), numbered as its first,
+    kept copy; the repeat dropped at `store` is listed with its own row number and points to the
+    kept row, labelled as such; `--id` lists where the repeats were."""
+    rows = [{"instruction": f"Give me fact number {i} about owls.", "output": f"Owls have fact {i} going for them."}
+            for i in range(4)]
+    write_jsonl(tmp_path / "seeds.jsonl", [rows[0], rows[1], rows[2], rows[1], rows[3], rows[1]])
+    stages = '[{exact_dedup: {text: instruction}}]'
+    sh(tmp_path, "run", "--input", "seeds.jsonl", "--db", "twin.duckdb", "--progress", "off", "--set", f"stages={stages}")
+    (stored_row,), = q(tmp_path / "twin.duckdb", "SELECT \"row\" FROM samples WHERE messages[1].content = ?", rows[1]["instruction"])
+    twins = [r[0] for r in q(tmp_path / "twin.duckdb", "SELECT \"row\" FROM drops WHERE stage = 'store' ORDER BY 1")]
+    assert stored_row == 1 and twins == [3, 5]
+    out = sh(tmp_path, "show", "--db", "twin.duckdb", "--stage", "store").stdout
+    heads = re.findall(r"^── \d+/\d+ · \w+ · \w+ · seeds row (\d+)$", out, re.M)
+    assert heads == ["3", "5"], out
+    assert out.count("(a repeat of the kept row: seeds row 1)") == 2, out
+    (id_,), = q(tmp_path / "twin.duckdb", "SELECT id FROM samples WHERE \"row\" = 1")
+    out = sh(tmp_path, "show", "--db", "twin.duckdb", "--id", id_).stdout
+    assert "seeds row 1\n" in out and "2 repeats of it dropped at store (seeds row 3, seeds row 5)" in out, out

@@ -163,6 +163,28 @@ def test_a_file_of_blank_lines_is_a_finished_run_with_no_rows(ray_local, tmp_pat
     assert again.shards_skipped == 1
 
 
+def test_an_empty_input_and_a_file_given_twice_are_named_in_warnings(ray_local, tmp_path, capsys):
+    """An empty file and a file of blank lines: 0 rows read, each named in a warning; a file given
+    twice (the same path again, and matched by a glob as well) is read once, with a warning."""
+    rows = [{"instruction": f"Name the colour number {i}.", "output": f"Colour {i} is a shade of blue."} for i in range(3)]
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    blank = tmp_path / "blank.csv"
+    blank.write_text("instruction,output\n")  # a header alone
+    db = tmp_path / "w.duckdb"
+    capsys.readouterr()
+    report = run(load_config(None, input=[str(data), str(empty), str(data), str(tmp_path / "d*.jsonl"), str(blank)],
+                             db=str(db)), progress="off")
+    err = capsys.readouterr().err
+    assert report.rows_in == 3 and report.kept == 3  # data.jsonl once
+    assert err.count(f"warning: input {data} is given more than once") == 2, err
+    assert f"as {str(tmp_path / 'd*.jsonl')!r} and {str(data)!r}" in err
+    assert report.warnings == [f"input {empty} is empty: 0 rows read", f"input {blank} is empty: 0 rows read"]
+    assert f"warning: input {empty} is empty: 0 rows read" in err and f"warning: input {empty} is empty" in report.summary()
+    assert f"warning: input {blank} is empty: 0 rows read" in report.summary()
+
+
 def test_actor_stages_that_cannot_fit_are_a_clear_error(ray_local, tmp_path, alpaca_rows):
     from curate.errors import CurateError
 

@@ -1,6 +1,7 @@
 """Commits are atomic and idempotent: a rerun adds nothing, a run killed with SIGKILL resumes and
 ends with exactly the rows of an uninterrupted run."""
 
+import json
 import os
 import signal
 import subprocess
@@ -183,3 +184,71 @@ def test_a_worker_killed_mid_run_loses_nothing(ray_local, tmp_path, alpaca_rows)
     clean_db = tmp_path / "clean.duckdb"
     run(load_config(None, input=[str(src)], db=str(clean_db), shard_size=shard_size, stages=STAGES), progress="off")
     assert snapshot(db) == snapshot(clean_db)
+
+
+def test_a_run_whose_process_died_unrecorded_shows_stale_and_the_next_start_marks_it_interrupted(tmp_path):
+    """A process that registered a run and was killed with SIGKILL (nothing can record that):
+    `curate runs` shows the run as `interrupted (stale)`, and the next start writes it so."""
+    db = tmp_path / "stale.duckdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "from curate.storage.store import Store; import time; s = Store(%r); "
+                               "s.begin_run('r1', 'dead', {}, []); s.close(); print('running', flush=True); "
+                               "time.sleep(60)" % str(db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "running"
+    finally:
+        holder.kill()
+        holder.wait()
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT status, pid FROM runs").fetchall() == [("running", holder.pid)]
+    con.close()
+    listed = subprocess.run([*curate_cmd(), "runs", "--db", str(db), "--format", "csv"], capture_output=True, text=True)
+    assert listed.returncode == 0 and ",interrupted (stale),1," in listed.stdout, listed.stdout + listed.stderr
+
+    from curate.storage.store import Store
+
+    with Store(str(db)) as store:
+        assert store.begin_run("r2", "next", {}, []) == 1
+        runs = dict(store.con.execute("SELECT run_id, status || ': ' || error FROM runs WHERE run_id = 'r1'").fetchall())
+        assert store.stale_runs() == []  # r2 is this process's own run
+    assert runs["r1"].startswith(f"interrupted: interrupted: process {holder.pid} on ") and "stale" in runs["r1"]
+
+
+def test_sigterm_mid_phase_marks_the_run_interrupted_and_the_resume_counts_the_shards_it_streamed(ray_local, tmp_path):
+    """A two-phase run (exact dedup is a barrier) on 40 rows in 8 shards, sent SIGTERM during
+    phase 1: `interrupted` by SIGTERM in the database; the resume streams the phase-1 shards left
+    and says so per phase, not `0 of 8` from phase 0's count alone."""
+    from conftest import run_killing_at
+
+    rows = [{"instruction": f"Task {i}: describe item {i} in a few words.",
+             "output": " ".join(f"word{j}" for j in range(6 + i % 6))} for i in range(40)]
+    src = write_jsonl(tmp_path / "seeds.jsonl", rows)
+    db = tmp_path / "term.duckdb"
+    stages = [{"filters": {"min_response_words": 3}}, {"exact_dedup": {"text": "instruction"}},
+              {"filters": {"min_response_words": 9}}]
+    cmd = [*curate_cmd(), "run", "--db", str(db), "--progress", "lines", "--input", str(src),
+           "--set", "shard_size=5", "--set", f"stages={json.dumps(stages)}"]
+
+    def term(pid):
+        os.kill(pid, signal.SIGTERM)  # the driver alone, as `kill PID` sends it
+        return [pid]
+
+    code, _, err = run_killing_at(cmd, lambda line: line.startswith("committed shard") and "(phase 1)" in line, term)
+    con = duckdb.connect(str(db), read_only=True)
+    (status, error), = con.execute("SELECT status, error FROM runs").fetchall()
+    shards = dict(con.execute("SELECT phase, count(*) FROM shards GROUP BY phase").fetchall())
+    con.close()
+    assert (status, error) == ("interrupted", "interrupted by SIGTERM (kill, timeout or a scheduler)"), (code, err[-3000:])
+    assert "interrupted: rerun the same command to resume" in err
+    done_before = shards.get(1, 0)
+    assert shards[0] == 8 and 1 <= done_before < 8, f"the SIGTERM must land inside phase 1: {shards}"
+
+    resumed = run(load_config(None, input=[str(src)], db=str(db), shard_size=5, stages=stages), progress="off")
+    assert resumed.attempt == 2 and resumed.shards_skipped == 8
+    assert resumed.phase_shards == [(0, 8), (8 - done_before, done_before)]
+    assert resumed.shards_processed == 8 - done_before
+    assert (f"phase 0: 0 of 8 shards processed (8 committed earlier); "
+            f"phase 1: {8 - done_before} of 8 processed ({done_before} committed earlier)") in resumed.summary()
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT status, error FROM runs").fetchall() == [("finished", None)]
+    con.close()

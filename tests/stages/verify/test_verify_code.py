@@ -128,3 +128,28 @@ def test_stage_refuses_without_a_jail_unless_allowed(monkeypatch):
     with pytest.raises(SandboxUnavailableError, match="apt-get install -y bubblewrap"):
         CodeExecution()
     CodeExecution(allow_unsandboxed=True)
+
+
+def test_a_tests_field_of_another_type_is_dropped_as_invalid_not_passed_as_no_tests():
+    code = fenced("def f():\n    return 1\n")
+    rows = [{"instruction": "int", "response": code, "meta": {"tests": 5}},
+            {"instruction": "dict", "response": code, "meta": {"tests": {"assert": "f() == 1"}}},
+            {"instruction": "bool", "response": code, "meta": {"tests": True}},
+            {"instruction": "float", "response": code, "meta": {"tests": 0.5}},
+            {"instruction": "list of numbers", "response": code, "meta": {"tests": ["assert f() == 1", 3]}},
+            # the response's own tests do not stand in for a malformed field
+            {"instruction": "int, tests in the response", "response": code + "<tests>\nassert f() == 1\n</tests>",
+             "meta": {"tests": 7}},
+            {"instruction": "absent", "response": code, "meta": {}},  # these three: no tests, as before
+            {"instruction": "null", "response": code, "meta": {"tests": None}},
+            {"instruction": "blank", "response": code, "meta": {"tests": "  "}}]
+    result = CodeExecution(allow_unsandboxed=True)(rows_table(rows))  # no row here reaches the sandbox
+    assert [m[0]["content"] for m in result.kept["messages"].to_pylist()] == ["absent", "null", "blank"]
+    assert result.verdicts.kept.to_pylist() == [[], [], []]
+    assert result.reasons == ["code_exec:invalid_tests:int", "code_exec:invalid_tests:dict",
+                              "code_exec:invalid_tests:bool", "code_exec:invalid_tests:float",
+                              "code_exec:invalid_tests:list", "code_exec:invalid_tests:int"]
+    detail = json.loads(result.verdicts.dropped.to_pylist()[0][0]["detail"])
+    assert detail == {"kind": "invalid_tests", "type": "int"}
+    required = CodeExecution(allow_unsandboxed=True, require_tests=True)(rows_table(rows[6:]))
+    assert result.kept.num_rows == 3 and required.reasons == ["code_exec:no_tests"] * 3

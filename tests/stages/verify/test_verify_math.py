@@ -89,3 +89,50 @@ def test_stage_keeps_right_answers_and_drops_wrong_ones():
     kept_verdicts = result.verdicts.kept.to_pylist()
     assert [json.loads(v[0]["detail"])["kind"] for v in kept_verdicts[:2]] == ["exact", "numeric"] and kept_verdicts[2] == []
     assert json.loads(result.verdicts.dropped.to_pylist()[0][0]["detail"])["answer"] == "418"
+
+
+# -- a reference that is not a string, a number or a list of those; answers longer than MAX_CHARS ----
+def _stage_result(rows, stage=None):
+    samples = []
+    for q, a, meta in rows:
+        messages = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        samples.append({"id": S.sample_id(messages), "messages": messages, "origin": "seed", "source": "t",
+                        "parent_ids": [], "meta": json.dumps(meta)})
+    stage = stage or MathAnswer()
+    try:
+        return stage(pa.table(S.sample_arrays(samples)))
+    finally:
+        if stage._checker is not None:
+            stage.checker().close()
+
+
+def test_a_reference_of_the_wrong_type_is_dropped_as_invalid_never_compared_by_repr():
+    rows = [("dict", "The answer is \\boxed{{'value': 4}}", {"answer": {"value": 4}}),  # its repr, word for word
+            ("bool", "The answer is True.", {"answer": True}),
+            ("list of dicts", "\\boxed{{'a': 1}}", {"answer": [{"a": 1}]}),
+            ("nested list", "\\boxed{1, 2}", {"answer": [[1, 2]]}),
+            ("int", "The answer is 4.", {"answer": 4}),  # numbers and lists keep comparing as before
+            ("float", "The answer is 0.5.", {"answer": 0.5}),
+            ("list", "\\boxed{3, 5}", {"answer": [3, "5"]}),
+            ("empty list", "4", {"answer": []})]  # nothing to check against: passes unverified
+    result = _stage_result(rows)
+    assert [m[0]["content"] for m in result.kept["messages"].to_pylist()] == ["int", "float", "list", "empty list"]
+    assert result.reasons == ["math_answer:invalid_answer:dict", "math_answer:invalid_answer:bool",
+                              "math_answer:invalid_answer:list", "math_answer:invalid_answer:list"]
+    details = [json.loads(v[0]["detail"]) for v in result.verdicts.dropped.to_pylist()]
+    assert details[0] == {"kind": "invalid_answer", "rule": "invalid_answer", "type": "dict", "reference": '{"value": 4}'}
+    assert result.verdicts.kept.to_pylist()[3] == []
+
+
+def test_an_exact_long_answer_is_accepted_and_an_unverifiable_one_has_its_own_reason():
+    digits = "".join(str((i * 7 + 3) % 10) for i in range(5000))
+    formula = "+".join(["x"] * 2100)  # 4,199 characters: too long to parse, not the same string
+    rows = [("exact", f"The result is \\boxed{{{digits}}}.", {"answer": digits}),
+            ("numeral", f"The answer is {digits}.0", {"answer": digits}),  # long plain numerals: by value
+            ("wrong digit", f"\\boxed{{{digits[:-1]}9}}", {"answer": digits[:-1] + "8"}),
+            ("unverifiable", f"\\boxed{{{formula}}}", {"answer": "2100x"}),
+            ("long reference", "\\boxed{2100x}", {"answer": formula})]
+    result = _stage_result(rows)
+    assert [m[0]["content"] for m in result.kept["messages"].to_pylist()] == ["exact", "numeral"]
+    assert [json.loads(v[0]["detail"])["rule"] for v in result.verdicts.kept.to_pylist()] == ["exact", "numeric"]
+    assert result.reasons == ["math_answer:wrong_answer", "math_answer:too_long", "math_answer:too_long"]

@@ -78,3 +78,33 @@ def test_verifiers_through_the_runner(ray_local, tmp_path):
     code = [(p, s) for (i, v), (p, s, d) in verdicts.items() if v == "code_exec" and p]
     assert len(code) == 6 and {s for _, s in code} <= {"io", "in_process"}
     assert q(db, "SELECT count(*) FROM scores WHERE run_id = ? AND name = 'code_pass_rate'", report.run_id) == [(15,)]
+
+
+def test_malformed_tests_and_answers_through_the_runner(ray_local, tmp_path):
+    """A JSONL file as a user writes it: `"tests": 5`, an answer given as a dict or a bool, a
+    5,000-digit answer the response gives exactly; each gets its own verdict in the database."""
+    digits = "".join(str((i * 3 + 1) % 10) for i in range(5000))
+    code = fenced("def f():\n    return 1\n")
+    table = [
+        ({"instruction": "Tests as a number.", "output": code, "tests": 5}, "code_exec:invalid_tests:int"),
+        ({"instruction": "Tests as a dict.", "output": code, "tests": {"f()": 1}}, "code_exec:invalid_tests:dict"),
+        ({"instruction": "Tests as a bool.", "output": code, "tests": False}, "code_exec:invalid_tests:bool"),
+        ({"instruction": "No tests at all.", "output": code}, None),
+        ({"instruction": "Answer as a dict.", "output": "\\boxed{{'n': 4}}", "answer": {"n": 4}},
+         "math_answer:invalid_answer:dict"),
+        ({"instruction": "Answer as a bool.", "output": "The answer is True.", "answer": True},
+         "math_answer:invalid_answer:bool"),
+        ({"instruction": "Answer as a number.", "output": "The answer is 12.", "answer": 12}, None),
+        ({"instruction": "A long exact answer.", "output": f"It is \\boxed{{{digits}}}.", "answer": digits}, None),
+        ({"instruction": "A long formula.", "output": "\\boxed{" + "+".join(["y"] * 2100) + "}", "answer": "2100y"},
+         "math_answer:too_long"),
+    ]
+    src = write_jsonl(tmp_path / "malformed.jsonl", [r for r, _ in table])
+    db = tmp_path / "malformed.duckdb"
+    stages = [{"verify_code": {"timeout_s": 1, "slots": 2}}, {"verify_math": {}}]
+    report = run(load_config(None, input=[str(src)], db=str(db), shard_size=16, stages=stages), progress="off")
+    assert_counts_add_up(db, report.run_id)
+    assert dict(q(db, "SELECT id, reason FROM drops WHERE run_id = ?", report.run_id)) == \
+        {row_id(r): reason for r, reason in table if reason}
+    kinds = dict(q(db, "SELECT id, detail::JSON->>'kind' FROM verdicts WHERE run_id = ?", report.run_id))
+    assert kinds[row_id(table[7][0])] == "exact" and kinds[row_id(table[6][0])] == "exact"

@@ -42,6 +42,7 @@ class RunReport:
     generated: int  # rows generators made
     selections: list[dict]  # the selections written by this attempt
     quarantine_reasons: list[tuple[str, str, int]] = ()  # the most frequent (stage, error, rows)
+    drop_reasons: list[tuple[str, str, int]] = ()  # the most frequent (stage, kind, rows)
     # per phase: (shards this attempt streamed, shards an earlier attempt had committed);
     # `shards_skipped` is phase 0's second number
     phase_shards: list[tuple[int, int]] = ()
@@ -70,6 +71,11 @@ class RunReport:
         text = (f"run {self.run_id} (attempt {self.attempt}): {self.rows_in} rows in{gen} = {self.kept} kept + "
                 f"{self.dropped} dropped + {self.quarantined} quarantined{exp}; "
                 f"{self.shards_text()} → {self.db}")
+        if self.drop_reasons:
+            shown = sum(n for *_, n in self.drop_reasons)
+            text += "\ndropped: " + ", ".join(f"{n} × {kind} ({stage})" for stage, kind, n in self.drop_reasons)
+            if self.dropped > shown:
+                text += f", {self.dropped - shown} more (curate show --db {self.db} --stage STAGE)"
         for stage, error, n in self.quarantine_reasons:
             text += f"\nquarantined by {stage}: {n} × {error}"
         if self.quarantine_reasons and self.quarantined > sum(n for *_, n in self.quarantine_reasons):
@@ -128,10 +134,11 @@ def run(config: RunConfig, progress: str = "auto") -> RunReport:
         store.end_run(run_id, "finished")
         totals = store.totals(run_id)
         reasons = store.quarantine_reasons(run_id) if totals["quarantined"] else []
+        drop_reasons = store.drop_reasons(run_id) if totals["dropped"] else []
         warnings = _empty_inputs(store, run_id, inputs)
     _remove_handoff(config, run_id)
     report = RunReport(run_id, config.db, attempt, len(shards), skipped, **totals, selections=selections,
-                       quarantine_reasons=reasons, phase_shards=phase_shards, warnings=warnings)
+                       quarantine_reasons=reasons, drop_reasons=drop_reasons, phase_shards=phase_shards, warnings=warnings)
     return _check_counts(report)
 
 

@@ -260,7 +260,7 @@ def validate_messages(messages: list[dict], require_response: bool) -> None:
     if "user" not in roles:
         raise RowError("the conversation has no user turn")
     if require_response and roles[-1] != "assistant":
-        raise RowError("missing response: the last turn is not from the assistant (prompts alone: ingest.require_response: false; other column names: ingest.fields)")
+        raise RowError("missing response: the last turn is not from the assistant (an empty or null output/response field counts as none; prompts alone: ingest.require_response: false; other column names: ingest.fields)")
 
 
 def _turn(t, k: int, role_key: str, content_key: str, role_map: dict | None) -> dict:

@@ -334,6 +334,13 @@ class Store:
             "SELECT stage, error, count(*) AS n FROM quarantine WHERE run_id = ? GROUP BY ALL ORDER BY n DESC, error LIMIT ?",
             [run_id, limit]).fetchall()]
 
+    def drop_reasons(self, run_id: str, limit: int = 5) -> list[tuple[str, str, int]]:
+        """The most frequent (stage, kind, rows) among the run's dropped rows; kind is the reason's
+        kind (`duplicate`, `repeated_ngram_ratio`), or the reason itself where it has none."""
+        return [tuple(r) for r in self.con.execute(
+            "SELECT stage, coalesce(kind, reason) AS kind, count(*) AS n FROM drops WHERE run_id = ? "
+            "GROUP BY ALL ORDER BY n DESC, stage, kind LIMIT ?", [run_id, limit]).fetchall()]
+
     def latest_run(self, finished: bool = False) -> str | None:
         """The run most recently started or resumed; with `finished`, the latest that finished."""
         where = "WHERE status = 'finished'" if finished else ""

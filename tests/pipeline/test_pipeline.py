@@ -110,6 +110,7 @@ def test_filters_stage_drops_with_reasons(ray_local, tmp_path):
     assert report.dropped == 20 and report.kept == 40
     reasons = {r[0] for r in q(db, "SELECT DISTINCT reason FROM drops WHERE stage = 'filters'")}
     assert reasons == {"response_words<3 (1)"}
+    assert "dropped: 20 × response_words (filters)" in report.summary().splitlines()  # the kind, not 20 lines of reasons
     dropped_ids = {r[0] for r in q(db, "SELECT id FROM drops")}
     assert all(m[-1]["content"] == "Yes." for (m,) in q(db, "SELECT messages FROM samples WHERE NOT kept"))
     assert dropped_ids == {r[0] for r in q(db, "SELECT id FROM samples WHERE NOT kept")}

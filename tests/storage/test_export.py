@@ -394,3 +394,32 @@ def test_tool_calls_survive_the_stages_and_every_export(ray_local, tmp_path):
         fields = dict(con.execute("SELECT id, tool_fields FROM curated").fetchall())
         con.close()
         assert all(f is not None for f in fields.values()) and len(fields) == 3, out
+
+
+@pytest.fixture(scope="module")
+def tool_db(ray_local, tmp_path_factory):
+    """A run over tool-call rows: WEATHER, LEGACY, and WEATHER but for its call's id, which
+    exact_dedup (whole conversations) drops, so the run has kept and dropped tool rows."""
+    tmp = tmp_path_factory.mktemp("tools")
+    twin = json.loads(json.dumps(WEATHER).replace("call_1", "call_7"))
+    seeds = tmp / "tools.jsonl"
+    seeds.write_text("".join(json.dumps({"messages": m}) + "\n" for m in (WEATHER, LEGACY, twin)))
+    db = tmp / "tools.duckdb"
+    report = run(load_config(None, input=[str(seeds)], db=str(db), stages=[{"exact_dedup": {"text": "conversation"}}]),
+                 progress="off")
+    assert (report.rows_in, report.kept, report.dropped, report.quarantined) == (3, 2, 1, 0)
+    return db
+
+
+def test_show_prints_a_turns_tool_calls_and_a_tool_turns_call_id(tool_db):
+    from curate.show import show
+
+    listing = show(str(tool_db), width=200)
+    assert '→ get_weather({"city":"Paris"})  [id call_1]' in listing
+    assert "tool (tool_call_id call_1):" in listing
+    assert '→ add({"a": 2, "b": 2})' in listing and "tool (name add):" in listing
+    one = show(str(tool_db), id=next(i for i, r in curated(tool_db).items() if r["messages"][0]["content"] == "Weather in Paris?"),
+               width=200)
+    assert '→ get_weather({"city":"Paris"})  [id call_1]' in one and "tool (tool_call_id call_1):" in one
+    dropped = show(str(tool_db), stage="exact_dedup", width=200)
+    assert '→ get_weather({"city":"Paris"})  [id call_7]' in dropped

@@ -23,6 +23,7 @@ from curate.errors import CurateError
 from curate.pipeline.config import load_config
 from curate.pipeline.runner import run
 from curate.storage.export import export
+from curate.storage.schema import with_tool_fields
 from curate.storage.shapes import Unfit, to_alpaca, to_sharegpt
 from conftest import curate_cmd
 
@@ -423,3 +424,22 @@ def test_show_prints_a_turns_tool_calls_and_a_tool_turns_call_id(tool_db):
     assert '→ get_weather({"city":"Paris"})  [id call_1]' in one and "tool (tool_call_id call_1):" in one
     dropped = show(str(tool_db), stage="exact_dedup", width=200)
     assert '→ get_weather({"city":"Paris"})  [id call_7]' in dropped
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "hf", "jsonl"])
+def test_a_drops_export_of_tool_rows_reads_back_with_their_tool_fields(tool_db, tmp_path, fmt):
+    """Parquet and HF drops exports hold the tool fields in a `tool_fields` column beside
+    {role, content} turns; ingest puts them back into the turns, as JSONL has them."""
+    from curate.storage.export import export_drops
+
+    out = tmp_path / {"parquet": "drops.parquet", "hf": "drops_hf", "jsonl": "drops.jsonl"}[fmt]
+    export_drops(str(tool_db), str(out), fmt)
+    again = tmp_path / "again.duckdb"
+    back = run(load_config(None, input=[str(out)], db=str(again)), progress="off")
+    assert (back.kept, back.quarantined) == (1, 0)
+    con = duckdb.connect(str(again), read_only=True)
+    (messages, fields, meta), = con.execute("SELECT to_json(messages)::VARCHAR, tool_fields, meta FROM curated").fetchall()
+    con.close()
+    twin = json.loads(json.dumps(WEATHER).replace("call_1", "call_7"))
+    assert with_tool_fields(json.loads(messages), fields) == twin
+    assert "tool_fields" not in json.loads(meta)

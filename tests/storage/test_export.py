@@ -443,3 +443,31 @@ def test_a_drops_export_of_tool_rows_reads_back_with_their_tool_fields(tool_db, 
     twin = json.loads(json.dumps(WEATHER).replace("call_1", "call_7"))
     assert with_tool_fields(json.loads(messages), fields) == twin
     assert "tool_fields" not in json.loads(meta)
+
+
+def test_a_turns_name_or_tool_call_id_makes_a_row_unfit_for_alpaca_and_sharegpt(ray_local, tmp_path):
+    """Alpaca and ShareGPT have no field for a turn's `name` (a participant's, a tool turn's) or
+    `tool_call_id`; writing the row without it would lose it under an id that counts it (the row
+    read back got another id, and the export was no longer seen as curate's own)."""
+    named = [{"role": "user", "name": "alice", "content": "Hello bot, how are you today?"},
+             {"role": "assistant", "content": "Fine, thanks for asking."}]
+    answered = [{"role": "user", "content": "What did the lookup say?"}, {"role": "tool", "tool_call_id": "call_3", "content": "shipped"},
+                {"role": "assistant", "content": "Your order has shipped."}]
+    plain = [{"role": "user", "content": "Name a colour of the sky."}, {"role": "assistant", "content": "Blue, on a clear day."}]
+    seeds = tmp_path / "named.jsonl"
+    seeds.write_text("".join(json.dumps({"messages": m}) + "\n" for m in (named, answered, plain)))
+    db = tmp_path / "named.duckdb"
+    assert run(load_config(None, input=[str(seeds)], db=str(db)), progress="off").kept == 3
+    with pytest.raises(Unfit, match="user turn with name"):
+        to_sharegpt(named)
+    with pytest.raises(Unfit, match="tool turn with tool_call_id"):
+        to_sharegpt(answered)
+    for shape in ("sharegpt", "alpaca"):
+        out = tmp_path / f"{shape}.jsonl"
+        export(str(db), str(out), "jsonl", shape=shape, skip_unfit=True)
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert len(rows) == 1, shape
+        export(str(db), str(out), "jsonl", shape=shape, skip_unfit=True)  # seen as an earlier export: replaced
+        again = tmp_path / f"again_{shape}.duckdb"
+        run(load_config(None, input=[str(out)], db=str(again)), progress="off")
+        assert list(curated(again)) == [rows[0]["id"]], shape  # the same id: nothing lost

@@ -471,3 +471,12 @@ def test_a_turns_name_or_tool_call_id_makes_a_row_unfit_for_alpaca_and_sharegpt(
         again = tmp_path / f"again_{shape}.duckdb"
         run(load_config(None, input=[str(out)], db=str(again)), progress="off")
         assert list(curated(again)) == [rows[0]["id"]], shape  # the same id: nothing lost
+
+
+def test_a_sharegpt_refusal_does_not_suggest_sharegpt(tool_db, tmp_path):
+    with pytest.raises(CurateError) as e:
+        export(str(tool_db), str(tmp_path / "sg.jsonl"), "jsonl", shape="sharegpt")
+    assert "cannot be exported as sharegpt" in str(e.value) and "Export them with --shape messages," in str(e.value)
+    with pytest.raises(CurateError) as e:
+        export(str(tool_db), str(tmp_path / "al.jsonl"), "jsonl", shape="alpaca")
+    assert "Export them with --shape messages or sharegpt," in str(e.value)

@@ -235,6 +235,8 @@ def _turns(messages, width: int, max_chars: int) -> list[str]:
         if text or not calls:
             lines += _wrap(text, width, INDENT * 2)
         for call in calls:
+            if max_chars and len(call) > max_chars:
+                call = call[:max_chars].rstrip() + f" … [{len(call) - max_chars} more characters]"
             lines += _wrap("→ " + call, width, INDENT * 2)
     return lines
 

@@ -424,6 +424,7 @@ def test_show_prints_a_turns_tool_calls_and_a_tool_turns_call_id(tool_db):
     assert '→ get_weather({"city":"Paris"})  [id call_1]' in one and "tool (tool_call_id call_1):" in one
     dropped = show(str(tool_db), stage="exact_dedup", width=200)
     assert '→ get_weather({"city":"Paris"})  [id call_7]' in dropped
+    assert '→ get_weather({"ci … [' in show(str(tool_db), width=200, max_chars=16)  # a list cuts calls as it cuts text
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "hf", "jsonl"])

@@ -12,7 +12,8 @@ import textwrap
 from dataclasses import dataclass
 
 from curate.errors import CurateError
-from curate.storage.store import Store, drops_relation
+from curate.storage import schema as S
+from curate.storage.store import Store, drops_relation, has_tool_fields
 
 INDENT = "    "
 
@@ -27,6 +28,7 @@ class _Row:
     messages: list[dict]
     parent_ids: list[str] | None
     meta: str | None
+    tool_fields: str | None  # samples.tool_fields: the turns' OpenAI tool calls, call ids and names
     drop: tuple | None  # (stage, reason, kind, value, source, row) of the drop this line lists, or None
     rank: int | None = None
     cluster: int | None = None
@@ -88,7 +90,12 @@ def _resolve_run(con, db: str, run_id: str | None) -> tuple[str, str]:
 
 # ---------------------------------------------------------------------------- a list of rows
 
-SAMPLE_COLS = 's.id, s.origin, s.source, s."row", s.kept, s.messages, s.parent_ids, s.meta'
+SAMPLE_COLS = 's.id, s.origin, s.source, s."row", s.kept, s.messages, s.parent_ids, s.meta, s.tool_fields'
+
+
+def _sample_cols(con) -> str:
+    """SAMPLE_COLS; a database made before tool fields (opened read-only: not migrated) gives NULL."""
+    return SAMPLE_COLS if has_tool_fields(con) else SAMPLE_COLS.replace("s.tool_fields", "NULL")
 
 
 def _query(con, run_id, stage, kind, cluster, selection, origin) -> tuple[str, list, str]:
@@ -161,7 +168,7 @@ def _query(con, run_id, stage, kind, cluster, selection, origin) -> tuple[str, l
         params.append(origin)
     order = ("sel.rank" if selection is not None else
              'd.stage, d.source, d."row", s.id' if by_drop else 's.shard, s."row", s.id')
-    query = (f"SELECT {SAMPLE_COLS}, {drop_cols}, {sel_cols} FROM samples s {' '.join(joins)} "
+    query = (f"SELECT {_sample_cols(con)}, {drop_cols}, {sel_cols} FROM samples s {' '.join(joins)} "
              f"WHERE {' AND '.join(where)} ORDER BY {order}")
     desc = " ".join(w for w in what if w) or "(kept, dropped and expanded)"
     return query, params, desc
@@ -201,7 +208,7 @@ def _render(r: _Row, n: int, total: int, width: int, max_chars: int, drops: list
     lines = [head, INDENT + _status(r, drops)]
     if r.rank is not None:
         lines.append(INDENT + f"rank {r.rank}" + (f", cluster {r.cluster}" if r.cluster is not None else ""))
-    lines += _turns(r.messages, width, max_chars)
+    lines += _turns(S.with_tool_fields(r.messages, r.tool_fields), width, max_chars)
     return "\n".join(lines)
 
 
@@ -222,14 +229,36 @@ def _status(r: _Row, drops: list[tuple]) -> str:
 
 
 def _turns(messages, width: int, max_chars: int) -> list[str]:
+    """Each turn: its role (with a tool turn's `tool_call_id` and `name`), its text, and one
+    `→ name(arguments)` line per tool call it makes."""
     lines = []
     for m in messages or []:
         text = m["content"] or ""
         if max_chars and len(text) > max_chars:
             text = text[:max_chars].rstrip() + f" … [{len(m['content']) - max_chars} more characters]"
-        lines.append(f"{INDENT}{m['role']}:")
-        lines += _wrap(text, width, INDENT * 2)
+        tags = ", ".join(f"{k} {m[k]}" for k in ("tool_call_id", "name") if m.get(k) is not None)
+        lines.append(f"{INDENT}{m['role']}" + (f" ({tags})" if tags else "") + ":")
+        calls = _calls(m)
+        if text or not calls:
+            lines += _wrap(text, width, INDENT * 2)
+        for call in calls:
+            if max_chars and len(call) > max_chars:
+                call = call[:max_chars].rstrip() + f" … [{len(call) - max_chars} more characters]"
+            lines += _wrap("→ " + call, width, INDENT * 2)
     return lines
+
+
+def _calls(turn: dict) -> list[str]:
+    """A turn's tool calls as text, `name(arguments)`, each with its call id."""
+    calls = list(turn.get("tool_calls") or [])
+    if turn.get("function_call") is not None:
+        calls.append(turn["function_call"])
+    out = []
+    for c in calls:
+        text = S.tool_text({"tool_calls": [c]})
+        call_id = c.get("id") if isinstance(c, dict) else None
+        out.append(text + (f"  [id {call_id}]" if isinstance(call_id, str) and call_id else ""))
+    return out
 
 
 def _wrap(text: str, width: int, indent: str) -> list[str]:
@@ -254,7 +283,7 @@ def _one(con, run_id: str, prefix: str, width: int) -> str:
         raise CurateError(f"id {prefix!r} starts {'more than 5' if len(matches) > 5 else len(matches)} samples' ids "
                           f"({', '.join(matches[:5])}): give more of it")
     id_ = matches[0]
-    r = _Row(*con.execute(f"SELECT {SAMPLE_COLS}, NULL, NULL, NULL FROM samples s WHERE s.run_id = ? AND s.id = ?",
+    r = _Row(*con.execute(f"SELECT {_sample_cols(con)}, NULL, NULL, NULL FROM samples s WHERE s.run_id = ? AND s.id = ?",
                           [run_id, id_]).fetchone())
     drops = _drops_of(con, run_id, [id_]).get(id_, [])
     lines = [f"── {r.id} · {r.origin} · {r.source}" + (f" row {r.row}" if r.row is not None else ""),
@@ -264,7 +293,7 @@ def _one(con, run_id: str, prefix: str, width: int) -> str:
         where = ", ".join(f"{d[4]} row {d[5]}" for d in repeats if d[5] is not None)
         lines.append(INDENT + f"{len(repeats)} repeat{'s' if len(repeats) > 1 else ''} of it dropped at store"
                      + (f" ({where})" if where else ""))
-    lines += _turns(r.messages, width, 0)
+    lines += _turns(S.with_tool_fields(r.messages, r.tool_fields), width, 0)
     if r.meta and r.meta not in ("{}", "null"):
         try:
             meta = json.dumps(json.loads(r.meta), ensure_ascii=False, sort_keys=True)

@@ -7,7 +7,8 @@ Accepted row shapes (first match wins):
   `tool_calls` (a list of objects; its `content` may then be empty, null or absent) or legacy
   `function_call`, a tool turn's `tool_call_id` and `name` (role `function`, the legacy name, is
   read as `tool`); see schema.TOOL_FIELDS. A `tool_calls` that is not a list of objects
-  quarantines the row.
+  quarantines the row. A `tool_fields` column (samples.tool_fields, as a drops export to Parquet
+  or HF writes it) puts its items into the turns.
 - ShareGPT `conversations`: [{from, value}, ...]; `function_call` (a tool call written as text)
   is an assistant turn, `observation` / `function` / `tool` a tool turn
 - Alpaca `instruction` / `input` / `output` (or `response` / `completion`)
@@ -184,8 +185,9 @@ def _nested_meta(value) -> dict:
 def to_messages(row: dict) -> tuple[list[dict], set[str]]:
     """A row (see the module doc) → (messages, the fields it read). Raises RowError."""
     if "messages" in row:
-        turns = _expect_list(row, "messages")
+        turns = _with_stored_tool_fields(_expect_list(row, "messages"), row.get("tool_fields"))
         messages, used = [_turn(t, k, "role", "content", OPENAI_ROLES) for k, t in enumerate(turns)], {"messages"}
+        used |= {"tool_fields"} & row.keys()
     elif "conversations" in row:
         turns = _expect_list(row, "conversations")
         messages, used = [_turn(t, k, "from", "value", SHAREGPT_ROLES) for k, t in enumerate(turns)], {"conversations"}
@@ -197,6 +199,24 @@ def to_messages(row: dict) -> tuple[list[dict], set[str]]:
             "instruction/output or prompt/response (or map your columns with ingest: {fields: ...})"
         )
     return _with_system_and_history(row, messages, used)
+
+
+def _with_stored_tool_fields(turns: list, stored) -> list:
+    """The turns with a `tool_fields` column's items put in (samples.tool_fields: a JSON list,
+    one null or object per turn, as `curate export --drops` writes it to Parquet and HF beside
+    turns that are {role, content}); a field the turn has itself wins. Null: the turns as they are."""
+    if stored is None:
+        return turns
+    if isinstance(stored, str):
+        try:
+            stored = json.loads(stored)
+        except ValueError:
+            raise RowError("field 'tool_fields' must be a JSON list (one item per turn)") from None
+    if not (isinstance(stored, list) and len(stored) == len(turns) and all(f is None or isinstance(f, dict) for f in stored)):
+        raise RowError(f"field 'tool_fields' must be a list of {len(turns)} items (null or an object per turn), "
+                       f"got {json.dumps(stored, default=str)[:60]}")
+    return [{**t, **{k: v for k, v in f.items() if k in S.TOOL_FIELDS and t.get(k) is None}}
+            if isinstance(f, dict) and isinstance(t, dict) else t for t, f in zip(turns, stored)]
 
 
 def _single_turn(row: dict) -> tuple[list[dict], set[str]]:

@@ -202,8 +202,9 @@ class _Skips:
             f" (e.g. id {', '.join(i for i, _ in self.examples)})"
 
     def refusal(self, shape: str, total: int) -> str:
+        others = "messages" if shape == "sharegpt" else "messages or sharegpt"  # the shapes that hold more
         return (f"{self.count} of {total} rows cannot be exported as {shape}: {self.summary()}. Nothing was "
-                "written. Export them with --shape messages or sharegpt, or pass --skip-unfit to leave them "
+                f"written. Export them with --shape {others}, or pass --skip-unfit to leave them "
                 "out (counted in the output and the dataset card)")
 
 

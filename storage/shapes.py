@@ -125,6 +125,7 @@ def to_alpaca(messages: list[dict]) -> dict:
             raise Unfit("turns do not alternate user, assistant (Alpaca holds user/assistant exchanges)")
     if not turns or turns[-1]["role"] != "assistant":
         raise Unfit("the last turn is not an assistant answer (Alpaca needs an output)")
+    _no_turn_names(messages, "Alpaca")
     history = [[turns[i]["content"], turns[i + 1]["content"]] for i in range(0, len(turns) - 2, 2)]
     row = {"instruction": turns[-2]["content"], "input": "", "output": turns[-1]["content"]}
     if system is not None:
@@ -148,7 +149,17 @@ def to_sharegpt(messages: list[dict]) -> dict:
         if t.get("tool_calls") or t.get("function_call"):
             raise Unfit("an assistant turn with tool calls (ShareGPT has no field for them: export as messages)")
         conv.append({"from": SHAREGPT_FROM[t["role"]], "value": t["content"]})
+    _no_turn_names(messages, "ShareGPT")
     return {"conversations": conv, **row}
+
+
+def _no_turn_names(messages: list[dict], shape: str) -> None:
+    """Unfit for a turn with a `tool_call_id` or `name` (a tool turn's, or a participant's name):
+    the shape has no field for them, and the row's id (their content hash) counts them."""
+    for t in messages:
+        fields = [k for k in ("tool_call_id", "name") if t.get(k) is not None]
+        if fields:
+            raise Unfit(f"a {t['role']} turn with {' and '.join(fields)} ({shape} has no field for it: export as messages)")
 
 
 def is_export_row(row) -> bool:

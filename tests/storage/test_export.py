@@ -23,6 +23,7 @@ from curate.errors import CurateError
 from curate.pipeline.config import load_config
 from curate.pipeline.runner import run
 from curate.storage.export import export
+from curate.storage.schema import with_tool_fields
 from curate.storage.shapes import Unfit, to_alpaca, to_sharegpt
 from conftest import curate_cmd
 
@@ -394,3 +395,89 @@ def test_tool_calls_survive_the_stages_and_every_export(ray_local, tmp_path):
         fields = dict(con.execute("SELECT id, tool_fields FROM curated").fetchall())
         con.close()
         assert all(f is not None for f in fields.values()) and len(fields) == 3, out
+
+
+@pytest.fixture(scope="module")
+def tool_db(ray_local, tmp_path_factory):
+    """A run over tool-call rows: WEATHER, LEGACY, and WEATHER but for its call's id, which
+    exact_dedup (whole conversations) drops, so the run has kept and dropped tool rows."""
+    tmp = tmp_path_factory.mktemp("tools")
+    twin = json.loads(json.dumps(WEATHER).replace("call_1", "call_7"))
+    seeds = tmp / "tools.jsonl"
+    seeds.write_text("".join(json.dumps({"messages": m}) + "\n" for m in (WEATHER, LEGACY, twin)))
+    db = tmp / "tools.duckdb"
+    report = run(load_config(None, input=[str(seeds)], db=str(db), stages=[{"exact_dedup": {"text": "conversation"}}]),
+                 progress="off")
+    assert (report.rows_in, report.kept, report.dropped, report.quarantined) == (3, 2, 1, 0)
+    return db
+
+
+def test_show_prints_a_turns_tool_calls_and_a_tool_turns_call_id(tool_db):
+    from curate.show import show
+
+    listing = show(str(tool_db), width=200)
+    assert '→ get_weather({"city":"Paris"})  [id call_1]' in listing
+    assert "tool (tool_call_id call_1):" in listing
+    assert '→ add({"a": 2, "b": 2})' in listing and "tool (name add):" in listing
+    one = show(str(tool_db), id=next(i for i, r in curated(tool_db).items() if r["messages"][0]["content"] == "Weather in Paris?"),
+               width=200)
+    assert '→ get_weather({"city":"Paris"})  [id call_1]' in one and "tool (tool_call_id call_1):" in one
+    dropped = show(str(tool_db), stage="exact_dedup", width=200)
+    assert '→ get_weather({"city":"Paris"})  [id call_7]' in dropped
+    assert '→ get_weather({"ci … [' in show(str(tool_db), width=200, max_chars=16)  # a list cuts calls as it cuts text
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "hf", "jsonl"])
+def test_a_drops_export_of_tool_rows_reads_back_with_their_tool_fields(tool_db, tmp_path, fmt):
+    """Parquet and HF drops exports hold the tool fields in a `tool_fields` column beside
+    {role, content} turns; ingest puts them back into the turns, as JSONL has them."""
+    from curate.storage.export import export_drops
+
+    out = tmp_path / {"parquet": "drops.parquet", "hf": "drops_hf", "jsonl": "drops.jsonl"}[fmt]
+    export_drops(str(tool_db), str(out), fmt)
+    again = tmp_path / "again.duckdb"
+    back = run(load_config(None, input=[str(out)], db=str(again)), progress="off")
+    assert (back.kept, back.quarantined) == (1, 0)
+    con = duckdb.connect(str(again), read_only=True)
+    (messages, fields, meta), = con.execute("SELECT to_json(messages)::VARCHAR, tool_fields, meta FROM curated").fetchall()
+    con.close()
+    twin = json.loads(json.dumps(WEATHER).replace("call_1", "call_7"))
+    assert with_tool_fields(json.loads(messages), fields) == twin
+    assert "tool_fields" not in json.loads(meta)
+
+
+def test_a_turns_name_or_tool_call_id_makes_a_row_unfit_for_alpaca_and_sharegpt(ray_local, tmp_path):
+    """Alpaca and ShareGPT have no field for a turn's `name` (a participant's, a tool turn's) or
+    `tool_call_id`; writing the row without it would lose it under an id that counts it (the row
+    read back got another id, and the export was no longer seen as curate's own)."""
+    named = [{"role": "user", "name": "alice", "content": "Hello bot, how are you today?"},
+             {"role": "assistant", "content": "Fine, thanks for asking."}]
+    answered = [{"role": "user", "content": "What did the lookup say?"}, {"role": "tool", "tool_call_id": "call_3", "content": "shipped"},
+                {"role": "assistant", "content": "Your order has shipped."}]
+    plain = [{"role": "user", "content": "Name a colour of the sky."}, {"role": "assistant", "content": "Blue, on a clear day."}]
+    seeds = tmp_path / "named.jsonl"
+    seeds.write_text("".join(json.dumps({"messages": m}) + "\n" for m in (named, answered, plain)))
+    db = tmp_path / "named.duckdb"
+    assert run(load_config(None, input=[str(seeds)], db=str(db)), progress="off").kept == 3
+    with pytest.raises(Unfit, match="user turn with name"):
+        to_sharegpt(named)
+    with pytest.raises(Unfit, match="tool turn with tool_call_id"):
+        to_sharegpt(answered)
+    for shape in ("sharegpt", "alpaca"):
+        out = tmp_path / f"{shape}.jsonl"
+        export(str(db), str(out), "jsonl", shape=shape, skip_unfit=True)
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert len(rows) == 1, shape
+        export(str(db), str(out), "jsonl", shape=shape, skip_unfit=True)  # seen as an earlier export: replaced
+        again = tmp_path / f"again_{shape}.duckdb"
+        run(load_config(None, input=[str(out)], db=str(again)), progress="off")
+        assert list(curated(again)) == [rows[0]["id"]], shape  # the same id: nothing lost
+
+
+def test_a_sharegpt_refusal_does_not_suggest_sharegpt(tool_db, tmp_path):
+    with pytest.raises(CurateError) as e:
+        export(str(tool_db), str(tmp_path / "sg.jsonl"), "jsonl", shape="sharegpt")
+    assert "cannot be exported as sharegpt" in str(e.value) and "Export them with --shape messages," in str(e.value)
+    with pytest.raises(CurateError) as e:
+        export(str(tool_db), str(tmp_path / "al.jsonl"), "jsonl", shape="alpaca")
+    assert "Export them with --shape messages or sharegpt," in str(e.value)

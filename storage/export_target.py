@@ -188,23 +188,17 @@ def _starts_with(path: str, magic: bytes) -> bool:
 
 def _remove_stale(parent: str, base: str) -> None:
     """Staging folders of earlier exports to this target whose process is gone (killed)."""
+    from curate.storage.store import pid_alive
+
     prefix = f".{base}{_TMP}"
     for name in os.listdir(parent):
         if not name.startswith(prefix):
             continue
         pid = name[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _exchange(a: str, b: str) -> bool:

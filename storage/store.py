@@ -168,9 +168,7 @@ def pid_alive(pid: int) -> bool:
     """Whether a process with this id exists on this machine."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OverflowError:
+    except (ProcessLookupError, OverflowError):  # no such process; an id out of range
         return False
     except PermissionError:
         return True  # someone else's

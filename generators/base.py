@@ -130,6 +130,13 @@ def sampling_record(sampling: Sampling) -> dict:
     return out
 
 
+def row_turns(row: dict) -> list[dict]:
+    """A row's turns with their OpenAI tool fields (`tool_calls`, `tool_call_id`, ...) put back
+    from its `tool_fields` column: what a child row copies from its parent, so a generated row
+    keeps the calls its parent's turns made (the model's requests see the text turns only)."""
+    return S.with_tool_fields(row["messages"], row.get("tool_fields"))
+
+
 def row_meta(text: str | None) -> dict:
     """A row's `meta` JSON as a dict ({} when empty, not JSON or not an object)."""
     try:

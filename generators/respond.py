@@ -14,7 +14,7 @@ import pyarrow as pa
 from curate.generators.backends.base import ChatRequest, Completion, Sampling
 # The backend wiring and the pass-through lived here; they are the LLM task base's now
 # (generators/base.py), re-exported under their old names.
-from curate.generators.base import Failure, LazyBackend, LLMTask, RemoteEngine, on_subset, row_meta, stage_backend  # noqa: F401
+from curate.generators.base import Failure, LazyBackend, LLMTask, RemoteEngine, on_subset, row_meta, row_turns, stage_backend  # noqa: F401
 
 TEMPLATE_VERSION = "respond/1"
 # Keys of the parent's meta that describe its own generation, not the task: not inherited.
@@ -64,7 +64,7 @@ class Respond(LLMTask):
             if all(c.finish_reason == "prompt_too_long" for c in outputs):  # the engine refused it: say so
                 return Failure("prompt_too_long", f"{outputs[0].prompt_tokens} prompt tokens")
             return Failure("empty_response", [c.text for c in outputs])
-        prompt = self.prompt(row["messages"])
+        prompt = self.prompt(row_turns(row))
         # Task-level facts of the parent (unit tests, a reference answer, constraints, skills)
         # hold for its responses too, so the verifiers after this stage can check them.
         inherited = {k: v for k, v in row_meta(row["meta"]).items() if k not in INHERIT_NOT}

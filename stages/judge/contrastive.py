@@ -37,7 +37,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from curate.generators.backends.base import Backend, ChatRequest, Completion, Sampling
-from curate.generators.base import FollowUp, Judged, LLMTask, child_row, row_meta, stage_backend
+from curate.generators.base import FollowUp, Judged, LLMTask, child_row, row_meta, row_turns, stage_backend
 from curate.generators.prompts_io import turns
 from curate.lib.params import Positive
 from curate.generators.respond import INHERIT_NOT
@@ -208,7 +208,7 @@ class ContrastiveFilter(LLMTask):
         the parent's task-level meta and the target call's meta."""
         inherited = {k: v for k, v in row_meta(row["meta"]).items() if k not in INHERIT_NOT}
         meta = {**inherited, **self.meta(self.target_sampling, target, model=self.target_model, contrastive_of=row["id"])}
-        messages = [*prompt_turns(row["messages"]), {"role": "assistant", "content": target.text.strip()}]
+        messages = [*prompt_turns(row_turns(row)), {"role": "assistant", "content": target.text.strip()}]
         return child_row(messages, meta, origin=self.origin, source=f"{self.generator}:{self.target_model}", parent_ids=[row["id"]])
 
     def verdict(self, passed: bool | None, strength: str, detail: dict) -> dict:

@@ -16,7 +16,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from curate.generators.backends.base import ChatRequest, Completion, Sampling
-from curate.generators.base import LLMTask, row_meta
+from curate.generators.base import LLMTask, row_meta, row_turns
 from curate.generators.prompts_io import fill
 from curate.lib.params import Positive
 from curate.generators.respond import INHERIT_NOT
@@ -132,9 +132,12 @@ class Revise(LLMTask):
         columns = [c for c in ("messages", S.SCORE_PREFIX + self.when.score if self.when else None) if c in batch.column_names]
         out = []
         for row in batch.select(columns).to_pylist():
-            roles = {m["role"] for m in row["messages"] or ()}
+            turns = row["messages"] or ()
+            roles = {m["role"] for m in turns}
             value = self.score(row)
-            out.append({"user", "assistant"} <= roles and (self.when is None or (value is not None and value < self.when.below)))
+            # A response that only calls a tool (no text) has nothing to revise: it passes through.
+            texted = {"user", "assistant"} <= roles and turns[self.pair(turns)[1]]["content"].strip() != ""
+            out.append(texted and (self.when is None or (value is not None and value < self.when.below)))
         return out
 
     @staticmethod
@@ -153,7 +156,7 @@ class Revise(LLMTask):
 
     def parse(self, row: dict, completions: list[list[Completion]]) -> list[dict]:
         (answer,), = completions
-        messages = [dict(m) for m in row["messages"]]
+        messages = [dict(m) for m in row_turns(row)]
         q, a = self.pair(messages)
         original = {"instruction": messages[q]["content"], "response": messages[a]["content"]}
         parts = read_revision(answer.text, self.target, self.stop)

@@ -320,3 +320,23 @@ def test_respond_says_when_the_prompt_did_not_fit_the_context():
     stage.backend = TooLong()
     out = apply_stage(stage, "respond", seed_batch(["A very long instruction."]))
     assert out[S.REASON].to_pylist() == ['prompt_too_long: "4123 prompt tokens"']
+
+
+def test_a_response_keeps_the_tool_calls_of_the_turns_before_it():
+    """Respond's children copy the prompt's turns with their OpenAI tool fields (a prompt whose
+    assistant turn only called a tool came back as a blank turn, which ingest would quarantine),
+    while the request the model sees holds the turns' text alone."""
+    from checks import stream_batch
+    from curate.generators.respond import Respond
+
+    call = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "tides"}'}}
+    prompt = [{"role": "user", "content": "When is high tide?"}, {"role": "assistant", "content": "", "tool_calls": [call]},
+              {"role": "tool", "content": "14:05", "tool_call_id": "c1"}, {"role": "user", "content": "And low tide?"}]
+    stage = Respond(backend=MODEL)
+    stage.backend = Replies({"And low tide?": "Around 20:15."})
+    (child,) = generated(apply_stage(stage, "respond", stream_batch([prompt])))
+    turns = S.with_tool_fields(child["messages"], child["tool_fields"])
+    assert turns == [*prompt, {"role": "assistant", "content": "Around 20:15."}]
+    assert child["id"] == S.sample_id(turns)
+    (request,) = stage.backend.calls[0]
+    assert all(set(m) == {"role", "content"} for m in request.messages)

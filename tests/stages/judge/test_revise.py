@@ -95,6 +95,31 @@ def test_one_part_answered_keeps_the_original_other_part():
     assert json.loads(child["meta"])["revised_parts"] == ["response"]
 
 
+CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+TOOL_ROW = [{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": "", "tool_calls": [CALL]},
+            {"role": "tool", "content": "18C sunny", "tool_call_id": "call_1"},
+            {"role": "assistant", "content": "It is 18C."}]
+CALL_ONLY = [{"role": "user", "content": "Weather in Rome?"}, {"role": "assistant", "content": "", "tool_calls": [CALL]}]
+
+
+def test_a_revised_tool_row_keeps_its_calls_and_a_call_only_response_passes_through():
+    """A child copies its parent's turns with their OpenAI tool fields (it was left with a blank
+    assistant turn and a tool turn answering no call); a response that only calls a tool has no
+    text to revise, so that row passes through unchanged."""
+    batch = stream_batch([TOOL_ROW, CALL_ONLY])
+    out, backend = revise(batch, {"Weather in Paris?": "### Instruction\nWhat is the weather in Paris today?\n\n"
+                                                       "### Response\nIt is 18C and sunny in Paris.\n"})
+    orig, (child,) = rows_of(out, batch, 0)
+    assert orig[S.STATUS] == S.EXPANDED and child[S.STATUS] == S.KEPT
+    turns_back = S.with_tool_fields(child["messages"], child["tool_fields"])
+    assert turns_back[1]["tool_calls"] == [CALL] and turns_back[2]["tool_call_id"] == "call_1"
+    assert (turns_back[0]["content"], turns_back[-1]["content"]) == ("What is the weather in Paris today?",
+                                                                     "It is 18C and sunny in Paris.")
+    assert child["id"] == S.sample_id(turns_back)  # the id counts the calls, as ingest's does
+    untouched, generated = rows_of(out, batch, 1)
+    assert untouched[S.STATUS] == S.KEPT and not generated and len(backend.prompts) == 1
+
+
 @pytest.mark.parametrize("raw", ["", "   \n", "I cannot do that, sorry.", "### Response\n\n### Instruction\n",
                                  "Rewritten:\n\n### Instruction\nExample:\n### Response\n\nRewritten:\n"])
 def test_junk_is_a_failed_child_carrying_the_raw_output(raw):

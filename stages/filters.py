@@ -167,9 +167,10 @@ class Filters(Stage):
 
     def __call__(self, batch: pa.Table) -> StageResult:
         n = batch.num_rows
-        reasons: list[str | None] = self.empty_turns(batch)
-        instructions = first_user_turn(text_messages(batch))  # computed once, shared by the checks
-        responses = last_assistant_turn(text_messages(batch))
+        messages = text_messages(batch)  # with tool calls as text: built once, shared by the checks
+        reasons: list[str | None] = self.empty_turns(messages)
+        instructions = first_user_turn(messages)
+        responses = last_assistant_turn(messages)
         stats = self.statistics(instructions, responses)
         for name, lo, hi in self.bounds:
             if name not in stats or (lo is None and hi is None):
@@ -216,15 +217,15 @@ class Filters(Stage):
     # -------------------------------------------------------------- checks
 
     @staticmethod
-    def empty_turns(batch: pa.Table) -> list[str | None]:
-        messages = text_messages(batch)
+    def empty_turns(messages: pa.ChunkedArray | pa.Array) -> list[str | None]:
+        """Per row (of text_messages), "empty_turn" where a turn is blank or there is none, else None."""
         messages = messages.combine_chunks() if isinstance(messages, pa.ChunkedArray) else messages
         flat = pc.list_flatten(messages)
         empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(flat.field("content"))), 0)
         parents = pc.list_parent_indices(messages).to_numpy()
         bad_rows = set(parents[np.flatnonzero(pc.fill_null(empty, True).to_numpy(zero_copy_only=False))].tolist())
         lengths = pc.list_value_length(messages).to_numpy(zero_copy_only=False)
-        return ["empty_turn" if i in bad_rows or lengths[i] == 0 else None for i in range(batch.num_rows)]
+        return ["empty_turn" if i in bad_rows or lengths[i] == 0 else None for i in range(len(messages))]
 
     @staticmethod
     def unfinished(metas: pa.Array, responses: pa.Array) -> list[int]:

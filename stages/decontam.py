@@ -114,10 +114,9 @@ class Decontaminate(Stage):
         self.grams, self.owners = self.grams[order], self.owners[order]
         self.lengths = sorted(lengths)  # window sizes to slide over training text
 
-    def turns(self, batch: pa.Table) -> np.ndarray:
-        """Indices into the flattened turns of `batch["messages"]` that `text` selects,
+    def turns(self, m: pa.Array) -> np.ndarray:
+        """Indices into the flattened turns of `m` (a batch's text_messages) that `text` selects,
         ascending (so each row's turns come in conversation order)."""
-        m = text_messages(batch)
         total = int(pc.sum(pc.fill_null(pc.list_value_length(m), 0)).as_py() or 0)
         if self.text == "turns":
             return np.arange(total)
@@ -153,7 +152,7 @@ class Decontaminate(Stage):
         m = text_messages(batch)
         m = m.combine_chunks() if isinstance(m, pa.ChunkedArray) else m
         flat = pc.list_flatten(m)
-        selected = self.turns(batch)
+        selected = self.turns(m)
         if len(selected) == 0:
             return out
         contents = flat.field("content")

@@ -18,7 +18,7 @@ from curate.generators.backends.base import ChatRequest, Sampling  # noqa: E402
 from curate.generators.backends.openai_http import OpenAIBackend  # noqa: E402
 from tiny_llm import build_tiny_llama  # noqa: E402
 
-pytestmark = [pytest.mark.vllm, pytest.mark.model, pytest.mark.slow]
+pytestmark = [pytest.mark.vllm, pytest.mark.model]  # slow per test: the respond test is the default run's vLLM engine
 
 ENGINE = {"kind": "vllm", "dtype": "float32", "max_model_len": 256, "enforce_eager": True, "seed": 0}
 
@@ -33,6 +33,7 @@ def requests(k=3, n=1):
             for i in range(k)]
 
 
+@pytest.mark.slow
 def test_vllm_engine_in_a_ray_actor_through_the_cache(ray_local, tiny_model, tmp_path):
     import ray
 
@@ -62,6 +63,7 @@ def test_vllm_engine_in_a_ray_actor_through_the_cache(ray_local, tiny_model, tmp
     ray.kill(host)
 
 
+@pytest.mark.slow
 def test_calls_from_several_stages_share_the_engine_batch(ray_local, tiny_model):
     """The engine actor serves concurrent calls together: their requests run in the same engine
     steps (up to 120 in flight, not 40 at a time), and each caller gets its own results in order."""
@@ -90,6 +92,7 @@ def test_calls_from_several_stages_share_the_engine_batch(ray_local, tiny_model)
     ray.kill(host)
 
 
+@pytest.mark.slow
 def test_two_runs_of_one_model_have_their_own_engines(ray_local, tiny_model, tmp_path):
     """Two runs of the same model in one Ray session: the plans name each run's engine apart, both
     engines serve their run's stages at once, and the end of one run leaves the other's working."""
@@ -125,6 +128,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_http_backend_against_vllm_serve(tiny_model, tmp_path):
     port = _free_port()
     log = open(tmp_path / "server.log", "w")
@@ -203,6 +207,7 @@ def test_respond_through_the_runner_keeps_lineage_and_replays_from_the_cache(ray
     con.close()
 
 
+@pytest.mark.slow
 def test_synthesis_config_through_one_shared_engine(ray_local, tiny_model, tmp_path):
     """The shipped synthesis example on the tiny model: Self-Instruct, two Evol-Instruct rounds,
     SkillMix and responses through the runner, all on one engine; every row accounted for,
@@ -264,6 +269,7 @@ def test_synthesis_config_through_one_shared_engine(ray_local, tiny_model, tmp_p
     con.close()
 
 
+@pytest.mark.slow
 def test_engine_killed_mid_run_resumes_without_paying_twice(tiny_model, tmp_path, alpaca_rows):
     """SIGKILL the vLLM engine actor after the first shard commits: the run fails (or Ray
     retries); the same command finishes it, committed shards are not redone and no request

@@ -15,7 +15,6 @@ from curate.pipeline.config import load_config
 from curate.pipeline.runner import run
 from conftest import ROOT, curate_cmd, run_killing_at_first_commit, write_jsonl
 
-pytestmark = [pytest.mark.slow]
 
 STAGES = [{"filters": {"min_response_words": 5}}, {"exact_dedup": {"text": "instruction"}}, {"near_dedup": {"threshold": 0.8}}]
 TABLES = {
@@ -54,6 +53,7 @@ def test_same_config_twice_leaves_the_same_rows(ray_local, tmp_path, alpaca_rows
     assert (second.rows_in, second.kept, second.dropped, second.quarantined) == (first.rows_in, first.kept, first.dropped, first.quarantined)
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_gives_the_rows_of_an_uninterrupted_run(ray_local, tmp_path, alpaca_rows):
     src = seeds(tmp_path, alpaca_rows, copies=2)  # 6,224 rows with repeats across shards
     shard_size = 40
@@ -154,6 +154,7 @@ def _ray_workers_of(driver: int) -> tuple[list[int], list[int]]:
     return busy, idle
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_run_loses_nothing(ray_local, tmp_path, alpaca_rows):
     """SIGKILL one Ray worker mid-stream: Ray retries its task, or the run fails and the same
     command resumes it; either way the tables equal an uninterrupted run's."""

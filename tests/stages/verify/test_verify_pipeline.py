@@ -14,7 +14,7 @@ from checks import assert_counts_add_up, q
 from verify_problems import PROBLEMS
 
 CAPS = probe()
-pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.skipif(not CAPS.jail, reason=f"no sandbox jail here: {CAPS.explain()}")]
+pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(not CAPS.jail, reason=f"no sandbox jail here: {CAPS.explain()}")]
 
 
 def fenced(code: str) -> str:

@@ -27,7 +27,7 @@ from curate.stages.base import Resources
 from curate.storage import schema as S
 from checks import seed_batch
 
-pytestmark = [pytest.mark.vllm, pytest.mark.model, pytest.mark.slow]
+pytestmark = [pytest.mark.vllm, pytest.mark.model]  # the engine runs are marked slow one by one
 
 WORDS = ("explain describe list compare summarise write plan design outline translate the a of rivers poems "
          "budgets gardens engines markets storms cities proteins novels bridges recipes orbits").split()
@@ -208,6 +208,7 @@ def _cache_entries(tmp_path) -> int:
 
 
 @vllm_needed
+@pytest.mark.slow
 def test_batch_size_does_not_change_self_instruct_rows(ray_local, tiny_model, tmp_path, alpaca_rows):
     """Batch sizes 4 and 16 over 6-row shards: batch pools differ (slices of 4 and 2 rows of a
     shard, or 4 rows across a shard boundary, against a whole shard or 16 rows of three);

@@ -604,6 +604,12 @@ def test_llamafactory_sharegpt_tool_rows_round_trip(ray_local, tmp_path):
     assert weather["conversations"] == LF_WEATHER["conversations"] and weather["system"] == LF_WEATHER["system"]
     assert json.loads(weather["tools"]) == TOOLS and weather["meta"] == {}
     assert json.loads(rows["Hi there, who are you?"]["tools"]) == TOOLS and "tools" not in rows["Hi?"]
+    # Alpaca rows carry `tools` as LLaMA-Factory's do (a row with tool turns is unfit there)
+    assert export(str(db), str(tmp_path / "al.jsonl"), "jsonl", shape="alpaca", skip_unfit=True).skipped == 1
+    alpaca = {r["instruction"]: r for r in map(json.loads, (tmp_path / "al.jsonl").read_text().splitlines())}
+    assert json.loads(alpaca["Hi there, who are you?"]["tools"]) == TOOLS and "tools" not in alpaca["Hi?"]
+    back = run(load_config(None, input=[str(tmp_path / "al.jsonl")], db=str(tmp_path / "al.duckdb")), progress="off")
+    assert back.kept == 2 and samples(tmp_path / "al.duckdb") == {r["id"]: want[r["id"]] for r in alpaca.values()}
     # as messages: an OpenAI row, the made-up call ids linking calls and results
     export(str(db), str(tmp_path / "openai.jsonl"), "jsonl")
     openai = {r["id"]: r for r in map(json.loads, (tmp_path / "openai.jsonl").read_text().splitlines())}[weather["id"]]

@@ -179,7 +179,7 @@ def export(
     run_id: Optional[str] = typer.Option(None, "--run", help="run id (default: the latest finished run)"),
     selection: Optional[str] = typer.Option(None, "--selection", help="export only this selection"),
     shape: Optional[str] = typer.Option(None, "--shape", help="messages (default) | alpaca | sharegpt"),
-    template: Optional[str] = typer.Option(None, "--template", help="Jinja template file rendered per row (with messages, meta, id) into a `text` column"),
+    template: Optional[str] = typer.Option(None, "--template", help="Jinja template file rendered per row (with messages, tools, meta, id) into a `text` column"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an --out that is not an earlier curate export (never the database or the working directory)"),
     skip_unfit: bool = typer.Option(False, "--skip-unfit", help="leave out, and count, rows the shape cannot express (default: refuse to export)"),
     drops: bool = typer.Option(False, "--drops", help="write the rejected rows instead: each drop with its stage, reason, kind and value, and each quarantined row with its error and raw text"),

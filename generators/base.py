@@ -149,11 +149,12 @@ def row_meta(text: str | None) -> dict:
 def child_row(messages: list[dict], meta: dict, *, origin: str, source: str, parent_ids: list[str],
               parent: int | None = None, reason: str | None = None, ensure_ascii: bool = True) -> dict:
     """A new row as a generator returns it in `StageResult.generated`: the sample columns (id
-    is the content hash of `messages`, `meta` JSON with sorted keys), its parent's index in the
+    is the content hash of `messages`, and of the tool definitions `meta` holds, as ingest hashes
+    them; `meta` JSON with sorted keys, schema.meta_json), its parent's index in the
     batch (`_parent`) and `reason`: None for a row to keep, else the drop reason of a rejected
     row (stored as a drop; its parent stays in play)."""
-    return {"id": S.sample_id(messages), "messages": messages, "origin": origin, "source": source,
-            "parent_ids": list(parent_ids), "meta": json.dumps(meta, sort_keys=True, ensure_ascii=ensure_ascii),
+    return {"id": S.sample_id(messages, S.tool_definitions(meta)), "messages": messages, "origin": origin, "source": source,
+            "parent_ids": list(parent_ids), "meta": S.meta_json(meta, ensure_ascii),
             S.PARENT: parent, "reason": reason}
 
 

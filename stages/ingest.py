@@ -9,11 +9,18 @@ Accepted row shapes (first match wins):
   read as `tool`); see schema.TOOL_FIELDS. A `tool_calls` that is not a list of objects
   quarantines the row. A `tool_fields` column (samples.tool_fields, as a drops export to Parquet
   or HF writes it) puts its items into the turns.
-- ShareGPT `conversations`: [{from, value}, ...]; `function_call` (a tool call written as text)
-  is an assistant turn, `observation` / `function` / `tool` a tool turn
+- ShareGPT `conversations`: [{from, value}, ...], with LLaMA-Factory's tool turns
+  (storage/sharegpt_tools.py): a `function_call` turn, JSON text of {name, arguments} or a list
+  of them, is an assistant turn with those `tool_calls` (ids `call_0`, `call_1`, ... made up);
+  `observation` / `function` / `tool` is a tool turn, answering the calls before it in order. A
+  `function_call` value that is not such JSON quarantines the row: LLaMA-Factory refuses it too,
+  and read as a plain answer it would teach the model to reply with a broken call.
 - Alpaca `instruction` / `input` / `output` (or `response` / `completion`)
 - `prompt` / `response` (or `completion` / `output`)
-On every shape, a top-level `system` string becomes the first (system) turn, unless the
+On every shape, a row's tool definitions, `tools` (OpenAI's, or LLaMA-Factory's JSON text of
+them) or legacy `functions`, a list of objects or JSON text of one, are kept in `meta.tools` /
+`meta.functions` as a list and count in the row's id (schema.sample_id); any other value
+quarantines the row; null, "" and [] are none. A top-level `system` string becomes the first (system) turn, unless the
 conversation opens with a system turn of its own (then the field stays in `meta`), and
 `history` ([[user, assistant], ...]) becomes the turns before the row's own.
 `fields` maps these names to a data set's own column names ({instruction: question}).
@@ -35,14 +42,14 @@ import pyarrow as pa
 
 from curate.stages.base import Resources, Stage, StageResult
 from curate.storage import schema as S
+from curate.storage.sharegpt_tools import number_calls, parse_calls
 
 SHAREGPT_ROLES = {
     "human": "user", "user": "user",
     "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bard": "assistant",
     "bing": "assistant", "model": "assistant",
     "system": "system", "tool": "tool", "function": "tool", "observation": "tool",
-    "function_call": "assistant",  # LLaMA-Factory's ShareGPT: the assistant's call, as JSON text
-}
+}  # and `function_call`, LLaMA-Factory's assistant call turn (_sharegpt_turn)
 OPENAI_ROLES = {"function": "tool"}  # the legacy role of a function's result
 # Fields that describe the sample itself rather than going into `meta`.
 RESERVED = {"origin", "source", "parent_ids", "meta"}
@@ -53,7 +60,6 @@ SHAPE_FIELDS = ("messages", "conversations", "instruction", "prompt")  # in the 
 ANSWER_FIELDS = ("output", "response", "completion")
 # Content parts that hold text, and the key of their text (OpenAI chat and Responses APIs).
 TEXT_PARTS = {"text": "text", "input_text": "text", "output_text": "text", "refusal": "refusal"}
-_META_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True, default=str)
 
 
 class RowError(ValueError):
@@ -122,10 +128,18 @@ class Ingest(Stage):
         validate_messages(messages, self.require_response)
         read = {self.fields[k] if self.fields.get(k) in row else k for k in used}  # the row's columns read
         meta = {k: v for k, v in row.items() if k not in read and k not in RESERVED}
-        sid = S.sample_id(messages)
-        if meta.get("id") == sid:
-            del meta["id"]  # curate's own id (an export's), which the content gives back
-        meta = {**_nested_meta(row.get("meta")), **meta}  # the row's own `meta.id` survives an export's id
+        nested = _nested_meta(row.get("meta"))
+        try:
+            definitions = S.parse_tool_definitions({**nested, **meta})  # a top-level field wins
+        except ValueError as e:
+            raise RowError(str(e)) from None
+        sid = S.sample_id(messages, definitions)
+        if meta.get("id") in (sid, S.sample_id(messages)):
+            del meta["id"]  # curate's own id (an export's; one made before tools counted), which the content gives back
+        meta = {**nested, **meta}  # the row's own `meta.id` survives an export's id
+        for key in S.TOOL_DEFINITIONS:
+            meta.pop(key, None)
+        meta.update(definitions)
         parents = row.get("parent_ids") or []
         if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
             raise RowError("parent_ids must be a list of strings")
@@ -138,7 +152,7 @@ class Ingest(Stage):
             "origin": _str_or(row.get("origin"), self.origin),
             "source": source,
             "parent_ids": parents,
-            "meta": _META_JSON.encode(meta) if meta else "{}",
+            "meta": S.meta_json(meta) if meta else "{}",
         }
 
 
@@ -190,7 +204,7 @@ def to_messages(row: dict) -> tuple[list[dict], set[str]]:
         used |= {"tool_fields"} & row.keys()
     elif "conversations" in row:
         turns = _expect_list(row, "conversations")
-        messages, used = [_turn(t, k, "from", "value", SHAREGPT_ROLES) for k, t in enumerate(turns)], {"conversations"}
+        messages, used = number_calls([_sharegpt_turn(t, k) for k, t in enumerate(turns)]), {"conversations"}
     elif "instruction" in row or "prompt" in row:
         messages, used = _single_turn(row)
     else:
@@ -281,6 +295,17 @@ def validate_messages(messages: list[dict], require_response: bool) -> None:
         raise RowError("the conversation has no user turn")
     if require_response and roles[-1] != "assistant":
         raise RowError("missing response: the last turn is not from the assistant (an empty or null output/response field counts as none; prompts alone: ingest.require_response: false; other column names: ingest.fields)")
+
+
+def _sharegpt_turn(t, k: int) -> dict:
+    """A ShareGPT turn; LLaMA-Factory's `function_call` turn is an assistant turn with its calls
+    (ids are given by number_calls, over the whole conversation)."""
+    if isinstance(t, dict) and isinstance(t.get("from"), str) and t["from"].lower() == "function_call":
+        try:
+            return {"role": "assistant", "content": "", "tool_calls": parse_calls(t.get("value"))}
+        except ValueError as e:
+            raise RowError(f"turn {k} (function_call) {e}") from None
+    return _turn(t, k, "from", "value", SHAREGPT_ROLES)
 
 
 def _turn(t, k: int, role_key: str, content_key: str, role_map: dict | None) -> dict:

@@ -22,7 +22,7 @@ import yaml
 from curate.errors import CurateError
 from curate.storage import schema as S
 from curate.storage.export_target import Staging
-from curate.storage.shapes import Shape, Unfit
+from curate.storage.shapes import Shape, Unfit, lift_definitions
 from curate.storage.store import Store, drops_relation, has_tool_fields
 
 FORMATS = ("hf", "parquet", "jsonl")
@@ -65,7 +65,8 @@ def export(db: str, out: str, format: str = "hf", run_id: str | None = None, sel
         return export_drops(db, out, format, run_id, overwrite=overwrite)
     with Store(db, read_only=True) as store:
         run_id = _resolve_run(store, db, run_id)
-        shaper = Shape(shape or ("template" if template else "messages"), template, tools=_has_tool_turns(store, run_id))
+        shaper = Shape(shape or ("template" if template else "messages"), template, tools=_has_tool_turns(store, run_id),
+                       definitions=_tool_definitions(store, run_id))
         query, params = _rows_query(store, run_id, selection)
         reader = store.con.cursor().sql(query, params=params).to_arrow_reader(BATCH_ROWS)
         skips = _Skips()
@@ -214,12 +215,22 @@ def _has_tool_turns(store: Store, run_id: str) -> bool:
         "SELECT 1 FROM curated_all WHERE run_id = ? AND tool_fields IS NOT NULL LIMIT 1", [run_id]).fetchone() is not None
 
 
+def _tool_definitions(store: Store, run_id: str) -> tuple[str, ...]:
+    """The tool definitions (schema.TOOL_DEFINITIONS) some kept row of the run has in its meta."""
+    found = store.con.execute(
+        "SELECT " + ", ".join(f"bool_or(CASE WHEN json_valid(meta) THEN json_type(meta, '$.{k}') = 'ARRAY' END)" for k in S.TOOL_DEFINITIONS)
+        + " FROM curated_all WHERE run_id = ?", [run_id]).fetchone()
+    return tuple(k for k, has in zip(S.TOOL_DEFINITIONS, found) if has)
+
+
 def _shaped_rows(reader: pa.RecordBatchReader, shape: Shape, skips: _Skips, parse_meta: bool) -> Iterator[dict]:
     for batch in reader:
         for sample in batch.to_pylist():
             if parse_meta:
                 sample["meta"] = json.loads(sample["meta"]) if sample["meta"] else {}
             sample["messages"] = S.with_tool_fields(sample["messages"], sample.pop("tool_fields"))
+            if shape.lifts:
+                sample = lift_definitions(sample)
             try:
                 yield shape.row(sample)
             except Unfit as e:
@@ -227,7 +238,7 @@ def _shaped_rows(reader: pa.RecordBatchReader, shape: Shape, skips: _Skips, pars
 
 
 def _shaped_batches(reader: pa.RecordBatchReader, shape: Shape, skips: _Skips) -> Iterator[pa.RecordBatch]:
-    if shape.name == "messages" and not shape.tools:  # DuckDB's batches are the rows already
+    if shape.name == "messages" and not shape.tools and not shape.definitions:  # DuckDB's batches are the rows already
         for batch in reader:
             yield batch.select(shape.schema.names).cast(shape.schema)
         return
@@ -236,6 +247,8 @@ def _shaped_batches(reader: pa.RecordBatchReader, shape: Shape, skips: _Skips) -
         if shape.tools:  # one Arrow type per field: the call objects as JSON text
             row["messages"] = [{**m, **{k: json.dumps(m[k], ensure_ascii=False) for k in ("tool_calls", "function_call") if k in m}}
                                for m in row["messages"]]
+        if shape.name == "messages":  # and the definitions
+            row.update({k: json.dumps(row[k], ensure_ascii=False) for k in shape.definitions if k in row})
         rows.append(row)
         if len(rows) == BATCH_ROWS:
             yield pa.RecordBatch.from_pylist(rows, schema=shape.schema)

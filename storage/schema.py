@@ -57,6 +57,11 @@ VALID_ROLES = ("system", "user", "assistant", "tool")
 # `tool_call_id` and `name`. In Python a turn dict carries them as keys (absent when null); in
 # Arrow and DuckDB they ride in the `tool_fields` column, beside `messages`.
 TOOL_FIELDS = ("tool_calls", "tool_call_id", "name", "function_call")
+# A row's tool definitions, beside its messages: OpenAI's `tools` ([{"type": "function",
+# "function": {name, description, parameters}}]; LLaMA-Factory's bare function objects too) and
+# the legacy `functions` ([{name, description, parameters}]). A sample keeps them in `meta` under
+# these keys (a list of objects, as read); they count in its id; an export lifts them to the top.
+TOOL_DEFINITIONS = ("tools", "functions")
 
 
 _CANONICAL = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
@@ -98,6 +103,45 @@ def parse_tool_fields(turn: dict) -> dict:
     return out
 
 
+def parse_tool_definitions(row: dict) -> dict:
+    """A read row's tool definitions (TOOL_DEFINITIONS), checked: each a list of objects, or JSON
+    text of one (as ShareGPT rows and Parquet or HF exports hold them); null, blank text and an
+    empty list are absent. ValueError says what is wrong."""
+    out = {}
+    for key in TOOL_DEFINITIONS:
+        value = row.get(key)
+        if isinstance(value, str):
+            if not value.strip():
+                continue
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError(f"field '{key}' must be a list of tool definitions or JSON text of one, "
+                                 f"got text that is not JSON: {value[:60]!r}") from None
+        if value is None or value == []:
+            continue
+        if not (isinstance(value, list) and all(isinstance(d, dict) for d in value)):
+            raise ValueError(f"field '{key}' must be a list of tool definitions (objects), got {_shown(value)}")
+        out[key] = value
+    return out
+
+
+def meta_json(meta: dict, ensure_ascii: bool = False) -> str:
+    """A sample's `meta` as JSON text, keys sorted, but for its tool definitions: first, and as
+    read (a chat template renders a definition's keys in its own order: name, description, ...)."""
+    encode = lambda v, **kw: json.dumps(v, ensure_ascii=ensure_ascii, default=str, **kw)  # noqa: E731
+    defs = [f"{encode(k)}: {encode(meta[k])}" for k in TOOL_DEFINITIONS if k in meta]
+    if not defs:
+        return encode(meta, sort_keys=True)
+    rest = encode({k: v for k, v in meta.items() if k not in TOOL_DEFINITIONS}, sort_keys=True)[1:-1]
+    return "{" + ", ".join(defs + ([rest] if rest else [])) + "}"
+
+
+def tool_definitions(meta: dict) -> dict:
+    """The tool definitions a sample's meta holds (lists only), for its id and its export."""
+    return {k: meta[k] for k in TOOL_DEFINITIONS if isinstance(meta.get(k), list) and meta[k]}
+
+
 def _shown(value) -> str:
     return f"{type(value).__name__} {json.dumps(value, default=str)[:60]}"
 
@@ -130,9 +174,14 @@ def tool_text(turn: dict) -> str:
     return "\n".join(lines)
 
 
-def sample_id(messages: list[dict]) -> str:
-    """Stable id: the same conversation always gets the same id, across runs and machines."""
-    return hashlib.blake2b(canonical_messages(messages).encode("utf-8"), digest_size=16).hexdigest()
+def sample_id(messages: list[dict], definitions: dict | None = None) -> str:
+    """Stable id: the same conversation always gets the same id, across runs and machines. A row's
+    tool definitions (`tool_definitions`: {"tools": [...]}) count too, when it has any: the same
+    turns offered other tools are another sample; a row without them hashes as before they existed."""
+    text = canonical_messages(messages)
+    if definitions:
+        text += "\n" + _CANONICAL.encode(definitions)
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
 def messages_array(conversations: list[list[dict]]) -> pa.Array:

@@ -5,6 +5,7 @@ inputs sharing a file stem, field mappings, and curate's own exports read back.
 Each kind has a test on its case file (tests/data/cases/, copied from ../shared/cases) and one on
 an input of the same kind written here; the last tests run the real pipeline on them."""
 
+import hashlib
 import json
 import math
 import runpy
@@ -417,8 +418,10 @@ def test_legacy_function_calls_sharegpt_function_call_and_malformed_tool_calls(t
     assert [m["role"] for m in with_tools(kept[0])] == ["user", "assistant", "tool", "assistant"]
     assert with_tools(kept[0])[1] == {"role": "assistant", "content": "", "function_call": legacy["messages"][1]["function_call"]}
     assert with_tools(kept[0])[2] == {"role": "tool", "content": "4", "name": "add"}
-    assert kept[1]["messages"][1] == {"role": "assistant", "content": "{\"name\": \"convert\", \"arguments\": {\"km\": 5}}"}
-    assert kept[1]["tool_fields"] is None and [m["role"] for m in kept[1]["messages"]] == ["user", "assistant", "tool", "assistant"]
+    # LLaMA-Factory's call turn is a call, not an answer written as JSON text (section 12)
+    assert with_tools(kept[1])[1] == {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "call_0", "type": "function", "function": {"name": "convert", "arguments": "{\"km\": 5}"}}]}
+    assert [m["role"] for m in kept[1]["messages"]] == ["user", "assistant", "tool", "assistant"]
     assert quarantined == {
         ("more", 2): "turn 1 'tool_calls' must be a list of tool-call objects, got str \"get_weather\"",
         ("more", 3): "turn 1 'tool_calls' must be a list of tool-call objects, got list [[\"get_weather\"]]",
@@ -444,6 +447,102 @@ def test_text_stages_read_a_tool_call_turn_as_its_calls(tmp_path):
     assert len(set(keys)) == 3  # the calls' arguments tell the rows apart
     result = Filters(min_response_words=1)(table)
     assert result.kept.num_rows == 3  # no empty_turn: the call is the turn's text
+
+
+# ---------------------------------------------------------------------------- 12. tool definitions, LLaMA-Factory tool turns
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                          "required": ["city"]}}}]
+FUNCTIONS = [{"name": "add", "description": "Add two numbers",
+              "parameters": {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}}}]
+
+
+def test_tools_and_legacy_functions_are_the_rows_tool_definitions_and_count_in_its_id(tmp_path):
+    other_tools = [{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}]
+    legacy = {"messages": [user("What is 2 + 2?"), {"role": "assistant", "content": None, "function_call":
+                                                    {"name": "add", "arguments": "{\"a\": 2, \"b\": 2}"}},
+                           {"role": "function", "name": "add", "content": "4"}, assistant("2 + 2 = 4.")]}
+    plain = [user("Hi?"), assistant("Hello.")]
+    rows = [{**WEATHER, "tools": TOOLS},
+            {**WEATHER, "tools": json.dumps(TOOLS)},  # JSON text, as LLaMA-Factory and a Parquet export hold it
+            {**WEATHER, "tools": other_tools},  # the same turns offered another tool: another sample
+            {**legacy, "functions": FUNCTIONS},
+            {"messages": plain, "tools": None, "functions": []},  # none
+            {"messages": plain, "tools": "", "meta": {"tools": TOOLS}},  # a top-level field wins over meta's
+            {"messages": plain, "tools": {"name": "get_weather"}},
+            {"messages": plain, "tools": ["get_weather"]},
+            {"messages": plain, "functions": "get_weather(city)"}]
+    kept, quarantined = ingest(write_jsonl(tmp_path / "defs.jsonl", rows), shard_size=10)
+    assert [s["meta"] for s in kept] == [{"tools": TOOLS}, {"tools": TOOLS}, {"tools": other_tools}, {"functions": FUNCTIONS}, {}, {}]
+    assert kept[0]["id"] == kept[1]["id"] == sample_id(WEATHER["messages"], {"tools": TOOLS}) != sample_id(WEATHER["messages"])
+    assert kept[2]["id"] not in (kept[0]["id"], sample_id(WEATHER["messages"]))
+    assert kept[3]["id"] == sample_id(with_tools(kept[3]), {"functions": FUNCTIONS})
+    # a row without tool definitions keeps the id it always had: its turns' hash
+    turns_hash = hashlib.blake2b(json.dumps([["user", "Hi?"], ["assistant", "Hello."]], separators=(",", ":")).encode(),
+                                 digest_size=16).hexdigest()
+    assert kept[4]["id"] == kept[5]["id"] == sample_id(plain) == turns_hash
+    assert quarantined == {
+        ("defs", 6): 'field \'tools\' must be a list of tool definitions (objects), got dict {"name": "get_weather"}',
+        ("defs", 7): 'field \'tools\' must be a list of tool definitions (objects), got list ["get_weather"]',
+        ("defs", 8): "field 'functions' must be a list of tool definitions or JSON text of one, got text that is not "
+                     "JSON: 'get_weather(city)'",
+    }
+
+
+LF_WEATHER = {  # LLaMA-Factory's ShareGPT with tools (its data/README.md), parallel calls answered in order
+    "conversations": [
+        {"from": "human", "value": "Weather in Paris and in Oslo?"},
+        {"from": "function_call", "value": json.dumps([{"name": "get_weather", "arguments": {"city": "Paris"}},
+                                                       {"name": "get_weather", "arguments": {"city": "Oslo"}}])},
+        {"from": "observation", "value": "18C sunny"},
+        {"from": "observation", "value": "4C snow"},
+        {"from": "gpt", "value": "Paris: 18C and sunny. Oslo: 4C with snow."},
+        {"from": "human", "value": "And in Rome?"},
+        {"from": "function_call", "value": "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Roma\"}}"},
+        {"from": "observation", "value": "21C clear"},
+        {"from": "gpt", "value": "21C and clear in Rome."}],
+    "system": "You can look up the weather.",
+    "tools": json.dumps(TOOLS)}
+
+
+def _call(n, city):
+    return {"id": f"call_{n}", "type": "function", "function": {"name": "get_weather", "arguments": json.dumps({"city": city})}}
+
+
+def test_llamafactory_function_call_and_observation_turns_are_tool_calls_and_results(tmp_path):
+    user_sg = {"from": "human", "value": "Weather in Lima?"}
+    string_args = {"conversations": [  # arguments already JSON text: kept as it is
+        user_sg,
+        {"from": "function_call", "value": json.dumps({"name": "get_weather", "arguments": "{\"city\":\"Lima\"}"})},
+        {"from": "observation", "value": "16C fog"}, {"from": "gpt", "value": "16C and foggy."}], "tools": TOOLS}
+    broken = [
+        [user_sg, {"from": "function_call", "value": "get_weather(city='Lima')"}, {"from": "gpt", "value": "x"}],
+        [user_sg, {"from": "function_call", "value": "{\"arguments\": {\"city\": \"Lima\"}}"}, {"from": "gpt", "value": "x"}],
+        [user_sg, {"from": "function_call", "value": "[]"}, {"from": "gpt", "value": "x"}],
+    ]
+    rows = [LF_WEATHER, string_args, *({"conversations": c} for c in broken)]
+    kept, quarantined = ingest(write_jsonl(tmp_path / "lf.jsonl", rows), shard_size=10)
+    assert with_tools(kept[0]) == [
+        system("You can look up the weather."), user("Weather in Paris and in Oslo?"),
+        {"role": "assistant", "content": "", "tool_calls": [_call(0, "Paris"), _call(1, "Oslo")]},
+        {"role": "tool", "content": "18C sunny", "tool_call_id": "call_0"},
+        {"role": "tool", "content": "4C snow", "tool_call_id": "call_1"},
+        assistant("Paris: 18C and sunny. Oslo: 4C with snow."), user("And in Rome?"),
+        {"role": "assistant", "content": "", "tool_calls": [_call(2, "Roma")]},
+        {"role": "tool", "content": "21C clear", "tool_call_id": "call_2"},
+        assistant("21C and clear in Rome.")]
+    assert kept[0]["meta"] == {"tools": TOOLS}
+    assert kept[0]["id"] == sample_id(with_tools(kept[0]), {"tools": TOOLS})
+    assert with_tools(kept[1])[1]["tool_calls"] == [
+        {"id": "call_0", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Lima\"}"}}]
+    assert quarantined == {
+        ("lf", 2): "turn 1 (function_call) is not JSON of a call {name, arguments}: \"get_weather(city='Lima')\"",
+        ("lf", 3): 'turn 1 (function_call) is not a call {name, arguments}: {"arguments": {"city": "Lima"}}',
+        ("lf", 4): "turn 1 (function_call) is an empty list of calls",
+    }
+    again, _ = ingest(write_jsonl(tmp_path / "lf_again.jsonl", [LF_WEATHER]))
+    assert again[0]["id"] == kept[0]["id"]  # made-up ids are the same every time
 
 
 # ---------------------------------------------------------------------------- 11. an export's source

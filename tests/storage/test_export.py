@@ -481,3 +481,160 @@ def test_a_sharegpt_refusal_does_not_suggest_sharegpt(tool_db, tmp_path):
     with pytest.raises(CurateError) as e:
         export(str(tool_db), str(tmp_path / "al.jsonl"), "jsonl", shape="alpaca")
     assert "Export them with --shape messages or sharegpt," in str(e.value)
+
+
+# ---------------------------------------------------------------------------- tool definitions
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+OTHER_TOOLS = [{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}]
+FUNCTIONS = [{"name": "add", "parameters": {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}}}]
+PLAIN = [{"role": "user", "content": "Name a colour of the sky."}, {"role": "assistant", "content": "Blue, on a clear day."}]
+
+
+def samples(db) -> dict:
+    """id → (turns with their tool fields, meta but the export's source) of a database's curated rows."""
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        rows = con.execute("SELECT id, to_json(messages)::VARCHAR, tool_fields, meta FROM curated").fetchall()
+    finally:
+        con.close()
+    out = {}
+    for i, m, fields, meta in rows:
+        meta = json.loads(meta)
+        meta.pop("origin_source", None)
+        out[i] = (with_tool_fields(json.loads(m), fields), meta)
+    return out
+
+
+def _run(tmp_path, name, rows):
+    seeds = tmp_path / f"{name}.jsonl"
+    seeds.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    db = tmp_path / f"{name}.duckdb"
+    report = run(load_config(None, input=[str(seeds)], db=str(db)), progress="off")
+    assert (report.rows_in, report.kept) == (len(rows), len(rows))
+    return db
+
+
+def test_tool_definitions_are_top_level_in_every_messages_export_and_read_back(ray_local, tmp_path):
+    """An OpenAI fine-tuning row is {"messages", "tools"} (legacy: "functions"): the export writes
+    the definitions there, lists in JSONL and JSON text in Parquet and HF, and reads them back."""
+    rows = [{"messages": WEATHER, "tools": TOOLS}, {"messages": WEATHER, "tools": OTHER_TOOLS},
+            {"messages": CALL_ONLY, "tools": TOOLS, "category": "weather"}, {"messages": LEGACY, "functions": FUNCTIONS},
+            {"messages": PLAIN}]
+    db = _run(tmp_path, "defs", rows)  # the same turns with other tools: two samples
+    want = samples(db)
+    as_text = lambda d: json.dumps(d, sort_keys=True)  # noqa: E731
+    assert sorted(as_text(m.get("tools") or m.get("functions")) for _, m in want.values()) == sorted(
+        map(as_text, [TOOLS, OTHER_TOOLS, TOOLS, FUNCTIONS, None]))
+
+    export(str(db), str(tmp_path / "out.jsonl"), "jsonl")
+    exported = {r["messages"][0]["content"] + json.dumps(r.get("tools")): r
+                for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
+    weather = exported["Weather in Paris?" + json.dumps(TOOLS)]
+    assert list(weather) == ["id", "messages", "tools", "origin", "source", "parent_ids", "meta"]
+    assert weather["messages"] == WEATHER and weather["meta"] == {}
+    assert exported["Weather in Paris?" + json.dumps(OTHER_TOOLS)]["id"] != weather["id"]
+    assert exported["And the weather in Oslo?" + json.dumps(TOOLS)]["meta"] == {"category": "weather"}
+    legacy = exported["What is 2 + 2?null"]
+    assert legacy["functions"] == FUNCTIONS and "tools" not in legacy and legacy["meta"] == {}
+    plain = exported["Name a colour of the sky.null"]
+    assert "tools" not in plain and "functions" not in plain
+
+    for fmt, out in (("parquet", "out.parquet"), ("hf", "out_hf")):
+        export(str(db), str(tmp_path / out), fmt)
+    table = datasets.load_from_disk(str(tmp_path / "out_hf"))
+    assert table.column_names[:4] == ["id", "messages", "tools", "functions"]
+    by_id = {r["id"]: r for r in table}
+    assert json.loads(by_id[weather["id"]]["tools"]) == TOOLS and by_id[plain["id"]]["tools"] is None
+    assert json.loads(by_id[legacy["id"]]["functions"]) == FUNCTIONS and by_id[legacy["id"]]["tools"] is None
+    assert json.loads(by_id[weather["id"]]["meta"]) == {}
+
+    for out in ("out.jsonl", "out.parquet", "out_hf"):
+        again = tmp_path / f"again_{out}.duckdb"
+        back = run(load_config(None, input=[str(tmp_path / out)], db=str(again)), progress="off")
+        assert (back.kept, back.quarantined) == (5, 0), out
+        assert samples(again) == want, out  # same ids, turns, tool fields and definitions
+    for fmt, out in (("jsonl", "out.jsonl"), ("parquet", "out.parquet")):
+        export(str(db), str(tmp_path / out), fmt)  # an earlier export: replaced without --overwrite
+
+
+def test_a_template_gets_the_rows_tools(ray_local, tmp_path):
+    db = _run(tmp_path, "tpl", [{"messages": WEATHER, "tools": TOOLS}, {"messages": LEGACY, "functions": FUNCTIONS},
+                                {"messages": PLAIN, "category": "sky"}])
+    template = tmp_path / "chat.j2"
+    template.write_text("{% for t in tools or [] %}{{ t.function.name if t.function is defined else t.name }}{% else %}none"
+                        "{% endfor %}|{{ meta | tojson }}")
+    export(str(db), str(tmp_path / "t.jsonl"), "jsonl", template=str(template))
+    texts = sorted(json.loads(line)["text"] for line in (tmp_path / "t.jsonl").read_text().splitlines())
+    assert texts == ["add|{}", "get_weather|{}", 'none|{"category": "sky"}']  # legacy functions as tools; meta without them
+
+
+LF_WEATHER = {  # LLaMA-Factory's ShareGPT with tools: parallel calls, each answered in order
+    "conversations": [
+        {"from": "human", "value": "Weather in Paris and in Oslo?"},
+        {"from": "function_call", "value": json.dumps([{"name": "get_weather", "arguments": {"city": "Paris"}},
+                                                       {"name": "get_weather", "arguments": {"city": "Oslo"}}])},
+        {"from": "observation", "value": "18C sunny"},
+        {"from": "observation", "value": "4C snow"},
+        {"from": "gpt", "value": "Paris: 18C and sunny. Oslo: 4C with snow."},
+        {"from": "human", "value": "And in Zürich?"},
+        {"from": "function_call", "value": json.dumps({"name": "get_weather", "arguments": {"city": "Zürich"}}, ensure_ascii=False)},
+        {"from": "observation", "value": "9C rain"},
+        {"from": "gpt", "value": "9C and raining in Zürich."}],
+    "system": "You can look up the weather.",
+    "tools": json.dumps(TOOLS)}
+LF_PLAIN = {"conversations": [{"from": "human", "value": "Hi there, who are you?"}, {"from": "gpt", "value": "A weather bot."}],
+            "tools": json.dumps(TOOLS, indent=2)}
+
+
+def test_llamafactory_sharegpt_tool_rows_round_trip(ray_local, tmp_path):
+    """sharegpt → curate → sharegpt gives the rows back: function_call and observation turns,
+    `tools` as JSON text; read again, the same samples."""
+    db = _run(tmp_path, "lf", [LF_WEATHER, LF_PLAIN, {"conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Yo."}]}])
+    want = samples(db)
+    for fmt, out in (("jsonl", "lf_out.jsonl"), ("parquet", "lf_out.parquet")):
+        export(str(db), str(tmp_path / out), fmt, shape="sharegpt")
+        again = tmp_path / f"again_{out}.duckdb"
+        back = run(load_config(None, input=[str(tmp_path / out)], db=str(again)), progress="off")
+        assert (back.kept, back.quarantined) == (3, 0), out
+        assert samples(again) == want, out
+    rows = {r["conversations"][0]["value"]: r for r in map(json.loads, (tmp_path / "lf_out.jsonl").read_text().splitlines())}
+    weather = rows["Weather in Paris and in Oslo?"]
+    assert weather["conversations"] == LF_WEATHER["conversations"] and weather["system"] == LF_WEATHER["system"]
+    assert json.loads(weather["tools"]) == TOOLS and weather["meta"] == {}
+    assert json.loads(rows["Hi there, who are you?"]["tools"]) == TOOLS and "tools" not in rows["Hi?"]
+    # Alpaca rows carry `tools` as LLaMA-Factory's do (a row with tool turns is unfit there)
+    assert export(str(db), str(tmp_path / "al.jsonl"), "jsonl", shape="alpaca", skip_unfit=True).skipped == 1
+    alpaca = {r["instruction"]: r for r in map(json.loads, (tmp_path / "al.jsonl").read_text().splitlines())}
+    assert json.loads(alpaca["Hi there, who are you?"]["tools"]) == TOOLS and "tools" not in alpaca["Hi?"]
+    back = run(load_config(None, input=[str(tmp_path / "al.jsonl")], db=str(tmp_path / "al.duckdb")), progress="off")
+    assert back.kept == 2 and samples(tmp_path / "al.duckdb") == {r["id"]: want[r["id"]] for r in alpaca.values()}
+    # as messages: an OpenAI row, the made-up call ids linking calls and results
+    export(str(db), str(tmp_path / "openai.jsonl"), "jsonl")
+    openai = {r["id"]: r for r in map(json.loads, (tmp_path / "openai.jsonl").read_text().splitlines())}[weather["id"]]
+    assert openai["tools"] == TOOLS and openai["messages"][2]["tool_calls"][1]["id"] == "call_1"
+    assert [m.get("tool_call_id") for m in openai["messages"]] == [None, None, None, "call_0", "call_1", None, None, None, "call_2", None]
+
+
+def test_openai_tool_rows_as_sharegpt(ray_local, tmp_path):
+    """An OpenAI row's calls are written as LLaMA-Factory writes them (arguments as JSON values, no
+    ids); a legacy function_call, a turn with text and calls, or results out of order are unfit."""
+    db = _run(tmp_path, "oa", [{"messages": WEATHER, "tools": TOOLS}, {"messages": LEGACY, "functions": FUNCTIONS}])
+    result = export(str(db), str(tmp_path / "sg.jsonl"), "jsonl", shape="sharegpt", skip_unfit=True)
+    assert result.skip_reasons == {"an assistant turn with a legacy function_call (ShareGPT writes tool_calls: export as messages)": 1}
+    row, = map(json.loads, (tmp_path / "sg.jsonl").read_text().splitlines())
+    assert row["conversations"] == [{"from": "human", "value": "Weather in Paris?"},
+                                    {"from": "function_call", "value": '{"name": "get_weather", "arguments": {"city": "Paris"}}'},
+                                    {"from": "observation", "value": "18C sunny"},
+                                    {"from": "gpt", "value": "It is 18C and sunny in Paris."}]
+    assert json.loads(row["tools"]) == TOOLS
+    call = WEATHER[1]
+    with pytest.raises(Unfit, match="both text and tool calls"):
+        to_sharegpt([WEATHER[0], {**call, "content": "Let me check."}, *WEATHER[2:]])
+    two = {**call, "tool_calls": [call["tool_calls"][0], {**call["tool_calls"][0], "id": "call_2"}]}
+    swapped = [WEATHER[0], two, {"role": "tool", "tool_call_id": "call_2", "content": "a"}, {"role": "tool", "tool_call_id": "call_1", "content": "b"}]
+    with pytest.raises(Unfit, match="tool turn with tool_call_id call_2 that does not answer the calls before it in order"):
+        to_sharegpt(swapped)
+    assert [t["from"] for t in to_sharegpt(swapped[:2] + swapped[3:] + swapped[2:3])["conversations"]] == [
+        "human", "function_call", "observation", "observation"]

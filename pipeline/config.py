@@ -127,6 +127,13 @@ class RunConfig(Strict):
     export: ExportConfig | None = None
     ray: RayConfig = RayConfig()
 
+    @field_validator("db")
+    @classmethod
+    def _db_named(cls, v: str) -> str:
+        if not v.strip():  # DuckDB would open an in-memory database: the run's rows lost at its end
+            raise ValueError("an empty path: name the database file (db: curated.duckdb)")
+        return v
+
     @field_validator("input", mode="before")
     @classmethod
     def _one_or_many(cls, v):
@@ -222,6 +229,12 @@ def _parse_component(index: int, item, lookup, reserved: tuple[str, ...]) -> tup
         validated = _params_model(cls)(**params).model_dump()
     except ValidationError as e:
         raise StageConfigError(f"{index}.{key}", format_errors(e)) from None
+    check = getattr(cls, "check_params", None)  # checks across parameters (Stage.check_params)
+    if check is not None:
+        try:
+            check(validated)
+        except ValueError as e:
+            raise StageConfigError(f"{index}.{key}", str(e)) from None
     return key, validated, extra
 
 

@@ -23,7 +23,7 @@ from curate.errors import CurateError
 from curate.storage import schema as S
 from curate.storage.export_target import Staging
 from curate.storage.shapes import Shape, Unfit
-from curate.storage.store import Store, drops_relation, has_tool_fields
+from curate.storage.store import Store, drops_relation, has_tool_fields, resolve_run_id
 
 FORMATS = ("hf", "parquet", "jsonl")
 BATCH_ROWS = 10_000
@@ -180,9 +180,7 @@ def _resolve_run(store: Store, db: str, run_id: str | None) -> str:
             raise CurateError(f"{db} holds no finished run yet: `curate run` first" if latest is None else
                               f"{db} holds no finished run: rerun its command to finish run {latest}, or pass "
                               f"--run {latest} to export it as it stands (not every stage has seen its rows)")
-    if not store.con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone():
-        raise CurateError(f"no run {run_id!r} in {db} (see `curate runs --db {db}`)")
-    return run_id
+    return resolve_run_id(store.con, db, run_id)
 
 
 class _Skips:

@@ -250,8 +250,17 @@ def _rows_query(store: Store, run_id: str, selection: str | None) -> tuple[str, 
     has_table = store.con.execute(
         "SELECT 1 FROM information_schema.tables WHERE table_name = 'selections'"
     ).fetchone()
-    if not has_table or not store.con.execute("SELECT 1 FROM selections WHERE name = ? LIMIT 1", [selection]).fetchone():
-        raise CurateError(f"no selection named {selection!r} in this database")
+    if not has_table or not store.con.execute("SELECT 1 FROM selections WHERE run_id = ? AND name = ? LIMIT 1",
+                                              [run_id, selection]).fetchone():
+        # the run's own selections: one another run wrote would export no row of this run
+        have = [r[0] for r in store.con.execute(
+            "SELECT DISTINCT name FROM selections WHERE run_id = ? ORDER BY 1", [run_id]).fetchall()] if has_table else []
+        elsewhere = [r[0] for r in store.con.execute(
+            "SELECT DISTINCT run_id FROM selections WHERE name = ? ORDER BY 1", [selection]).fetchall()] if has_table else []
+        raise CurateError(f"run {run_id} has no selection named {selection!r} "
+                          f"({'its selections: ' + ', '.join(have) if have else 'it has no selections'})"
+                          + (f"; run{'s' if len(elsewhere) > 1 else ''} {', '.join(elsewhere)} wrote one: --run ID"
+                             if elsewhere else ""))
     return (
         f"SELECT {cols} FROM curated_all c JOIN selections s ON s.run_id = c.run_id AND s.id = c.id "
         "WHERE c.run_id = ? AND s.name = ? ORDER BY s.rank",

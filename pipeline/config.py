@@ -111,6 +111,15 @@ class ExportConfig(Strict):
     overwrite: bool = False  # replace a target curate did not write (never the database or the cwd)
     skip_unfit: bool = False  # leave out, and count, rows the shape cannot express
 
+    @model_validator(mode="after")
+    def _out_named_for_format(self):
+        from curate.storage.export import suffix_mismatch  # checked now, not after the run
+
+        mismatch = suffix_mismatch(self.out, self.format)
+        if mismatch:
+            raise ValueError(mismatch.replace("--out", "out").replace("--format", "format"))
+        return self
+
 
 class RunConfig(Strict):
     name: str | None = None

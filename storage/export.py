@@ -26,6 +26,19 @@ from curate.storage.shapes import Shape, Unfit
 from curate.storage.store import Store, drops_relation, has_tool_fields, resolve_run_id
 
 FORMATS = ("hf", "parquet", "jsonl")
+_SUFFIX_FORMAT = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+def suffix_mismatch(out: str, format: str) -> str | None:
+    """Why `out` is the wrong name for a `format` export (a Parquet file named `.jsonl`, an HF
+    folder named `.parquet`: readers, `curate run` among them, go by the suffix), or None."""
+    ext = os.path.splitext(str(out).rstrip("/"))[1].lower()
+    named = _SUFFIX_FORMAT.get(ext)
+    if named is None or named == format:
+        return None
+    what = "an HF dataset folder" if format == "hf" else f"a {format} file"
+    return (f"--out {out} ends in {ext}, a {named} file's suffix, but --format {format} writes {what} there: "
+            f"pass --format {named}, or an --out named for {format}")
 BATCH_ROWS = 10_000
 EXAMPLES = 5  # unfit rows named in messages and the card
 
@@ -58,6 +71,9 @@ def export(db: str, out: str, format: str = "hf", run_id: str | None = None, sel
     """
     if format not in FORMATS:
         raise CurateError(f"unknown export format {format!r}: use {', '.join(FORMATS)}")
+    mismatch = suffix_mismatch(out, format)
+    if mismatch:
+        raise CurateError(mismatch)
     if drops:
         given = [o for o, v in (("--selection", selection), ("--shape", shape), ("--template", template)) if v]
         if given:

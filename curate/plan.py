@@ -149,6 +149,7 @@ def _database(config, inputs, out: list[str]) -> None:
         with Store(config.db, read_only=True) as store:
             row = store.con.execute("SELECT status, attempts FROM runs WHERE run_id = ?", [run_id]).fetchone()
             done = len(store.committed_shards(run_id, 0)) if row else 0
+            changed = _changed_selectors(store, run_id, config.selectors) if row else []
     except CurateError as e:
         out.append(f"{line} ({e})")
         return
@@ -157,11 +158,26 @@ def _database(config, inputs, out: list[str]) -> None:
         return
     if row is None:
         out.append(f"{line} (a new run in an existing database)")
+    elif row[0] == "finished" and changed:
+        out.append(f"{line} (finished already: a rerun processes no shard, and runs the selectors new or changed "
+                   f"since: {', '.join(changed)})")
     elif row[0] == "finished":
         out.append(f"{line} (finished already: a rerun adds nothing)")
     else:
         out.append(f"{line} ({row[0]} after {row[1]} attempt{'s' if row[1] != 1 else ''}, {done} input shard"
                    f"{'s' if done != 1 else ''} committed: a rerun resumes)")
+
+
+def _changed_selectors(store, run_id: str, selectors) -> list[str]:
+    """The selections a rerun writes again: their selector or parameters differ from what the
+    run stored (pipeline/select.py run_selectors skips the others)."""
+    import json
+
+    try:
+        return [sc.name for sc in selectors
+                if store.selection_params(run_id, sc.name) != (sc.key, json.dumps(sc.params, sort_keys=True))]
+    except Exception:  # noqa: BLE001 - a database from before selection_info: every selector runs
+        return [sc.name for sc in selectors]
 
 
 # ---------------------------------------------------------------------------- stages

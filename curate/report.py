@@ -26,7 +26,7 @@ import duckdb
 from curate.errors import CurateError
 from curate.report_clusters import pool_cluster_sizes
 from curate.report_render import bars, barh, clip, e, empty, example_table, hist, note, plural, table, timeline
-from curate.storage.store import Store, drops_relation
+from curate.storage.store import Store, drops_relation, resolve_run_id
 
 SECTIONS = ("summary", "funnel", "drop-reasons", "scores", "clusters", "selections", "verifiers", "judges", "llm", "time")
 EXAMPLES = 3  # example rows per drop kind and per cluster
@@ -45,7 +45,7 @@ class Section:
 def write_report(db: str, out: str, run_id: str | None = None) -> str:
     with Store(db, read_only=True) as store:
         con = store.con
-        run_id = run_id or _latest_run(con)
+        run_id = _latest_run(con) if run_id is None else resolve_run_id(con, db, run_id)
         steps = _steps(con, run_id)
         sections = [
             _summary(con, run_id), _funnel(steps), _drop_reasons(con, run_id), _scores(con, run_id),

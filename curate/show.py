@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from curate.errors import CurateError
 from curate.storage import schema as S
-from curate.storage.store import Store, drops_relation, has_tool_fields
+from curate.storage.store import Store, drops_relation, has_tool_fields, resolve_run_id
 
 INDENT = "    "
 
@@ -80,9 +80,8 @@ def _resolve_run(con, db: str, run_id: str | None) -> tuple[str, str]:
         if row is None:
             raise CurateError(f"{db} holds no run yet: `curate run` first")
         run_id = row[0]
+    run_id = resolve_run_id(con, db, run_id)
     info = con.execute("SELECT name, status FROM runs WHERE run_id = ?", [run_id]).fetchone()
-    if info is None:
-        raise CurateError(f"no run {run_id!r} in {db} (see `curate runs --db {db}`)")
     n_runs = con.execute("SELECT count(*) FROM runs").fetchone()[0]
     others = f"; {n_runs - 1} other run{'s' if n_runs > 2 else ''} in {db}: --run ID" if n_runs > 1 else ""
     return run_id, f"run {run_id} ({info[0] or 'unnamed'}, {info[1]}{others})"

@@ -111,6 +111,15 @@ class ExportConfig(Strict):
     overwrite: bool = False  # replace a target curate did not write (never the database or the cwd)
     skip_unfit: bool = False  # leave out, and count, rows the shape cannot express
 
+    @model_validator(mode="after")
+    def _out_named_for_format(self):
+        from curate.storage.export import suffix_mismatch  # checked now, not after the run
+
+        mismatch = suffix_mismatch(self.out, self.format)
+        if mismatch:
+            raise ValueError(mismatch.replace("--out", "out").replace("--format", "format"))
+        return self
+
 
 class RunConfig(Strict):
     name: str | None = None
@@ -126,6 +135,13 @@ class RunConfig(Strict):
     selectors: list[SelectorConfig] = []
     export: ExportConfig | None = None
     ray: RayConfig = RayConfig()
+
+    @field_validator("db")
+    @classmethod
+    def _db_named(cls, v: str) -> str:
+        if not v.strip():  # DuckDB would open an in-memory database: the run's rows lost at its end
+            raise ValueError("an empty path: name the database file (db: curated.duckdb)")
+        return v
 
     @field_validator("input", mode="before")
     @classmethod
@@ -222,6 +238,12 @@ def _parse_component(index: int, item, lookup, reserved: tuple[str, ...]) -> tup
         validated = _params_model(cls)(**params).model_dump()
     except ValidationError as e:
         raise StageConfigError(f"{index}.{key}", format_errors(e)) from None
+    check = getattr(cls, "check_params", None)  # checks across parameters (Stage.check_params)
+    if check is not None:
+        try:
+            check(validated)
+        except ValueError as e:
+            raise StageConfigError(f"{index}.{key}", str(e)) from None
     return key, validated, extra
 
 

@@ -286,6 +286,12 @@ class Stage:
         return cls.resources
 
     @classmethod
+    def check_params(cls, params: dict) -> None:
+        """Checks across parameters that their types cannot express (a lower bound above its
+        upper bound), run as the config is read, after each parameter is validated on its own:
+        raise ValueError naming them; the config error then names the stage. Default: none."""
+
+    @classmethod
     def preflight(cls, params: dict) -> None:
         """Cheap checks the driver runs before any Ray work on a local run (a missing sandbox,
         say); raise with a message that names the fix. Default: nothing to check."""

@@ -192,8 +192,16 @@ class NearDedup(GlobalStage):
     batch_size = 2048
     order = "position"
 
+    @classmethod
+    def check_params(cls, params: dict) -> None:
+        """Each LSH band takes `num_perm // bands` rows of the signature: at least one."""
+        bands, num_perm = params.get("bands"), params.get("num_perm", 128)
+        if bands is not None and bands > num_perm:
+            raise ValueError(f"bands ({bands}) is above num_perm ({num_perm}): each band takes num_perm // bands "
+                             "signature rows, at least one")
+
     def __init__(self, threshold: OpenFraction = 0.8, num_perm: Positive = 128, shingle: Positive = 5, seed: int = 0,
-                 text: Literal["instruction", "conversation"] = "conversation", bands: int | None = None,
+                 text: Literal["instruction", "conversation"] = "conversation", bands: Positive | None = None,
                  recall_weight: float = 0.99, verify_margin: float = 0.05, max_bucket: int = 64):
         if not 0 < threshold <= 1:
             raise ValueError(f"threshold must lie in (0, 1], got {threshold}")

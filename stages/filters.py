@@ -113,6 +113,14 @@ class Filters(Stage):
         out = {f"scores:{SCORES}{s}" for s in stats}
         return out | ({f"scores:{UNDETERMINED}"} if param(cls, params, "languages") else set())
 
+    @classmethod
+    def check_params(cls, params: dict) -> None:
+        """A lower bound above its upper bound would drop every row: a config error."""
+        for stat in ("instruction_chars", "instruction_words", "response_chars", "response_words"):
+            lo, hi = params.get(f"min_{stat}"), params.get(f"max_{stat}")
+            if lo is not None and hi is not None and lo > hi:
+                raise ValueError(f"min_{stat} ({lo}) is above max_{stat} ({hi}): no row could pass")
+
     def __init__(
         self,
         min_instruction_chars: NonNegative | None = 1,

@@ -23,9 +23,22 @@ from curate.errors import CurateError
 from curate.storage import schema as S
 from curate.storage.export_target import Staging
 from curate.storage.shapes import Shape, Unfit, lift_definitions
-from curate.storage.store import Store, drops_relation, has_tool_fields
+from curate.storage.store import Store, drops_relation, has_tool_fields, resolve_run_id
 
 FORMATS = ("hf", "parquet", "jsonl")
+_SUFFIX_FORMAT = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+def suffix_mismatch(out: str, format: str) -> str | None:
+    """Why `out` is the wrong name for a `format` export (a Parquet file named `.jsonl`, an HF
+    folder named `.parquet`: readers, `curate run` among them, go by the suffix), or None."""
+    ext = os.path.splitext(str(out).rstrip("/"))[1].lower()
+    named = _SUFFIX_FORMAT.get(ext)
+    if named is None or named == format:
+        return None
+    what = "an HF dataset folder" if format == "hf" else f"a {format} file"
+    return (f"--out {out} ends in {ext}, a {named} file's suffix, but --format {format} writes {what} there: "
+            f"pass --format {named}, or an --out named for {format}")
 BATCH_ROWS = 10_000
 EXAMPLES = 5  # unfit rows named in messages and the card
 
@@ -58,6 +71,9 @@ def export(db: str, out: str, format: str = "hf", run_id: str | None = None, sel
     """
     if format not in FORMATS:
         raise CurateError(f"unknown export format {format!r}: use {', '.join(FORMATS)}")
+    mismatch = suffix_mismatch(out, format)
+    if mismatch:
+        raise CurateError(mismatch)
     if drops:
         given = [o for o, v in (("--selection", selection), ("--shape", shape), ("--template", template)) if v]
         if given:
@@ -181,9 +197,7 @@ def _resolve_run(store: Store, db: str, run_id: str | None) -> str:
             raise CurateError(f"{db} holds no finished run yet: `curate run` first" if latest is None else
                               f"{db} holds no finished run: rerun its command to finish run {latest}, or pass "
                               f"--run {latest} to export it as it stands (not every stage has seen its rows)")
-    if not store.con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone():
-        raise CurateError(f"no run {run_id!r} in {db} (see `curate runs --db {db}`)")
-    return run_id
+    return resolve_run_id(store.con, db, run_id)
 
 
 class _Skips:
@@ -265,8 +279,17 @@ def _rows_query(store: Store, run_id: str, selection: str | None) -> tuple[str, 
     has_table = store.con.execute(
         "SELECT 1 FROM information_schema.tables WHERE table_name = 'selections'"
     ).fetchone()
-    if not has_table or not store.con.execute("SELECT 1 FROM selections WHERE name = ? LIMIT 1", [selection]).fetchone():
-        raise CurateError(f"no selection named {selection!r} in this database")
+    if not has_table or not store.con.execute("SELECT 1 FROM selections WHERE run_id = ? AND name = ? LIMIT 1",
+                                              [run_id, selection]).fetchone():
+        # the run's own selections: one another run wrote would export no row of this run
+        have = [r[0] for r in store.con.execute(
+            "SELECT DISTINCT name FROM selections WHERE run_id = ? ORDER BY 1", [run_id]).fetchall()] if has_table else []
+        elsewhere = [r[0] for r in store.con.execute(
+            "SELECT DISTINCT run_id FROM selections WHERE name = ? ORDER BY 1", [selection]).fetchall()] if has_table else []
+        raise CurateError(f"run {run_id} has no selection named {selection!r} "
+                          f"({'its selections: ' + ', '.join(have) if have else 'it has no selections'})"
+                          + (f"; run{'s' if len(elsewhere) > 1 else ''} {', '.join(elsewhere)} wrote one: --run ID"
+                             if elsewhere else ""))
     return (
         f"SELECT {cols} FROM curated_all c JOIN selections s ON s.run_id = c.run_id AND s.id = c.id "
         "WHERE c.run_id = ? AND s.name = ? ORDER BY s.rank",

@@ -665,6 +665,20 @@ class Store:
             raise CurateError(f"SQL error: {str(e).splitlines()[0]}") from None
 
 
+def resolve_run_id(con: duckdb.DuckDBPyConnection, db: str, run_id: str) -> str:
+    """The run `--run` names: its id, or a prefix of one id (as `curate show --id` takes a row's).
+    CurateError when no run, or several, match."""
+    ids = [r[0] for r in con.execute("SELECT run_id FROM runs WHERE starts_with(run_id, ?) ORDER BY run_id",
+                                     [run_id]).fetchall()] if run_id else []
+    if run_id in ids:
+        return run_id
+    if len(ids) == 1:
+        return ids[0]
+    if ids:
+        raise CurateError(f"--run {run_id} matches {len(ids)} runs in {db} ({', '.join(ids)}): give more of the id")
+    raise CurateError(f"no run {run_id!r} in {db} (see `curate runs --db {db}`)")
+
+
 def _sql_str(text: str) -> str:
     return text.replace("'", "''")
 

@@ -100,3 +100,19 @@ def test_plan_of_a_finished_run_says_a_rerun_adds_nothing_and_the_demo_plans(tmp
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "export: selection random_half as hf → ./out/demo" in proc.stdout
     assert re.search(r"^db: curated\.duckdb", proc.stdout, re.M)
+
+
+def test_plan_of_a_finished_run_names_the_selectors_a_rerun_runs_again(tmp_path, shared_data):
+    """A changed selector budget keeps the run id (selectors are not in it) but a rerun writes
+    that selection again: the plan said `a rerun adds nothing`."""
+    config = write_config(tmp_path / "sel.yaml", {"input": str(ALPACA), "shard_size": 4000,
+                                                   "stages": [{"filters": {"min_response_words": 3}}],
+                                                   "selectors": [{"random": {"budget": 10, "name": "ten"}},
+                                                                 {"random": {"budget": 0.5, "name": "half"}}]})
+    proc, _ = sh(tmp_path, "run", str(config), "--progress", "off", "--no-export")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = lambda out: re.search(r"^db: sel\.duckdb; run id \w+ \((.*)\)$", out, re.M).group(1)  # noqa: E731
+    assert line(sh(tmp_path, "plan", str(config))[0].stdout) == "finished already: a rerun adds nothing"
+    for override, names in (("ten.budget=20", "ten"), ("half.seed=3", "half")):
+        out = sh(tmp_path, "plan", str(config), "--set", override)[0].stdout
+        assert line(out) == f"finished already: a rerun processes no shard, and runs the selectors new or changed since: {names}"

@@ -193,12 +193,12 @@ def test_a_foreign_folder_or_file_is_refused_and_left_as_it_was(base, tmp_path, 
     assert code == 2 and f"--out {out} is a folder that curate did not write" in err and "--overwrite" in err
     assert tree(out) == before and not staging_dirs(out)
 
-    seeds = tmp_path / "seeds.jsonl"  # a user's data file where a jsonl export would go
-    seeds.write_bytes(INPUTS[0].read_bytes())
-    for fmt in ("jsonl", "parquet"):
+    for fmt in ("jsonl", "parquet"):  # a user's data file where an export would go (named for its format)
+        seeds = tmp_path / f"seeds.{fmt}"
+        seeds.write_bytes(INPUTS[0].read_bytes())
         code, _, err = cli(capsys, "export", "--db", base, "--format", fmt, "--out", seeds)
         assert code == 2 and "is a file that is not an earlier curate export" in err
-    assert seeds.read_bytes() == INPUTS[0].read_bytes()
+        assert seeds.read_bytes() == INPUTS[0].read_bytes()
 
     code, said, _ = cli(capsys, "export", "--db", base, "--format", "hf", "--out", out, "--overwrite")
     assert code == 0 and datasets.load_from_disk(str(out)).num_rows == 8 and not (out / "notes.txt").exists()

@@ -1,5 +1,6 @@
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -67,6 +68,15 @@ def curate_cmd() -> list[str]:
     return [sys.executable, "-m", "curate.cli"]
 
 
+def curate_sh(cwd, *args, check: bool = True) -> subprocess.CompletedProcess:
+    """`curate ARGS` run in `cwd` (text output captured); with `check`, a non-zero exit fails the
+    test with the end of its stderr."""
+    proc = subprocess.run([*curate_cmd(), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def run_killing_at_first_commit(cmd: list[str], kill, timeout: float = 300) -> tuple[int, list[int]]:
     """Run a `curate run ... --progress lines` command; at its first committed shard call
     kill(driver_pid), which kills something and returns the pids it killed. Returns the run's
@@ -79,7 +89,6 @@ def run_killing_at(cmd: list[str], when, kill, timeout: float = 300) -> tuple[in
     which when(line) holds, call kill(driver_pid), which kills something and returns the pids it
     killed. Returns the run's exit code, those pids and its stderr."""
     import signal
-    import subprocess
     import time
 
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True)

@@ -5,21 +5,16 @@ takes a row's), and a run the database does not hold is an error in all three. `
 
 import json
 import shutil
-import subprocess
 
 import duckdb
 import pytest
 
 from curate.errors import CurateError
 from curate.storage.store import Store, resolve_run_id
-from conftest import curate_cmd, write_jsonl
+from conftest import curate_sh, write_jsonl
 
 
-def sh(cwd, *args, check=True):
-    proc = subprocess.run([*curate_cmd(), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+sh = curate_sh
 
 
 @pytest.fixture(scope="module")

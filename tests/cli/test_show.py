@@ -4,7 +4,6 @@ wrapped text, one id with its lineage) and `curate export --drops`, on a real `c
 
 import json
 import re
-import subprocess
 
 import duckdb
 import pyarrow.parquet as pq
@@ -12,16 +11,12 @@ import pytest
 
 from curate.storage.store import Store
 from checks import q
-from conftest import curate_cmd, write_jsonl
+from conftest import curate_sh, write_jsonl
 
 REPEATED = "the cat sat on the mat and " * 12
 
 
-def sh(cwd, *args, check=True):
-    proc = subprocess.run([*curate_cmd(), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+sh = curate_sh
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import yaml
 
 from curate.errors import CurateError
 from curate.pipeline.config import load_config
-from conftest import ROOT, curate_cmd, write_jsonl
+from conftest import ROOT, curate_cmd, curate_sh, write_jsonl
 
 THREE = {"name": "three", "stages": [{"filters": {}}, {"near_dedup": {}}, {"near_dedup": {"threshold": 0.5}},
                                      "exact_dedup", {"decontaminate": {"benchmarks": ["a.jsonl"]}}],
@@ -26,10 +26,7 @@ def config(tmp_path, body: dict, name="c.yaml"):
     return str(path)
 
 
-def sh(cwd, *args):
-    proc = subprocess.run([*curate_cmd(), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+sh = curate_sh
 
 
 def test_set_addresses_stages_and_selectors_by_name(tmp_path):

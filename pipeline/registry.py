@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 
 from curate.errors import CurateError
@@ -56,6 +57,8 @@ def selector_class(key: str):
 
 def _load(kind: str, registry: dict[str, str], key: str):
     if key not in registry:
-        raise CurateError(f"unknown {kind} '{key}' (known: {', '.join(sorted(registry))})")
+        close = difflib.get_close_matches(str(key), registry, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise CurateError(f"unknown {kind} '{key}': {hint}(known: {', '.join(sorted(registry))})")
     module, _, cls = registry[key].partition(":")
     return getattr(importlib.import_module(module), cls)

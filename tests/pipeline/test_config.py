@@ -36,8 +36,12 @@ def test_bad_value_is_named(tmp_path):
 
 
 def test_unknown_stage_is_named(tmp_path):
-    with pytest.raises(CurateError, match=r"stages\.0: unknown stage 'filterz'"):
+    with pytest.raises(CurateError, match=r"stages\.0: unknown stage 'filterz': did you mean 'filters'\?"):
         load_config(write(tmp_path, "stages:\n  - filterz: {}\n"))
+    with pytest.raises(CurateError, match=r"unknown stage 'near_dedupe': did you mean 'near_dedup'\?"):
+        load_config(write(tmp_path, "stages:\n  - near_dedupe: {}\n"))
+    with pytest.raises(CurateError, match=r"unknown stage 'zzz': \(known: "):  # nothing close: the list alone
+        load_config(write(tmp_path, "stages:\n  - zzz: {}\n"))
 
 
 def test_set_overrides_reach_nested_values(tmp_path):
@@ -72,7 +76,7 @@ def test_stage_resources_can_be_overridden(tmp_path):
 def test_selectors_are_validated_like_stages(tmp_path):
     cfg = load_config(write(tmp_path, "selectors:\n  - random: {budget: 0.25, name: quarter}\n"))
     assert (cfg.selectors[0].key, cfg.selectors[0].name, cfg.selectors[0].params) == ("random", "quarter", {"budget": 0.25, "seed": 0})
-    with pytest.raises(CurateError, match=r"selectors\.0: unknown selector 'kmeans_diversityy'"):
+    with pytest.raises(CurateError, match=r"selectors\.0: unknown selector 'kmeans_diversityy': did you mean 'kmeans_diversity'\?"):
         load_config(write(tmp_path, "selectors:\n  - kmeans_diversityy: {}\n"))
     with pytest.raises(CurateError, match=r"selectors\.0\.random: sed: unknown key"):
         load_config(write(tmp_path, "selectors:\n  - random: {sed: 1}\n"))

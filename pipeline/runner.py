@@ -82,6 +82,8 @@ class RunReport:
             text += f"\n(all of them: curate export --drops --db {self.db} --out rejected.jsonl -f jsonl)"
         for s in self.selections:
             text += f"\nselection {s['name']}: {s['rows']} of {s['pool']} rows"
+            if "budget" in s:
+                text += f" (its budget, {s['budget']:,} rows, is above the pool: it took every row it could)"
         for w in self.warnings:
             text += f"\nwarning: {w}"
         return text

@@ -43,6 +43,7 @@ def run_selectors(store: Store, run_id: str, selectors: list[SelectorConfig]) ->
         coverage = _coverage(con, run_id, selector, [p[0] for p in picked])
         store.write_selection(run_id, sc.name, sc.key, params, pool, picked, seconds, coverage)
         done.append({"name": sc.name, "pool": pool, "rows": len(picked),
+                     **({"budget": selector.budget} if isinstance(selector.budget, int) and selector.budget > pool else {}),
                      **({"coverage_mean": coverage["coverage_mean"], "random_coverage_mean": coverage["random_coverage_mean"]}
                         if coverage else {})})
     return done

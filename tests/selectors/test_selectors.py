@@ -25,9 +25,14 @@ def test_random_selection_is_deterministic_nested_and_exportable(ray_local, tmp_
     db = str(tmp_path / "sel.duckdb")
     selectors = [{"random": {"budget": 50, "seed": 1, "name": "small"}},
                  {"random": {"budget": 0.2, "seed": 1, "name": "large"}},
-                 {"random": {"budget": 50, "seed": 2, "name": "other_seed"}}]
+                 {"random": {"budget": 50, "seed": 2, "name": "other_seed"}},
+                 {"random": {"budget": 5000, "name": "beyond"}}]
     report = run(load_config(None, input=[str(src)], db=db, selectors=selectors), progress="off")
-    assert [(s["name"], s["rows"]) for s in report.selections] == [("small", 50), ("large", round(0.2 * report.kept)), ("other_seed", 50)]
+    assert [(s["name"], s["rows"]) for s in report.selections] == [("small", 50), ("large", round(0.2 * report.kept)), ("other_seed", 50),
+                                                                    ("beyond", report.kept)]
+    summary = report.summary()
+    assert f"selection beyond: {report.kept} of {report.kept} rows (its budget, 5,000 rows, is above the pool" in summary
+    assert "selection small: 50 of" in summary and "small: 50 of " + str(report.kept) + " rows\n" in summary + "\n"
     con = duckdb.connect(db, read_only=True)
     ranked = lambda name: [r[0] for r in con.execute("SELECT id FROM selections WHERE name = ? ORDER BY rank", [name]).fetchall()]  # noqa: E731
     small, large, other = ranked("small"), ranked("large"), ranked("other_seed")

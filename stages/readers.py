@@ -5,17 +5,27 @@ group sizes, dataset lengths); reading a shard runs in a Ray task and needs only
 Every record comes out as raw text (a JSON object; CSV, Parquet and Hugging Face rows are
 serialised to one), so that normalisation is uniform and a quarantined row keeps what was read.
 Text inputs (JSONL, JSON list, CSV) are UTF-8; a byte-order mark at the start is ignored.
+They may be gzip, bz2 or xz compressed (`data.jsonl.gz`): offsets are then planned in the
+decompressed stream, and a shard's reader decompresses the file again from its start and skips
+to the shard (a forward seek). That keeps one reading path for plain and compressed files, with
+the same shards and row numbers; the price is that each shard decompresses the file up to its
+end, so a large compressed input wants a larger `shard_size` (or to be decompressed first).
 """
 
 from __future__ import annotations
 
+import bz2
 import codecs
+import contextlib
 import csv
 import glob
+import gzip
 import io
 import json
+import lzma
 import os
 import sys
+import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
@@ -147,22 +157,61 @@ def _bundled_demo() -> str:
     raise CurateError("the bundled demo seeds are missing from this installation")
 
 
+_FORMAT_SUFFIXES = ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"), (".parquet", "parquet"), (".csv", "csv"))
+_COMPRESSIONS = {".gz": ("gzip", gzip.open), ".bz2": ("bz2", bz2.open), ".xz": ("xz", lzma.open)}
+ACCEPTED = (".jsonl, .ndjson, .json or .csv (each also compressed: .gz, .bz2, .xz), .parquet, "
+            "or an HF dataset folder")
+
+
 def detect_format(path: str) -> str:
+    """`path` → "jsonl" | "json" | "csv" | "parquet" | "hf", by its suffix under any compression
+    suffix (`data.jsonl.gz` → "jsonl"); a `.json` file whose first value is an object is JSON
+    lines. Raises CurateError for an unknown suffix, a compressed Parquet file, or a folder that
+    is not a saved HF dataset."""
     if os.path.isdir(path):
         if any(os.path.exists(os.path.join(path, f)) for f in ("state.json", "dataset_dict.json")):
             return "hf"
         raise CurateError(f"{path} is a folder but not a Hugging Face dataset saved with save_to_disk")
-    lower = path.lower()
-    for ext, fmt in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"), (".parquet", "parquet"), (".csv", "csv")):
+    compression, lower = _split_compression(path)
+    for ext, fmt in _FORMAT_SUFFIXES:
         if lower.endswith(ext):
+            if fmt == "parquet" and compression:
+                raise CurateError(f"cannot read {path}: Parquet compresses itself; decompress the file to .parquet")
             if fmt == "json" and _first_char(path) == "{":
                 return "jsonl"  # JSON lines saved as .json
             return fmt
-    raise CurateError(f"cannot tell the format of {path}: use .jsonl, .json, .parquet, .csv or an HF dataset folder")
+    raise CurateError(f"cannot tell the format of {path}: use {ACCEPTED}")
+
+
+def _split_compression(path: str) -> tuple[str | None, str]:
+    """(compression suffix or None, the lower-case name without it)."""
+    lower = path.lower()
+    for ext in _COMPRESSIONS:
+        if lower.endswith(ext):
+            return ext, lower[: -len(ext)]
+    return None, lower
+
+
+@contextlib.contextmanager
+def _open_binary(path: str):
+    """`path` opened for reading bytes, decompressed when its suffix says so. A compressed file
+    that ends early or is corrupt raises CurateError naming it (while opening or reading)."""
+    ext, _ = _split_compression(path)
+    if ext is None:
+        with open(path, "rb") as f:
+            yield f
+        return
+    kind, opener = _COMPRESSIONS[ext]
+    try:
+        with opener(path, "rb") as f:
+            yield f
+    except (EOFError, OSError, zlib.error, lzma.LZMAError) as e:
+        raise CurateError(f"input {path} is not a whole {kind} file ({e}): it is truncated or corrupt, "
+                          "and none of its rows were read; give the complete file") from None
 
 
 def _first_char(path: str) -> str:
-    with open(path, "rb") as f:
+    with _open_binary(path) as f:
         head = f.read(4096).removeprefix(codecs.BOM_UTF8).lstrip()
     return head[:1].decode("ascii", "replace")
 
@@ -203,7 +252,10 @@ def source_names(paths: list[str]) -> list[str]:
 
 def _source_name(path: str) -> str:
     base = os.path.basename(path.rstrip("/"))
-    for ext in (".jsonl", ".ndjson", ".json", ".parquet", ".csv"):
+    ext, _ = _split_compression(base)
+    if ext:
+        base = base[: -len(ext)]
+    for ext, _ in _FORMAT_SUFFIXES:
         if base.lower().endswith(ext):
             return base[: -len(ext)]
     return base
@@ -217,7 +269,7 @@ def _path_tail(path: str, depth: int) -> str:
 def _plan_jsonl(path: str, shard_size: int) -> Iterator[dict]:
     """Byte ranges of `shard_size` lines each, found by streaming the file once."""
     start, offset, lines, first_line = 0, 0, 0, 0
-    with open(path, "rb") as f:
+    with _open_binary(path) as f:
         for line in f:
             offset += len(line)
             lines += 1
@@ -260,7 +312,7 @@ def _plan_json_list(path: str, shard_size: int) -> Iterator[dict]:
 
 def _plan_csv(path: str, shard_size: int) -> Iterator[dict]:
     """Byte ranges of whole CSV records (quoted newlines included), header parsed once."""
-    with open(path, "rb") as f:
+    with _open_binary(path) as f:
         consumed = [0]
 
         def lines():
@@ -320,7 +372,7 @@ def read_shard(spec: ShardSpec | dict) -> list[RawRecord]:
 
 
 def _read_jsonl(path: str, loc: dict) -> Iterator[RawRecord]:
-    with open(path, "rb") as f:
+    with _open_binary(path) as f:
         f.seek(loc["start"])
         data = f.read(loc["end"] - loc["start"])
     for n, line in enumerate(data.split(b"\n")):
@@ -352,7 +404,7 @@ def _read_json_list(path: str, loc: dict) -> Iterator[RawRecord]:
 
 
 def _read_csv(path: str, loc: dict) -> Iterator[RawRecord]:
-    with open(path, "rb") as f:
+    with _open_binary(path) as f:
         f.seek(loc["start"])
         data = f.read(loc["end"] - loc["start"])
     header = loc["header"]
@@ -409,7 +461,7 @@ _READERS = {"jsonl": _read_jsonl, "json": _read_json_list, "csv": _read_csv, "pa
 
 
 def _read_text(path: str) -> str:
-    with open(path, "rb") as f:
+    with _open_binary(path) as f:
         return f.read().decode("utf-8-sig", "backslashreplace")
 
 

@@ -108,9 +108,25 @@ def check_target(target: str, db: str, folder: bool, overwrite: bool) -> None:
         return
     if not folder and os.path.isfile(target) and is_export_file(target):
         return
+    other_kind = _other_kind_of_export(target, folder)
+    if other_kind:
+        raise ExportTargetError(other_kind)
     found = "folder" if os.path.isdir(target) else "file"
     raise ExportTargetError(f"--out {target} is a {found} that is not an earlier curate export {kind}: curate will not "
                             f"replace it; pass a new path, or --overwrite to replace it")
+
+
+def _other_kind_of_export(target: str, folder: bool) -> str | None:
+    """Why `target` cannot take this export when it is an earlier curate export of the other kind
+    (an HF folder for a file format, a JSONL or Parquet file for hf), or None."""
+    if not folder and os.path.isdir(target) and foreign_files(target) is not None:
+        return (f"--out {target} is a Hugging Face dataset folder from an earlier curate export (-f hf), and this "
+                "format writes a file: pass another --out (such as a .jsonl or .parquet file), or -f hf to replace it")
+    if folder and os.path.isfile(target) and is_export_file(target):
+        fmt = "parquet" if target.lower().endswith(".parquet") or _starts_with(target, b"PAR1") else "jsonl"
+        return (f"--out {target} is a {fmt} file from an earlier curate export (-f {fmt}), and -f hf writes a "
+                f"folder: pass another --out (a folder), or -f {fmt} to replace it")
+    return None
 
 
 def foreign_files(folder: str) -> list[str] | None:

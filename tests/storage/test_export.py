@@ -247,6 +247,24 @@ def test_an_earlier_export_is_replaced_but_not_files_added_to_it(base, tmp_path,
     export(str(base), str(legacy), "jsonl")
 
 
+def test_an_earlier_export_of_another_format_is_named_as_such(base, tmp_path, capsys):
+    """An HF export folder as the --out of a file export (and a file export as the --out of an HF
+    one) is an earlier curate export, of the other kind: the refusal says that, not 'not ours'."""
+    folder = _export_hf(base, tmp_path / "set")
+    before = tree(folder)
+    for fmt in ("jsonl", "parquet"):
+        code, _, err = cli(capsys, "export", "--db", base, "-f", fmt, "--out", folder)
+        assert code == 2 and f"--out {folder} is a Hugging Face dataset folder from an earlier curate export" in err
+        assert "pass another --out" in err and "-f hf to replace it" in err and "not an earlier" not in err
+    assert tree(folder) == before
+    for fmt in ("jsonl", "parquet"):  # no suffix: known by its rows or its Parquet metadata
+        earlier = tmp_path / f"earlier_{fmt}"
+        export(str(base), str(earlier), fmt)
+        code, _, err = cli(capsys, "export", "--db", base, "-f", "hf", "--out", earlier)
+        assert code == 2 and f"--out {earlier} is a {fmt} file from an earlier curate export" in err
+        assert f"-f {fmt} to replace it" in err and earlier.is_file()
+
+
 def test_a_failing_export_leaves_the_previous_one_intact(base, tmp_path, capsys):
     out = tmp_path / "set.jsonl"
     export(str(base), str(out), "jsonl")

@@ -175,7 +175,7 @@ def export_after_run(do_export, cfg, run_id: str):
 def export(
     db: str = typer.Option(DEFAULT_DB, "--db", help=DB_HELP),
     format: str = typer.Option("hf", "--format", "-f", help="hf | parquet | jsonl"),
-    out: str = typer.Option(..., "--out", "-o", help="output folder (hf) or file (parquet, jsonl)"),
+    out: str = typer.Option(..., "--out", "-o", help="output folder (hf) or file (parquet, jsonl); - : JSONL on standard output"),
     run_id: Optional[str] = typer.Option(None, "--run", help="run id (default: the latest finished run)"),
     selection: Optional[str] = typer.Option(None, "--selection", help="export only this selection"),
     shape: Optional[str] = typer.Option(None, "--shape", help="messages (default) | alpaca | sharegpt"),
@@ -184,21 +184,27 @@ def export(
     skip_unfit: bool = typer.Option(False, "--skip-unfit", help="leave out, and count, rows the shape cannot express (default: refuse to export)"),
     drops: bool = typer.Option(False, "--drops", help="write the rejected rows instead: each drop with its stage, reason, kind and value, and each quarantined row with its error and raw text"),
 ):
-    """Export the curated rows of a run as a Hugging Face dataset, Parquet or JSONL (--drops: the rows it rejected).
+    """Export the curated rows of a run as a Hugging Face dataset, Parquet or JSONL (--drops: the rows it rejected);
+    --out - writes JSONL to standard output.
 
     Written next to --out and renamed into place: a failed export leaves the previous one intact. --out may be new, empty or an earlier curate export; anything else needs --overwrite."""
     from curate.storage.export import export as do_export
 
-    result = do_export(_db(db), out, format, run_id=run_id, selection=selection, shape=shape, template=template,
-                       overwrite=overwrite, skip_unfit=skip_unfit, drops=drops)
+    try:
+        result = do_export(_db(db), out, format, run_id=run_id, selection=selection, shape=shape, template=template,
+                           overwrite=overwrite, skip_unfit=skip_unfit, drops=drops)
+    except BrokenPipeError:  # --out - read by a reader that stopped early (| head): no error of ours to print
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)  # as a shell reports a process ended by SIGPIPE
+    to_stderr = out == "-"  # standard output holds the rows alone
     if drops:
-        typer.echo(f"exported {result.rows} rejected rows ({format}) from run {result.run_id} → {result.path}")
+        typer.echo(f"exported {result.rows} rejected rows ({format}) from run {result.run_id} → {result.path}", err=to_stderr)
         return
-    typer.echo(f"exported {result.rows} rows ({format}, {result.shape}) from run {result.run_id} → {result.path}")
+    typer.echo(f"exported {result.rows} rows ({format}, {result.shape}) from run {result.run_id} → {result.path}", err=to_stderr)
     if result.skipped:
         reasons = "; ".join(f"{n} × {r}" for r, n in sorted(result.skip_reasons.items(), key=lambda x: -x[1])[:5])
         typer.echo(f"left out {result.skipped} row{'s' if result.skipped > 1 else ''} the {result.shape} shape cannot express: {reasons}"
-                   f" (e.g. id {', '.join(i for i, _ in result.skip_examples)})")
+                   f" (e.g. id {', '.join(i for i, _ in result.skip_examples)})", err=to_stderr)
 
 
 @app.command()

@@ -118,6 +118,8 @@ class ExportConfig(Strict):
         mismatch = suffix_mismatch(self.out, self.format)
         if mismatch:
             raise ValueError(mismatch.replace("--out", "out").replace("--format", "format"))
+        if self.out == "-":  # the run's own output is on standard output
+            raise ValueError("out '-' (standard output) is for `curate export -f jsonl --out -`; a run's export needs a path")
         return self
 
 

@@ -9,8 +9,10 @@ did not write, and a failed or killed export leaves the previous one intact.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -26,6 +28,7 @@ from curate.storage.shapes import Shape, Unfit, lift_definitions
 from curate.storage.store import Store, drops_relation, has_tool_fields, resolve_run_id
 
 FORMATS = ("hf", "parquet", "jsonl")
+STDOUT = "-"  # --out - : JSONL on standard output
 _SUFFIX_FORMAT = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
 
@@ -39,6 +42,33 @@ def suffix_mismatch(out: str, format: str) -> str | None:
     what = "an HF dataset folder" if format == "hf" else f"a {format} file"
     return (f"--out {out} ends in {ext}, a {named} file's suffix, but --format {format} writes {what} there: "
             f"pass --format {named}, or an --out named for {format}")
+
+
+def stdout_refusal(out: str, format: str) -> str | None:
+    """Why `out` may not be `-` (standard output) for a `format` export, or None: only JSONL
+    streams; a Parquet file is written whole (its footer last) and an HF export is a folder."""
+    if out != STDOUT or format == "jsonl":
+        return None
+    what = "an HF dataset folder" if format == "hf" else "a Parquet file, whose footer is written last"
+    return (f"--out - (standard output) takes JSONL only: --format {format} writes {what}, which cannot stream; "
+            f"pass --format jsonl, or an --out path")
+
+
+def _target(out: str, db: str, format: str, overwrite: bool):
+    """Where the export goes: a Staging next to `out`, or standard output for `-` (rows stream
+    out as they are read; a refusal after them, for unfit rows, comes with a non-zero exit)."""
+    if out == STDOUT:
+        return contextlib.nullcontext(_Stdout())
+    return Staging(out, db, folder=format == "hf", overwrite=overwrite)
+
+
+class _Stdout:
+    path = STDOUT
+
+    def commit(self) -> None:
+        sys.stdout.buffer.flush()
+
+
 BATCH_ROWS = 10_000
 EXAMPLES = 5  # unfit rows named in messages and the card
 
@@ -58,10 +88,11 @@ def export(db: str, out: str, format: str = "hf", run_id: str | None = None, sel
            shape: str | None = None, template: str | None = None, overwrite: bool = False,
            skip_unfit: bool = False, drops: bool = False) -> ExportResult:
     """Write the curated rows of a run (default: the latest finished one), or of one selection,
-    to `out`: a folder (hf) or a file (parquet, jsonl), rows shaped as `shape` (default
-    messages) or rendered by the Jinja `template` file.
+    to `out`: a folder (hf) or a file (parquet, jsonl), or `-` for JSONL on standard output
+    (then a refusal for unfit rows comes after the rows written), rows shaped as `shape`
+    (default messages) or rendered by the Jinja `template` file.
 
-    Raises CurateError: unknown format or shape, no such run or selection, a template that
+    Raises CurateError: unknown format or shape, `-` for hf or parquet, no such run or selection, a template that
     fails, rows the shape cannot express (unless `skip_unfit`: then they are counted in the
     result and the card, and left out); ExportTargetError: `out` is the database, the working
     directory or a folder holding either, or something curate did not write (unless
@@ -71,7 +102,7 @@ def export(db: str, out: str, format: str = "hf", run_id: str | None = None, sel
     """
     if format not in FORMATS:
         raise CurateError(f"unknown export format {format!r}: use {', '.join(FORMATS)}")
-    mismatch = suffix_mismatch(out, format)
+    mismatch = suffix_mismatch(out, format) or stdout_refusal(out, format)
     if mismatch:
         raise CurateError(mismatch)
     if drops:
@@ -86,7 +117,7 @@ def export(db: str, out: str, format: str = "hf", run_id: str | None = None, sel
         query, params = _rows_query(store, run_id, selection)
         reader = store.con.cursor().sql(query, params=params).to_arrow_reader(BATCH_ROWS)
         skips = _Skips()
-        with Staging(out, db, folder=format == "hf", overwrite=overwrite) as staging:
+        with _target(out, db, format, overwrite) as staging:
             if format == "jsonl":
                 rows = _write_jsonl(_shaped_rows(reader, shaper, skips, parse_meta=True), staging.path)
             else:
@@ -102,7 +133,7 @@ def export(db: str, out: str, format: str = "hf", run_id: str | None = None, sel
             if format == "hf":
                 _write_card(store, run_id, selection, rows, staging.path, shaper, skips)
             staging.commit()
-    return ExportResult(os.path.abspath(out), rows, run_id, shaper.name, skips.count, dict(skips.reasons), skips.examples)
+    return ExportResult(_shown(out), rows, run_id, shaper.name, skips.count, dict(skips.reasons), skips.examples)
 
 
 DROP_SCHEMA = pa.schema([
@@ -135,6 +166,9 @@ def export_drops(db: str, out: str, format: str = "hf", run_id: str | None = Non
     format or run, ExportTargetError for a target curate may not replace."""
     if format not in FORMATS:
         raise CurateError(f"unknown export format {format!r}: use {', '.join(FORMATS)}")
+    refusal = stdout_refusal(out, format)
+    if refusal:
+        raise CurateError(refusal)
     with Store(db, read_only=True) as store:
         run_id = _resolve_run(store, db, run_id)
         query = f"""
@@ -149,7 +183,7 @@ def export_drops(db: str, out: str, format: str = "hf", run_id: str | None = Non
             ORDER BY status, stage, source, "row", id"""
         reader = store.con.cursor().sql(query, params={"run": run_id}).to_arrow_reader(BATCH_ROWS)
         batches = (b.cast(DROP_SCHEMA) for b in reader)
-        with Staging(out, db, folder=format == "hf", overwrite=overwrite) as staging:
+        with _target(out, db, format, overwrite) as staging:
             if format == "jsonl":
                 rows = _write_jsonl(_drop_dicts(batches), staging.path)
             else:
@@ -161,7 +195,11 @@ def export_drops(db: str, out: str, format: str = "hf", run_id: str | None = Non
                     rows = _write_hf(batches, schema, staging.path, staging.work)
                     _write_drops_card(store, run_id, rows, staging.path)
             staging.commit()
-    return ExportResult(os.path.abspath(out), rows, run_id, "drops")
+    return ExportResult(_shown(out), rows, run_id, "drops")
+
+
+def _shown(out: str) -> str:
+    return "standard output" if out == STDOUT else os.path.abspath(out)
 
 
 def _drop_dicts(batches) -> Iterator[dict]:
@@ -298,11 +336,19 @@ def _rows_query(store: Store, run_id: str, selection: str | None) -> tuple[str, 
 
 
 def _write_jsonl(rows: Iterator[dict], out: str) -> int:
+    """Rows → UTF-8 JSON lines in the file `out`, or on standard output for `-`; the row count."""
+    if out == STDOUT:
+        sys.stdout.flush()  # what was printed before goes first
+        return _write_lines(rows, sys.stdout.buffer)
+    with open(out, "wb") as f:
+        return _write_lines(rows, f)
+
+
+def _write_lines(rows: Iterator[dict], f) -> int:
     n = 0
-    with open(out, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
+    for row in rows:
+        f.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+        n += 1
     return n
 
 

@@ -25,7 +25,7 @@ from curate.pipeline.runner import run
 from curate.storage.export import export
 from curate.storage.schema import with_tool_fields
 from curate.storage.shapes import Unfit, to_alpaca, to_sharegpt
-from conftest import curate_cmd
+from conftest import curate_cmd, curate_sh
 
 CASES = Path(__file__).resolve().parents[1] / "data" / "cases"
 INPUTS = [CASES / "export-roundtrip.jsonl", CASES / "export-roundtrip-conversations.jsonl"]
@@ -302,6 +302,38 @@ def test_an_export_killed_midway_leaves_the_previous_one_intact(base, tmp_path, 
     assert len(staging_dirs(out)) == 1  # what the killed export had written, beside the target
     export(str(base), str(out), fmt, shape="sharegpt")  # the next export clears it away
     assert not staging_dirs(out) and tree(out) != before
+
+
+def test_out_dash_writes_jsonl_to_standard_output_and_nothing_else(base, tmp_path):
+    """`--out -` with -f jsonl: the rows on stdout, byte for byte those of a file export, and
+    the summary on stderr; no file named `-`."""
+    proc = curate_sh(tmp_path, "export", "--db", base, "-f", "jsonl", "--out", "-", "--shape", "alpaca", "--skip-unfit")
+    export(str(base), str(tmp_path / "set.jsonl"), "jsonl", shape="alpaca", skip_unfit=True)
+    assert proc.stdout == (tmp_path / "set.jsonl").read_text(encoding="utf-8") and proc.stdout.count("\n") >= 1
+    assert "rows (jsonl, alpaca)" in proc.stderr and "→ standard output" in proc.stderr
+    drops = curate_sh(tmp_path, "export", "--db", base, "-f", "jsonl", "--out", "-", "--drops")
+    assert drops.stdout == "" and "exported 0 rejected rows" in drops.stderr  # this run rejected none
+    assert not (tmp_path / "-").exists()
+    # a reader that stops early (`| head`): no traceback, the exit status a shell gives SIGPIPE
+    proc = subprocess.Popen([*curate_cmd(), "export", "--db", str(base), "-f", "jsonl", "--out", "-"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    assert proc.wait(timeout=300) == 141 and proc.stderr.read() == ""
+
+
+@pytest.mark.parametrize("fmt", ["hf", "parquet"])
+@pytest.mark.parametrize("drops", [[], ["--drops"]])
+def test_out_dash_is_refused_for_formats_that_cannot_stream(base, tmp_path, capsys, monkeypatch, fmt, drops):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(capsys, "export", "--db", base, "-f", fmt, "--out", "-", *drops)
+    assert code != 0 and out == ""
+    assert f"--out - (standard output) takes JSONL only: --format {fmt} writes" in err and "pass --format jsonl" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_run_config_cannot_export_to_standard_output(tmp_path):
+    with pytest.raises(CurateError, match=r"out '-' \(standard output\) is for `curate export -f jsonl --out -`"):
+        load_config(None, input=["demo"], db=str(tmp_path / "x.duckdb"), export={"out": "-", "format": "jsonl"})
 
 
 def test_unknown_shape_and_format_are_clear_errors(base, tmp_path):

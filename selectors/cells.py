@@ -20,12 +20,11 @@ import tempfile
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from curate.errors import CurateError
 from curate.lib.clustering import Assigner, fit_centroids
 from curate.lib.greedy import normalised
-from curate.lib.vectors import BATCH_ROWS, VectorSource, as_matrix
+from curate.lib.vectors import BATCH_ROWS, VectorSource, as_matrix, id_order
 
 EXACT_ROWS = 10_000
 CELL_ROWS = 1_000
@@ -80,7 +79,7 @@ class Cells:
         if not ids:
             raise CurateError("the pool has no vectors")
         arrival_ids = pa.chunked_array(ids, pa.string()).combine_chunks()
-        by_id = pc.sort_indices(arrival_ids).to_numpy()
+        by_id = id_order(arrival_ids)
         self.ids = arrival_ids.take(pa.array(by_id))
         self.n = len(by_id)
         self._arrival = by_id  # row r (id order) was the by_id[r]-th row written

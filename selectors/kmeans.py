@@ -49,7 +49,6 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from curate.errors import CurateError
 from curate.selectors.allocation import (Allocation, allocation_weights, cluster_quotas, pick, refined_quotas, sampling_keys,
@@ -59,7 +58,7 @@ from curate.lib.clustering import Assigner, fit_centroids, fit_sample_rows
 from curate.selectors.cells import CELL_ROWS, EXACT_ROWS, Cells
 from curate.selectors.facility_location import greedy_cover, rank_weights
 from curate.lib.greedy import ADMITTED, NOT_CONSIDERED, GreedyCosine, normalised
-from curate.lib.vectors import BATCH_ROWS, VectorSource, as_matrix
+from curate.lib.vectors import BATCH_ROWS, VectorSource, as_matrix, id_order
 from curate.lib.params import Budget, Cosine, Fraction, Positive, PositiveFloat
 
 ALLOCATION: Allocation = "proportional"  # chosen by measurement: see the module docstring
@@ -274,7 +273,7 @@ def assign_pool(source: VectorSource, assign: Assigner, batch_rows: int = BATCH_
     if not ids:
         raise CurateError("the pool has no vectors")
     id_array = pa.chunked_array(ids, pa.string()).combine_chunks()
-    by_id = pc.sort_indices(id_array).to_numpy()
+    by_id = id_order(id_array)
     cluster = np.concatenate(clusters)[by_id]
     distance = np.concatenate(distances)[by_id]
     out = {c: fill_missing(np.concatenate(parts).astype(np.float64)[by_id], source.score_names[c]) for c, parts in columns.items()}

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from curate.lib.clustering import Assigner, fit_centroids
+from curate.lib.clustering import Assigner
 
 
 def brute_force(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -37,17 +37,4 @@ def test_a_row_on_its_centroid_is_at_distance_zero_and_empty_input_is_empty():
 def test_rows_of_another_width_are_refused():
     with pytest.raises(ValueError, match="dims"):
         Assigner(np.zeros((3, 8), np.float32))(np.zeros((2, 5), np.float32))
-
-
-def test_fitted_centroids_assign_as_faiss_search_does():
-    faiss = pytest.importorskip("faiss")
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(3000, 32)).astype(np.float32)
-    centroids = fit_centroids(x, 50, niter=5)
-    index = faiss.IndexFlatL2(32)
-    index.add(centroids)
-    want_distance, want_label = index.search(x, 1)
-    label, distance = Assigner(centroids)(x)
-    assert np.mean(label == want_label[:, 0]) > 0.999
-    np.testing.assert_allclose(distance, want_distance[:, 0], rtol=1e-4, atol=1e-4)
 

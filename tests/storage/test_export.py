@@ -39,13 +39,18 @@ def cli(capsys, *argv):
     return exit_info.value.code, captured.out, captured.err
 
 
-def curated(db) -> dict:
-    """id → (messages, meta) of a database's curated rows."""
+def curated_rows(db, columns: str) -> list[tuple]:
+    """`columns` (SQL) of a database's curated rows, read through a read-only connection."""
     con = duckdb.connect(str(db), read_only=True)
     try:
-        rows = con.execute("SELECT id, to_json(messages)::VARCHAR, meta, source, origin FROM curated").fetchall()
+        return con.execute(f"SELECT {columns} FROM curated").fetchall()
     finally:
         con.close()
+
+
+def curated(db) -> dict:
+    """id → (messages, meta) of a database's curated rows."""
+    rows = curated_rows(db, "id, to_json(messages)::VARCHAR, meta, source, origin")
     return {i: {"messages": json.loads(m), "meta": json.loads(meta), "source": s, "origin": o} for i, m, meta, s, o in rows}
 
 
@@ -544,13 +549,8 @@ PLAIN = [{"role": "user", "content": "Name a colour of the sky."}, {"role": "ass
 
 def samples(db) -> dict:
     """id → (turns with their tool fields, meta but the export's source) of a database's curated rows."""
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        rows = con.execute("SELECT id, to_json(messages)::VARCHAR, tool_fields, meta FROM curated").fetchall()
-    finally:
-        con.close()
     out = {}
-    for i, m, fields, meta in rows:
+    for i, m, fields, meta in curated_rows(db, "id, to_json(messages)::VARCHAR, tool_fields, meta"):
         meta = json.loads(meta)
         meta.pop("origin_source", None)
         out[i] = (with_tool_fields(json.loads(m), fields), meta)
